@@ -1,0 +1,335 @@
+//! One room's media graph: a single `gst::Pipeline` that decodes every participant, composites the
+//! video into one frame, encodes it once, and mixes each participant's audio minus their own.
+//! Only the room actor holds a `RoomPipeline`, so every change to the graph happens on one task.
+//! Packets enter through appsrcs (pushed by per-track tasks) and leave through appsinks (drained by
+//! writer tasks): the packet path never passes through the actor.
+
+mod audio;
+mod bus;
+pub mod pipelines;
+pub mod sink;
+mod video;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use gst::prelude::*;
+use gstreamer as gst;
+use gstreamer_app as gst_app;
+use tokio::sync::mpsc;
+
+use crate::config::{MediaConfig, VideoCodec};
+use crate::ids::ParticipantId;
+use crate::room::layout::Rect;
+use sink::PacketCounters;
+
+pub use video::InputSignals;
+
+/// How long an appsrc may hold packets the pipeline has not taken yet. Beyond this the oldest are
+/// dropped (leaky downstream): late media is worthless in a call, and memory stays bounded.
+pub const INPUT_QUEUE_MAX: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Forced keyframes aside, a periodic one every 10 s (at 30 fps) lets a recording be cut anywhere
+/// and repairs a viewer whose PLI was lost, at ~1 % of the bitrate.
+pub const KEYFRAME_MAX_DIST_SECONDS: u32 = 10;
+
+/// What the pipeline tells the room actor.
+#[derive(Debug)]
+pub enum PipelineEvent {
+    /// The participant's first video frame was decoded: its placeholder can go.
+    FirstFrame(ParticipantId),
+    /// Something in one participant's branch failed (e.g. undecodable media). Only that participant
+    /// is affected.
+    BranchFailed {
+        participant: ParticipantId,
+        error: String,
+    },
+    /// The shared part of the graph failed: the room cannot go on.
+    Failed(String),
+}
+
+/// Counts that show what the graph holds, for the admin view and for tests that check that a
+/// departed participant's resources were released.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PipelineStats {
+    /// Compositor sink pads, the background included.
+    pub compositor_pads: usize,
+    /// Sink pads of the full-mix audiomixer, its silence source included.
+    pub full_mix_pads: usize,
+    /// Sink pads over every listener's mix-minus mixer, their silence sources included.
+    pub listener_mix_pads: usize,
+    /// Child elements/bins directly in the pipeline.
+    pub pipeline_children: usize,
+    pub video_packets_out: u64,
+    pub video_packets_dropped: u64,
+}
+
+/// A bin feeding the compositor through one of its request pads.
+struct TileBranch {
+    bin: gst::Bin,
+    pad: gst::Pad,
+}
+
+pub struct RoomPipeline {
+    pipeline: gst::Pipeline,
+    compositor: gst::Element,
+    encoder: gst::Element,
+    fullmix: gst::Element,
+    media: MediaConfig,
+    events: mpsc::UnboundedSender<PipelineEvent>,
+    bus_task: tokio::task::JoinHandle<()>,
+    placeholders: HashMap<ParticipantId, TileBranch>,
+    videos: HashMap<ParticipantId, TileBranch>,
+    audio: audio::AudioGraph,
+    video_counters: Arc<PacketCounters>,
+}
+
+impl RoomPipeline {
+    /// Builds the room's pipeline and starts it. The composite's RTP packets come out of the
+    /// returned receiver.
+    pub fn start(
+        name: &str,
+        media: &MediaConfig,
+        codec: VideoCodec,
+        events: mpsc::UnboundedSender<PipelineEvent>,
+    ) -> Result<(Self, mpsc::Receiver<Bytes>)> {
+        let keyframe_max_dist = (KEYFRAME_MAX_DIST_SECONDS * media.fps).to_string();
+        let encoder = match codec {
+            VideoCodec::Vp8 => pipelines::ENCODER_VP8.fill(&[
+                ("bitrate_bps", (media.video_bitrate_kbps * 1000).to_string()),
+                ("keyframe_max_dist", keyframe_max_dist),
+            ])?,
+            VideoCodec::H264 => pipelines::ENCODER_H264.fill(&[
+                ("bitrate_kbps", media.video_bitrate_kbps.to_string()),
+                ("keyframe_max_dist", keyframe_max_dist),
+            ])?,
+        };
+        let description = pipelines::ROOM.fill(&[
+            ("width", media.width.to_string()),
+            ("height", media.height.to_string()),
+            ("fps", media.fps.to_string()),
+            ("mixer_latency_ns", ms_to_ns(media.mixer_latency_ms)),
+            ("encoder", encoder),
+        ])?;
+        let pipeline = gst::parse::launch(&description)
+            .context("parsing pipelines/room.txt")?
+            .downcast::<gst::Pipeline>()
+            .ok()
+            .context("pipelines/room.txt did not give a pipeline")?;
+        pipeline.set_property("name", format!("room-{name}"));
+        let element = |n: &str| {
+            pipeline
+                .by_name(n)
+                .with_context(|| format!("pipelines/room.txt has no element named {n}"))
+        };
+        let compositor = element("compositor")?;
+        let encoder = element("encoder")?;
+        let fullmix = element("fullmix")?;
+        let video_counters = Arc::new(PacketCounters::default());
+        let packets = sink::packets_from(&element("video_out")?, video_counters.clone())?;
+
+        let bus_task = bus::watch(&pipeline, events.clone())?;
+        let room = RoomPipeline {
+            audio: audio::AudioGraph::new(pipeline.clone(), fullmix.clone(), media.clone()),
+            pipeline,
+            compositor,
+            encoder,
+            fullmix,
+            media: media.clone(),
+            events,
+            bus_task,
+            placeholders: HashMap::new(),
+            videos: HashMap::new(),
+            video_counters,
+        };
+        room.pipeline
+            .set_state(gst::State::Playing)
+            .with_context(|| format!("starting the pipeline of room {name}"))?;
+        Ok((room, packets))
+    }
+
+    /// Shows a dark tile with the participant's name until their video arrives.
+    pub fn add_placeholder(&mut self, who: ParticipantId, name: &str, tile: Rect) -> Result<()> {
+        let bin = video::placeholder_bin(who, name, tile)?;
+        let branch = self.attach_tile(bin, tile, video::PLACEHOLDER_ZORDER)?;
+        self.placeholders.insert(who, branch);
+        Ok(())
+    }
+
+    pub fn remove_placeholder(&mut self, who: ParticipantId) {
+        if let Some(branch) = self.placeholders.remove(&who) {
+            self.detach_tile(branch);
+        }
+    }
+
+    /// Adds a decoding branch for a participant's camera and returns the appsrc to push its RTP
+    /// packets into. A second camera track from the same participant replaces the first.
+    pub fn add_video_input(
+        &mut self,
+        who: ParticipantId,
+        codec: VideoCodec,
+        payload_type: u8,
+        tile: Rect,
+        signals: Arc<InputSignals>,
+    ) -> Result<gst_app::AppSrc> {
+        self.remove_video_input(who);
+        let (bin, appsrc) = video::input_bin(
+            who,
+            codec,
+            payload_type,
+            tile,
+            &self.media,
+            signals,
+            self.events.clone(),
+        )?;
+        let branch = self.attach_tile(bin, tile, video::VIDEO_ZORDER)?;
+        self.videos.insert(who, branch);
+        Ok(appsrc)
+    }
+
+    pub fn remove_video_input(&mut self, who: ParticipantId) {
+        if let Some(branch) = self.videos.remove(&who) {
+            self.detach_tile(branch);
+        }
+    }
+
+    /// Adds a decoding branch for a participant's microphone, mixed into everyone's audio but
+    /// their own, and returns the appsrc for its RTP packets.
+    pub fn add_audio_input(
+        &mut self,
+        who: ParticipantId,
+        payload_type: u8,
+    ) -> Result<gst_app::AppSrc> {
+        self.audio.add_input(who, payload_type)
+    }
+
+    /// Creates what `who` hears (everyone else) and returns its Opus RTP packets.
+    pub fn add_listener(&mut self, who: ParticipantId) -> Result<mpsc::Receiver<Bytes>> {
+        self.audio.add_listener(who)
+    }
+
+    /// Releases everything the participant held in the graph.
+    pub fn remove_participant(&mut self, who: ParticipantId) {
+        self.remove_placeholder(who);
+        self.remove_video_input(who);
+        self.audio.remove_participant(who);
+    }
+
+    /// Moves each participant's tiles (video and placeholder) to its rectangle.
+    pub fn apply_layout(&self, tiles: &[(ParticipantId, Rect)]) {
+        for (who, rect) in tiles {
+            for branch in [self.placeholders.get(who), self.videos.get(who)]
+                .into_iter()
+                .flatten()
+            {
+                video::place(&branch.bin, &branch.pad, *rect);
+            }
+        }
+    }
+
+    /// Asks the shared encoder for a keyframe (with its headers, so a new viewer can start).
+    pub fn force_keyframe(&self) {
+        let event = gstreamer_video::UpstreamForceKeyUnitEvent::builder()
+            .all_headers(true)
+            .build();
+        match self.encoder.static_pad("src") {
+            Some(pad) => {
+                if !pad.send_event(event) {
+                    tracing::warn!(pipeline = %self.pipeline.name(), "encoder ignored a keyframe request");
+                }
+            }
+            None => tracing::error!("the encoder has no src pad"),
+        }
+    }
+
+    pub fn stats(&self) -> PipelineStats {
+        PipelineStats {
+            compositor_pads: self.compositor.sink_pads().len(),
+            full_mix_pads: self.fullmix.sink_pads().len(),
+            listener_mix_pads: self.audio.listener_mix_pads(),
+            pipeline_children: self.pipeline.children().len(),
+            video_packets_out: self
+                .video_counters
+                .sent
+                .load(std::sync::atomic::Ordering::Relaxed),
+            video_packets_dropped: self
+                .video_counters
+                .dropped
+                .load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
+    fn attach_tile(&self, bin: gst::Bin, tile: Rect, zorder: u32) -> Result<TileBranch> {
+        let name = bin.name();
+        self.pipeline
+            .add(&bin)
+            .with_context(|| format!("adding {name} to the pipeline"))?;
+        let attached = (|| -> Result<TileBranch> {
+            let pad = self
+                .compositor
+                .request_pad_simple("sink_%u")
+                .context("compositor gave no sink pad")?;
+            pad.set_property("zorder", zorder);
+            let src = bin.static_pad("src").context("branch has no src pad")?;
+            if let Err(e) = src.link(&pad) {
+                self.compositor.release_request_pad(&pad);
+                anyhow::bail!("linking {name} to the compositor: {e:?}");
+            }
+            video::place(&bin, &pad, tile);
+            bin.sync_state_with_parent()
+                .with_context(|| format!("starting {name}"))?;
+            Ok(TileBranch { bin: bin.clone(), pad })
+        })();
+        match attached {
+            Ok(branch) => {
+                // A new input changes the compositor's latency; have every element agree again.
+                let _ = self.pipeline.recalculate_latency();
+                Ok(branch)
+            }
+            Err(e) => {
+                let _ = bin.set_state(gst::State::Null);
+                let _ = self.pipeline.remove(&bin);
+                Err(e)
+            }
+        }
+    }
+
+    fn detach_tile(&self, branch: TileBranch) {
+        // Stop the branch first: its pads flush, so its streaming thread leaves the compositor pad
+        // before that pad goes away (releasing first would make the thread post a not-linked error).
+        let _ = branch.bin.set_state(gst::State::Null);
+        self.compositor.release_request_pad(&branch.pad);
+        let _ = self.pipeline.remove(&branch.bin);
+    }
+}
+
+impl Drop for RoomPipeline {
+    fn drop(&mut self) {
+        // Dropping a pipeline that is not in NULL aborts the process (g_mutex_clear on a held lock).
+        let _ = self.pipeline.set_state(gst::State::Null);
+        self.bus_task.abort();
+    }
+}
+
+pub(crate) fn ms_to_ns(ms: u32) -> String {
+    (u64::from(ms) * 1_000_000).to_string()
+}
+
+/// Where a session pushes one incoming track's RTP packets. Cheap to clone; pushing after the
+/// branch was removed fails with `Flushing`, which tells the pump to stop.
+#[derive(Clone)]
+pub struct InputHandle {
+    appsrc: gst_app::AppSrc,
+}
+
+impl InputHandle {
+    pub(crate) fn new(appsrc: gst_app::AppSrc) -> Self {
+        InputHandle { appsrc }
+    }
+
+    pub fn push(&self, packet: Bytes) -> Result<(), gst::FlowError> {
+        video::push_rtp(&self.appsrc, packet)
+    }
+}

@@ -1,0 +1,355 @@
+//! The signalling wire protocol: every message a client and the server exchange over the WebSocket,
+//! the error codes, and the validation of names. No I/O lives here, so the browser client, the
+//! synthetic participant and the server can all be checked against this one definition.
+//! docs/protocol.md shows one example of each message.
+
+use serde::{Deserialize, Serialize};
+
+/// Longest room name accepted: long enough for a readable slug, short enough for a file name.
+pub const MAX_ROOM_NAME_LEN: usize = 64;
+/// Longest display name, in characters: it is drawn on a tile, so a sentence is already too long.
+pub const MAX_DISPLAY_NAME_LEN: usize = 64;
+/// Largest signalling message the server reads. An SDP offer with a few codecs and candidates is
+/// 5–15 KiB; 64 KiB leaves room for rich offers while bounding what one client can make us parse.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// WebSocket close code for a message that is too big (RFC 6455, 7.4.1).
+pub const CLOSE_MESSAGE_TOO_BIG: u16 = 1009;
+
+/// A message from a client to the server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMessage {
+    /// Enter the room named in the WebSocket path under a display name.
+    Join { name: String },
+    /// An SDP offer (the client starts or renegotiates the session).
+    Offer { sdp: String },
+    /// An SDP answer to an offer the server sent.
+    Answer { sdp: String },
+    /// A trickled ICE candidate; `candidate: null` means the client finished gathering.
+    Candidate { candidate: Option<IceCandidate> },
+    /// Leave the room; the server closes the socket after this.
+    Leave,
+    /// Keep-alive; answered with `pong`.
+    Ping,
+}
+
+/// A message from the server to a client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// The join succeeded: who you are, who is already here, and how to reach the server's media.
+    Joined {
+        participant_id: String,
+        room: String,
+        participants: Vec<ParticipantInfo>,
+        ice_servers: Vec<IceServer>,
+    },
+    Offer {
+        sdp: String,
+    },
+    Answer {
+        sdp: String,
+    },
+    Candidate {
+        candidate: Option<IceCandidate>,
+    },
+    ParticipantJoined {
+        participant: ParticipantInfo,
+    },
+    ParticipantLeft {
+        participant_id: String,
+    },
+    /// Where each participant is drawn in the composite; sent on join and after every change.
+    Layout(Layout),
+    Pong,
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParticipantInfo {
+    pub id: String,
+    pub name: String,
+}
+
+/// An ICE candidate as the browser's `RTCIceCandidateInit` spells it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IceCandidate {
+    pub candidate: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sdp_mid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sdp_m_line_index: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username_fragment: Option<String>,
+}
+
+/// A STUN/TURN server the client should use, as `RTCIceServer` spells it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layout {
+    pub width: u32,
+    pub height: u32,
+    pub tiles: Vec<Tile>,
+}
+
+/// One participant's rectangle in the composite, in pixels of the composite.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tile {
+    pub participant_id: String,
+    pub x: u32,
+    pub y: u32,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// Why the server refused a message. Clients branch on these, so they are part of the protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not JSON, or JSON that is not one of the messages above.
+    BadMessage,
+    /// A well-formed message that is not allowed in the current state (e.g. an offer before join).
+    OutOfOrder,
+    InvalidRoomName,
+    InvalidDisplayName,
+    RoomFull,
+    /// The SDP could not be applied (unparsable, or nothing we can receive or send).
+    BadSdp,
+    BadCandidate,
+    /// The server could not do what was asked for a reason of its own; the message says which.
+    Internal,
+}
+
+impl ServerMessage {
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        ServerMessage::Error {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Parses one text frame from a client. The error is already the reply to send.
+pub fn parse_client_message(text: &str) -> Result<ClientMessage, ServerMessage> {
+    if text.len() > MAX_MESSAGE_BYTES {
+        return Err(ServerMessage::error(
+            ErrorCode::BadMessage,
+            format!("message of {} bytes exceeds {MAX_MESSAGE_BYTES}", text.len()),
+        ));
+    }
+    serde_json::from_str(text).map_err(|e| {
+        // serde's message names the offending field or type without echoing the whole input back.
+        ServerMessage::error(ErrorCode::BadMessage, format!("unreadable message: {e}"))
+    })
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("must not be empty")]
+    Empty,
+    #[error("is longer than {0} characters")]
+    TooLong(usize),
+    #[error("contains a character that is not allowed: {0:?}")]
+    BadCharacter(char),
+}
+
+/// Room names end up in URLs, log lines and recording file names, so they are a strict slug:
+/// ASCII letters, digits, `-` and `_`. No dots, so no `..`, no hidden files, no extensions.
+pub fn validate_room_name(name: &str) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if name.len() > MAX_ROOM_NAME_LEN {
+        return Err(NameError::TooLong(MAX_ROOM_NAME_LEN));
+    }
+    match name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+    {
+        Some(c) => Err(NameError::BadCharacter(c)),
+        None => Ok(()),
+    }
+}
+
+/// Display names are shown to people, so any script is welcome; control characters (which could
+/// forge log lines or break the tile text) are not. Returns the trimmed name.
+pub fn validate_display_name(name: &str) -> Result<String, NameError> {
+    let trimmed = name.trim();
+    if trimmed.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if trimmed.chars().count() > MAX_DISPLAY_NAME_LEN {
+        return Err(NameError::TooLong(MAX_DISPLAY_NAME_LEN));
+    }
+    if let Some(c) = trimmed.chars().find(|c| c.is_control()) {
+        return Err(NameError::BadCharacter(c));
+    }
+    Ok(trimmed.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_reads_from_the_documented_json() {
+        let m = parse_client_message(r#"{"type":"join","name":"Ada"}"#).unwrap();
+        assert_eq!(
+            m,
+            ClientMessage::Join {
+                name: "Ada".into()
+            }
+        );
+    }
+
+    #[test]
+    fn candidate_uses_browser_field_names_and_null_ends_gathering() {
+        let m = parse_client_message(
+            r#"{"type":"candidate","candidate":{"candidate":"candidate:1 1 udp 1 127.0.0.1 5000 typ host","sdpMid":"0","sdpMLineIndex":0}}"#,
+        )
+        .unwrap();
+        match m {
+            ClientMessage::Candidate { candidate: Some(c) } => {
+                assert_eq!(c.sdp_mid.as_deref(), Some("0"));
+                assert_eq!(c.sdp_m_line_index, Some(0));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(
+            parse_client_message(r#"{"type":"candidate","candidate":null}"#).unwrap(),
+            ClientMessage::Candidate { candidate: None }
+        );
+    }
+
+    #[test]
+    fn malformed_and_unknown_messages_become_bad_message_errors() {
+        for text in [
+            "",
+            "not json",
+            "{}",
+            "[]",
+            r#"{"type":"dance"}"#,
+            r#"{"type":"join"}"#,
+            r#"{"type":"join","name":5}"#,
+            r#"{"type":"offer","sdp":"x","extra":1}"#,
+            "\u{0}\u{1}",
+        ] {
+            match parse_client_message(text) {
+                Err(ServerMessage::Error { code, .. }) => assert_eq!(code, ErrorCode::BadMessage),
+                other => panic!("{text:?} gave {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn oversized_text_is_refused_before_parsing() {
+        let big = format!(
+            r#"{{"type":"offer","sdp":"{}"}}"#,
+            "a".repeat(MAX_MESSAGE_BYTES)
+        );
+        assert!(parse_client_message(&big).is_err());
+    }
+
+    #[test]
+    fn server_messages_serialise_with_snake_case_tags() {
+        let json = serde_json::to_value(ServerMessage::error(ErrorCode::OutOfOrder, "join first"))
+            .unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"type":"error","code":"out_of_order","message":"join first"})
+        );
+        let json = serde_json::to_value(ServerMessage::Layout(Layout {
+            width: 1280,
+            height: 720,
+            tiles: vec![Tile {
+                participant_id: "p1".into(),
+                x: 0,
+                y: 0,
+                width: 1280,
+                height: 720,
+            }],
+        }))
+        .unwrap();
+        assert_eq!(json["type"], "layout");
+        assert_eq!(json["tiles"][0]["participant_id"], "p1");
+        let json = serde_json::to_value(ServerMessage::ParticipantLeft {
+            participant_id: "p2".into(),
+        })
+        .unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"type":"participant_left","participant_id":"p2"})
+        );
+    }
+
+    #[test]
+    fn every_server_message_round_trips() {
+        let messages = vec![
+            ServerMessage::Joined {
+                participant_id: "p1".into(),
+                room: "r".into(),
+                participants: vec![ParticipantInfo {
+                    id: "p0".into(),
+                    name: "Zoë".into(),
+                }],
+                ice_servers: vec![IceServer {
+                    urls: vec!["stun:stun.example.org".into()],
+                    username: None,
+                    credential: None,
+                }],
+            },
+            ServerMessage::Offer { sdp: "v=0".into() },
+            ServerMessage::Answer { sdp: "v=0".into() },
+            ServerMessage::Candidate { candidate: None },
+            ServerMessage::Pong,
+        ];
+        for m in messages {
+            let text = serde_json::to_string(&m).unwrap();
+            let back: ServerMessage = serde_json::from_str(&text).unwrap();
+            assert_eq!(back, m);
+        }
+    }
+
+    #[test]
+    fn room_names_are_strict_slugs() {
+        assert!(validate_room_name("standup-2024_q1").is_ok());
+        assert_eq!(validate_room_name(""), Err(NameError::Empty));
+        assert_eq!(
+            validate_room_name("../etc"),
+            Err(NameError::BadCharacter('.'))
+        );
+        assert_eq!(validate_room_name("a/b"), Err(NameError::BadCharacter('/')));
+        assert_eq!(
+            validate_room_name("café"),
+            Err(NameError::BadCharacter('é'))
+        );
+        assert_eq!(
+            validate_room_name(&"x".repeat(MAX_ROOM_NAME_LEN + 1)),
+            Err(NameError::TooLong(MAX_ROOM_NAME_LEN))
+        );
+    }
+
+    #[test]
+    fn display_names_allow_any_script_but_no_control_characters() {
+        assert_eq!(validate_display_name("  Zoë 李  ").unwrap(), "Zoë 李");
+        assert_eq!(validate_display_name("   "), Err(NameError::Empty));
+        assert_eq!(
+            validate_display_name("a\nb"),
+            Err(NameError::BadCharacter('\n'))
+        );
+        assert!(validate_display_name(&"é".repeat(MAX_DISPLAY_NAME_LEN)).is_ok());
+        assert!(validate_display_name(&"é".repeat(MAX_DISPLAY_NAME_LEN + 1)).is_err());
+    }
+}

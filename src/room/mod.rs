@@ -1,0 +1,527 @@
+//! A room is an actor: one task that owns the room's pipeline and its list of participants, and
+//! changes them only in answer to a `RoomCommand` or a pipeline event. Sessions hold a
+//! `RoomHandle` (a channel sender); nobody shares the room's state behind a lock.
+
+pub mod keyframe;
+pub mod layout;
+pub mod registry;
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use anyhow::Result;
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::config::{ServerConfig, VideoCodec};
+use crate::ids::{ParticipantId, RoomId};
+use crate::media::{InputSignals, PipelineEvent, PipelineStats, RoomPipeline};
+use crate::protocol::{ErrorCode, Layout, ParticipantInfo, ServerMessage, Tile};
+use crate::rtc::SharedTrack;
+use keyframe::{Decision, KeyframeThrottle, DEFAULT_MIN_KEYFRAME_INTERVAL};
+use registry::Registry;
+
+/// Commands queued for one room. Sessions wait at most this long for room answers, so a stuck
+/// room cannot hang a WebSocket forever.
+pub const COMMAND_QUEUE: usize = 256;
+/// Events queued for one participant's session. A session that lets this many pile up is stuck
+/// (its socket no longer drains), and is dropped from the room rather than slowing it.
+pub const EVENT_QUEUE: usize = 256;
+/// A room command that takes longer than this is logged: it is the actor's watchdog.
+const SLOW_COMMAND: Duration = Duration::from_millis(200);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    #[error("the room is full ({0} participants)")]
+    Full(usize),
+    /// The room was closing when the join arrived; the caller retries with a fresh room.
+    #[error("the room is closing")]
+    Closing,
+    #[error("{0}")]
+    Media(String),
+}
+
+impl JoinError {
+    pub fn to_message(&self) -> ServerMessage {
+        let code = match self {
+            JoinError::Full(_) => ErrorCode::RoomFull,
+            JoinError::Closing | JoinError::Media(_) => ErrorCode::Internal,
+        };
+        ServerMessage::error(code, self.to_string())
+    }
+}
+
+/// What a participant gets on joining.
+pub struct Joined {
+    pub id: ParticipantId,
+    pub participants: Vec<ParticipantInfo>,
+    /// The room's one composite stream, shared by every participant's peer connection.
+    pub video_track: SharedTrack,
+    pub video_codec: VideoCodec,
+    /// This participant's mix-minus audio, as Opus RTP packets.
+    pub audio_packets: mpsc::Receiver<Bytes>,
+}
+
+/// A participant's incoming track, as the room needs to know it.
+#[derive(Debug, Clone, Copy)]
+pub enum TrackKind {
+    Video { codec: VideoCodec, payload_type: u8 },
+    Audio { payload_type: u8 },
+}
+
+pub enum RoomCommand {
+    Join {
+        name: String,
+        events: mpsc::Sender<ServerMessage>,
+        reply: oneshot::Sender<Result<Joined, JoinError>>,
+    },
+    AddTrack {
+        who: ParticipantId,
+        kind: TrackKind,
+        signals: Arc<InputSignals>,
+        reply: oneshot::Sender<Result<crate::media::InputHandle, String>>,
+    },
+    Leave {
+        who: ParticipantId,
+    },
+    RequestKeyframe,
+    Snapshot {
+        reply: oneshot::Sender<RoomSnapshot>,
+    },
+}
+
+/// The room as the admin view and the tests see it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RoomSnapshot {
+    pub room: String,
+    pub participants: Vec<ParticipantInfo>,
+    pub layout: Layout,
+    pub pipeline: PipelineStats,
+}
+
+#[derive(Clone)]
+pub struct RoomHandle {
+    id: RoomId,
+    commands: mpsc::Sender<RoomCommand>,
+}
+
+impl RoomHandle {
+    pub fn id(&self) -> &RoomId {
+        &self.id
+    }
+
+    pub async fn join(
+        &self,
+        name: String,
+        events: mpsc::Sender<ServerMessage>,
+    ) -> Result<Joined, JoinError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(RoomCommand::Join {
+                name,
+                events,
+                reply,
+            })
+            .await
+            .map_err(|_| JoinError::Closing)?;
+        answer.await.map_err(|_| JoinError::Closing)?
+    }
+
+    pub async fn add_track(
+        &self,
+        who: ParticipantId,
+        kind: TrackKind,
+        signals: Arc<InputSignals>,
+    ) -> Result<crate::media::InputHandle, String> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(RoomCommand::AddTrack {
+                who,
+                kind,
+                signals,
+                reply,
+            })
+            .await
+            .map_err(|_| "the room has closed".to_string())?;
+        answer
+            .await
+            .map_err(|_| "the room has closed".to_string())?
+    }
+
+    /// Fire and forget: a room that is already gone has nothing left to release.
+    pub async fn leave(&self, who: ParticipantId) {
+        let _ = self.commands.send(RoomCommand::Leave { who }).await;
+    }
+
+    /// Never waits: a keyframe request is dropped if the room is swamped with commands, and the
+    /// viewer will ask again.
+    pub fn request_keyframe(&self) {
+        let _ = self.commands.try_send(RoomCommand::RequestKeyframe);
+    }
+
+    pub async fn snapshot(&self) -> Option<RoomSnapshot> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(RoomCommand::Snapshot { reply })
+            .await
+            .ok()?;
+        answer.await.ok()
+    }
+}
+
+struct Participant {
+    id: ParticipantId,
+    name: String,
+    events: mpsc::Sender<ServerMessage>,
+}
+
+struct Room {
+    id: RoomId,
+    config: Arc<ServerConfig>,
+    codec: VideoCodec,
+    pipeline: RoomPipeline,
+    video_track: SharedTrack,
+    /// In join order, which is also tile order.
+    participants: Vec<Participant>,
+    next_id: u64,
+    throttle: KeyframeThrottle,
+}
+
+/// Starts a room actor. The room removes itself from `registry` when its last participant leaves.
+pub(crate) fn spawn(
+    id: RoomId,
+    config: Arc<ServerConfig>,
+    registry: Weak<Registry>,
+    generation: u64,
+) -> Result<RoomHandle> {
+    let codec = config.codec_for_room(id.as_str());
+    let (pipeline_tx, pipeline_rx) = mpsc::unbounded_channel();
+    let (pipeline, composite_packets) =
+        RoomPipeline::start(id.as_str(), &config.media, codec, pipeline_tx)?;
+    let video_track = SharedTrack::video(codec, "composite", &format!("mcu-{id}"));
+    let writer = tokio::spawn(video_track.clone().write_all(composite_packets));
+    let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+    let room = Room {
+        id: id.clone(),
+        config,
+        codec,
+        pipeline,
+        video_track,
+        participants: Vec::new(),
+        next_id: 1,
+        throttle: KeyframeThrottle::new(DEFAULT_MIN_KEYFRAME_INTERVAL),
+    };
+    tokio::spawn(room.run(rx, pipeline_rx, registry, generation, writer));
+    Ok(RoomHandle {
+        id,
+        commands: tx,
+    })
+}
+
+impl Room {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<RoomCommand>,
+        mut pipeline_events: mpsc::UnboundedReceiver<PipelineEvent>,
+        registry: Weak<Registry>,
+        generation: u64,
+        writer: tokio::task::JoinHandle<()>,
+    ) {
+        tracing::info!(room = %self.id, codec = ?self.codec, "room opened");
+        loop {
+            let keyframe_due = self.throttle.pending_at();
+            tokio::select! {
+                command = commands.recv() => {
+                    let Some(command) = command else { break };
+                    let started = Instant::now();
+                    let what = command_name(&command);
+                    self.handle(command);
+                    if started.elapsed() > SLOW_COMMAND {
+                        tracing::warn!(room = %self.id, command = what, elapsed_ms = started.elapsed().as_millis() as u64, "slow room command");
+                    }
+                    if self.participants.is_empty() {
+                        break;
+                    }
+                }
+                Some(event) = pipeline_events.recv() => {
+                    if !self.on_pipeline_event(event) {
+                        break;
+                    }
+                    if self.participants.is_empty() {
+                        break;
+                    }
+                }
+                _ = sleep_until_opt(keyframe_due) => {
+                    if self.throttle.poll(std::time::Instant::now()) {
+                        self.pipeline.force_keyframe();
+                    }
+                }
+            }
+        }
+        // Leave the registry first, so new joiners get a fresh room; then refuse whatever was
+        // already queued for this one.
+        if let Some(registry) = registry.upgrade() {
+            registry.forget(&self.id, generation);
+        }
+        commands.close();
+        while let Some(command) = commands.recv().await {
+            match command {
+                RoomCommand::Join { reply, .. } => {
+                    let _ = reply.send(Err(JoinError::Closing));
+                }
+                RoomCommand::AddTrack { reply, .. } => {
+                    let _ = reply.send(Err("the room has closed".into()));
+                }
+                _ => {}
+            }
+        }
+        for p in self.participants.drain(..) {
+            let _ = p.events.try_send(ServerMessage::error(
+                ErrorCode::Internal,
+                "the room was closed",
+            ));
+        }
+        // Dropping the pipeline sets it to NULL and drops its appsinks, which ends the writer.
+        drop(self.pipeline);
+        let _ = writer.await;
+        tracing::info!(room = %self.id, "room closed");
+    }
+
+    fn handle(&mut self, command: RoomCommand) {
+        match command {
+            RoomCommand::Join {
+                name,
+                events,
+                reply,
+            } => {
+                let result = self.join(name, events);
+                let _ = reply.send(result);
+            }
+            RoomCommand::AddTrack {
+                who,
+                kind,
+                signals,
+                reply,
+            } => {
+                let result = self.add_track(who, kind, signals);
+                let _ = reply.send(result.map_err(|e| format!("{e:#}")));
+            }
+            RoomCommand::Leave { who } => self.leave(who),
+            RoomCommand::RequestKeyframe => self.request_keyframe(),
+            RoomCommand::Snapshot { reply } => {
+                let _ = reply.send(self.snapshot());
+            }
+        }
+    }
+
+    fn join(
+        &mut self,
+        name: String,
+        events: mpsc::Sender<ServerMessage>,
+    ) -> Result<Joined, JoinError> {
+        if self.participants.len() >= self.config.max_participants {
+            return Err(JoinError::Full(self.config.max_participants));
+        }
+        let id = ParticipantId(self.next_id);
+        self.next_id += 1;
+        let audio_packets = self
+            .pipeline
+            .add_listener(id)
+            .map_err(|e| JoinError::Media(format!("{e:#}")))?;
+        let others = self.participant_infos();
+        let info = ParticipantInfo {
+            id: id.to_string(),
+            name: name.clone(),
+        };
+        self.broadcast(ServerMessage::ParticipantJoined {
+            participant: info,
+        });
+        self.participants.push(Participant {
+            id,
+            name: name.clone(),
+            events,
+        });
+        let tiles = self.tiles();
+        let tile = tiles
+            .iter()
+            .find(|(p, _)| *p == id)
+            .map(|(_, r)| *r)
+            .expect("the participant was just pushed, so it has a tile");
+        if let Err(e) = self.pipeline.add_placeholder(id, &name, tile) {
+            // A missing placeholder only costs the dark tile; the call works without it.
+            tracing::warn!(room = %self.id, participant = %id, "no placeholder: {e:#}");
+        }
+        self.relayout();
+        tracing::info!(room = %self.id, participant = %id, count = self.participants.len(), "joined");
+        Ok(Joined {
+            id,
+            participants: others,
+            video_track: self.video_track.clone(),
+            video_codec: self.codec,
+            audio_packets,
+        })
+    }
+
+    fn add_track(
+        &mut self,
+        who: ParticipantId,
+        kind: TrackKind,
+        signals: Arc<InputSignals>,
+    ) -> Result<crate::media::InputHandle> {
+        let tile = self
+            .tiles()
+            .into_iter()
+            .find(|(p, _)| *p == who)
+            .map(|(_, r)| r)
+            .ok_or_else(|| anyhow::anyhow!("{who} is not in room {}", self.id))?;
+        let appsrc = match kind {
+            TrackKind::Video {
+                codec,
+                payload_type,
+            } => self
+                .pipeline
+                .add_video_input(who, codec, payload_type, tile, signals)?,
+            TrackKind::Audio { payload_type } => {
+                self.pipeline.add_audio_input(who, payload_type)?
+            }
+        };
+        tracing::info!(room = %self.id, participant = %who, ?kind, "track added");
+        Ok(crate::media::InputHandle::new(appsrc))
+    }
+
+    fn leave(&mut self, who: ParticipantId) {
+        let Some(index) = self.participants.iter().position(|p| p.id == who) else {
+            return;
+        };
+        self.participants.remove(index);
+        self.pipeline.remove_participant(who);
+        self.broadcast(ServerMessage::ParticipantLeft {
+            participant_id: who.to_string(),
+        });
+        self.relayout();
+        tracing::info!(room = %self.id, participant = %who, count = self.participants.len(), "left");
+    }
+
+    fn request_keyframe(&mut self) {
+        match self.throttle.request(std::time::Instant::now()) {
+            Decision::ForceNow => self.pipeline.force_keyframe(),
+            Decision::Deferred(_) => {}
+        }
+    }
+
+    /// Returns false when the room cannot go on.
+    fn on_pipeline_event(&mut self, event: PipelineEvent) -> bool {
+        match event {
+            PipelineEvent::FirstFrame(who) => {
+                self.pipeline.remove_placeholder(who);
+                true
+            }
+            PipelineEvent::BranchFailed { participant, error } => {
+                if self.participants.iter().any(|p| p.id == participant) {
+                    tracing::warn!(room = %self.id, %participant, "media branch failed, removing the participant: {error}");
+                    if let Some(p) = self.participants.iter().find(|p| p.id == participant) {
+                        let _ = p.events.try_send(ServerMessage::error(
+                            ErrorCode::Internal,
+                            "your media could not be processed; please rejoin",
+                        ));
+                    }
+                    self.leave(participant);
+                }
+                true
+            }
+            PipelineEvent::Failed(error) => {
+                tracing::error!(room = %self.id, "pipeline failed, closing the room: {error}");
+                false
+            }
+        }
+    }
+
+    fn tiles(&self) -> Vec<(ParticipantId, layout::Rect)> {
+        let m = &self.config.media;
+        self.participants
+            .iter()
+            .map(|p| p.id)
+            .zip(layout::grid(self.participants.len(), m.width, m.height))
+            .collect()
+    }
+
+    fn layout_message(&self, tiles: &[(ParticipantId, layout::Rect)]) -> Layout {
+        Layout {
+            width: self.config.media.width,
+            height: self.config.media.height,
+            tiles: tiles
+                .iter()
+                .map(|(p, r)| Tile {
+                    participant_id: p.to_string(),
+                    x: r.x,
+                    y: r.y,
+                    width: r.width,
+                    height: r.height,
+                })
+                .collect(),
+        }
+    }
+
+    fn relayout(&mut self) {
+        let tiles = self.tiles();
+        self.pipeline.apply_layout(&tiles);
+        let message = ServerMessage::Layout(self.layout_message(&tiles));
+        self.broadcast(message);
+    }
+
+    /// Sends to every participant; one whose queue is full is stuck and gets removed.
+    fn broadcast(&mut self, message: ServerMessage) {
+        let stuck: Vec<ParticipantId> = self
+            .participants
+            .iter()
+            .filter(|p| match p.events.try_send(message.clone()) {
+                Ok(()) => false,
+                Err(mpsc::error::TrySendError::Full(_)) => true,
+                // The session already ended; its Leave is on the way.
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            })
+            .map(|p| p.id)
+            .collect();
+        for who in stuck {
+            tracing::warn!(room = %self.id, participant = %who, "event queue full, removing");
+            self.leave(who);
+        }
+    }
+
+    fn participant_infos(&self) -> Vec<ParticipantInfo> {
+        self.participants
+            .iter()
+            .map(|p| ParticipantInfo {
+                id: p.id.to_string(),
+                name: p.name.clone(),
+            })
+            .collect()
+    }
+
+    fn snapshot(&self) -> RoomSnapshot {
+        RoomSnapshot {
+            room: self.id.to_string(),
+            participants: self.participant_infos(),
+            layout: self.layout_message(&self.tiles()),
+            pipeline: self.pipeline.stats(),
+        }
+    }
+}
+
+fn command_name(c: &RoomCommand) -> &'static str {
+    match c {
+        RoomCommand::Join { .. } => "join",
+        RoomCommand::AddTrack { .. } => "add_track",
+        RoomCommand::Leave { .. } => "leave",
+        RoomCommand::RequestKeyframe => "request_keyframe",
+        RoomCommand::Snapshot { .. } => "snapshot",
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,201 @@
+//! Everything that touches webrtc-rs construction: codecs, interceptors, ICE settings, and the
+//! tracks the server sends. Keeping the crate's types behind this module (and session.rs) means a
+//! move to another WebRTC stack changes these two files only.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use webrtc::api::interceptor_registry::register_default_interceptors;
+use webrtc::api::media_engine::{MediaEngine, MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8};
+use webrtc::api::setting_engine::SettingEngine;
+use webrtc::api::{APIBuilder, API};
+use webrtc::ice::mdns::MulticastDnsMode;
+use webrtc::ice_transport::ice_server::RTCIceServer;
+use webrtc::interceptor::registry::Registry;
+use webrtc::peer_connection::configuration::RTCConfiguration;
+use webrtc::peer_connection::RTCPeerConnection;
+use webrtc::rtp_transceiver::rtp_codec::{
+    RTCRtpCodecCapability, RTCRtpCodecParameters, RTPCodecType,
+};
+use webrtc::rtp_transceiver::RTCPFeedback;
+use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
+use webrtc::track::track_local::{TrackLocal, TrackLocalWriter};
+
+use crate::config::VideoCodec;
+use crate::protocol::IceServer;
+
+/// Payload types we offer. They only have to be consistent within one SDP; these are the numbers
+/// browsers commonly use, which makes captures easier to read.
+pub const PT_VP8: u8 = 96;
+pub const PT_H264: u8 = 102;
+pub const PT_OPUS: u8 = 111;
+
+/// Constrained baseline level 3.1 with non-interleaved packetization: what every browser can
+/// decode, and what the shared H.264 encoder produces.
+pub const H264_FMTP: &str = "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
+pub const OPUS_FMTP: &str = "minptime=10;useinbandfec=1";
+
+fn video_feedback() -> Vec<RTCPFeedback> {
+    [("goog-remb", ""), ("ccm", "fir"), ("nack", ""), ("nack", "pli")]
+        .into_iter()
+        .map(|(typ, parameter)| RTCPFeedback {
+            typ: typ.into(),
+            parameter: parameter.into(),
+        })
+        .collect()
+}
+
+pub fn codec_capability(codec: VideoCodec) -> RTCRtpCodecCapability {
+    let (mime, fmtp) = match codec {
+        VideoCodec::Vp8 => (MIME_TYPE_VP8, ""),
+        VideoCodec::H264 => (MIME_TYPE_H264, H264_FMTP),
+    };
+    RTCRtpCodecCapability {
+        mime_type: mime.into(),
+        clock_rate: 90_000,
+        channels: 0,
+        sdp_fmtp_line: fmtp.into(),
+        rtcp_feedback: video_feedback(),
+    }
+}
+
+pub fn opus_capability() -> RTCRtpCodecCapability {
+    RTCRtpCodecCapability {
+        mime_type: MIME_TYPE_OPUS.into(),
+        clock_rate: 48_000,
+        channels: 2,
+        sdp_fmtp_line: OPUS_FMTP.into(),
+        rtcp_feedback: vec![],
+    }
+}
+
+/// The codec of a remote track, as the room needs it, from its negotiated MIME type.
+pub fn video_codec_of(mime_type: &str) -> Option<VideoCodec> {
+    if mime_type.eq_ignore_ascii_case(MIME_TYPE_VP8) {
+        Some(VideoCodec::Vp8)
+    } else if mime_type.eq_ignore_ascii_case(MIME_TYPE_H264) {
+        Some(VideoCodec::H264)
+    } else {
+        None
+    }
+}
+
+pub fn is_opus(mime_type: &str) -> bool {
+    mime_type.eq_ignore_ascii_case(MIME_TYPE_OPUS)
+}
+
+/// Builds peer connections that all share one configuration.
+pub struct RtcFactory {
+    api: API,
+    ice_servers: Vec<IceServer>,
+}
+
+impl RtcFactory {
+    pub fn new(ice_servers: Vec<IceServer>) -> Result<Self> {
+        let mut media = MediaEngine::default();
+        for (capability, payload_type, kind) in [
+            (codec_capability(VideoCodec::Vp8), PT_VP8, RTPCodecType::Video),
+            (codec_capability(VideoCodec::H264), PT_H264, RTPCodecType::Video),
+            (opus_capability(), PT_OPUS, RTPCodecType::Audio),
+        ] {
+            media
+                .register_codec(
+                    RTCRtpCodecParameters {
+                        capability,
+                        payload_type,
+                        ..Default::default()
+                    },
+                    kind,
+                )
+                .context("registering a codec")?;
+        }
+        // NACK (both ways), RTCP sender/receiver reports and transport-wide congestion feedback.
+        let interceptors = register_default_interceptors(Registry::new(), &mut media)
+            .context("registering interceptors")?;
+        let mut settings = SettingEngine::default();
+        // Loopback candidates let a participant on the same host connect (tests, a local demo).
+        settings.set_include_loopback_candidate(true);
+        // mDNS candidates are for browsers hiding their addresses; a server has nothing to hide,
+        // and answering mDNS queries would need multicast that containers rarely have.
+        settings.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
+        let api = APIBuilder::new()
+            .with_media_engine(media)
+            .with_interceptor_registry(interceptors)
+            .with_setting_engine(settings)
+            .build();
+        Ok(RtcFactory { api, ice_servers })
+    }
+
+    pub fn ice_servers(&self) -> &[IceServer] {
+        &self.ice_servers
+    }
+
+    pub async fn peer_connection(&self) -> Result<Arc<RTCPeerConnection>> {
+        let config = RTCConfiguration {
+            ice_servers: self
+                .ice_servers
+                .iter()
+                .map(|s| RTCIceServer {
+                    urls: s.urls.clone(),
+                    username: s.username.clone().unwrap_or_default(),
+                    credential: s.credential.clone().unwrap_or_default(),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let pc = self
+            .api
+            .new_peer_connection(config)
+            .await
+            .context("creating a peer connection")?;
+        Ok(Arc::new(pc))
+    }
+}
+
+/// A track the server sends. One video track per room is added to every participant's peer
+/// connection; webrtc-rs rewrites SSRC and payload type per connection as it writes.
+#[derive(Clone)]
+pub struct SharedTrack(Arc<TrackLocalStaticRTP>);
+
+impl SharedTrack {
+    pub fn video(codec: VideoCodec, track_id: &str, stream_id: &str) -> Self {
+        SharedTrack(Arc::new(TrackLocalStaticRTP::new(
+            codec_capability(codec),
+            track_id.into(),
+            stream_id.into(),
+        )))
+    }
+
+    pub fn audio(stream_id: &str) -> Self {
+        SharedTrack(Arc::new(TrackLocalStaticRTP::new(
+            opus_capability(),
+            "mix".into(),
+            stream_id.into(),
+        )))
+    }
+
+    pub fn as_local(&self) -> Arc<dyn TrackLocal + Send + Sync> {
+        self.0.clone()
+    }
+
+    pub async fn write(&self, packet: &[u8]) -> Result<(), webrtc::Error> {
+        self.0.write(packet).await.map(|_| ())
+    }
+
+    /// Writes every packet from `packets` until the sending side goes away.
+    pub async fn write_all(self, mut packets: mpsc::Receiver<Bytes>) {
+        let mut failures: u64 = 0;
+        while let Some(packet) = packets.recv().await {
+            if let Err(e) = self.write(&packet).await {
+                // One viewer's closed connection fails the write for that binding only; the others
+                // were written. Log the first and then every thousandth, not every packet.
+                if failures % 1000 == 0 {
+                    tracing::debug!(failures, "writing to a track: {e}");
+                }
+                failures += 1;
+            }
+        }
+    }
+}

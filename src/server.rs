@@ -1,0 +1,42 @@
+//! `mcu serve`: wires the registry, the WebRTC factory and the HTTP routes, and runs until
+//! SIGINT/SIGTERM.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+
+use crate::config::ServerConfig;
+use crate::room::registry::Registry;
+use crate::rtc::RtcFactory;
+use crate::session::SessionContext;
+
+pub async fn run(config: ServerConfig) -> Result<()> {
+    let config = Arc::new(config);
+    let ctx = Arc::new(SessionContext {
+        registry: Registry::new(config.clone()),
+        rtc: Arc::new(RtcFactory::new(config.ice_servers.clone())?),
+    });
+    let (local, serving) = warp::serve(crate::http::routes(ctx))
+        .try_bind_with_graceful_shutdown(config.listen, shutdown_signal())
+        .with_context(|| format!("listening on {}", config.listen))?;
+    // Printed on stdout, alone on its line, so scripts and tests can find the port (`--listen :0`).
+    println!("listening on http://{local}");
+    tracing::info!(%local, "serving");
+    serving.await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}

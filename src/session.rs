@@ -1,0 +1,574 @@
+//! One task per WebSocket: it reads signalling messages, drives the participant's peer connection,
+//! and talks to the room actor. Media never passes through here: incoming tracks are pumped
+//! straight into their pipeline branch by their own tasks, and outgoing packets are written to the
+//! tracks by the room's writer tasks.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use warp::ws::{Message, WebSocket};
+use webrtc::ice_transport::ice_candidate::RTCIceCandidateInit;
+use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
+use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
+use webrtc::peer_connection::RTCPeerConnection;
+use webrtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
+use webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
+use webrtc::track::track_remote::TrackRemote;
+use webrtc::util::Marshal;
+
+use crate::ids::{ParticipantId, RoomId};
+use crate::media::{InputHandle, InputSignals};
+use crate::protocol::{
+    parse_client_message, ErrorCode, IceCandidate, ServerMessage, CLOSE_MESSAGE_TOO_BIG,
+    MAX_MESSAGE_BYTES,
+};
+use crate::room::registry::Registry;
+use crate::room::{RoomHandle, TrackKind, EVENT_QUEUE};
+use crate::rtc::{self, RtcFactory, SharedTrack};
+use crate::signalling::{Action, Signalling};
+
+/// While a new sender's first keyframe has not been decoded, ask for one this often: the first
+/// keyframe is usually sent before DTLS is up and lost.
+const FIRST_KEYFRAME_PLI_INTERVAL: Duration = Duration::from_millis(500);
+/// Later keyframe requests (after loss) are spaced at least this far apart, so a decoder that asks
+/// on every broken frame does not make the sender emit keyframe after keyframe.
+const LOSS_PLI_MIN_INTERVAL: Duration = Duration::from_millis(300);
+/// How often the session checks for a vanished participant.
+const LIVENESS_CHECK: Duration = Duration::from_millis(500);
+/// How long a session waits for its peer connection to be set up before giving up on an answer.
+const SDP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Shared state needed to serve a WebSocket.
+pub struct SessionContext {
+    pub registry: Arc<Registry>,
+    pub rtc: Arc<RtcFactory>,
+}
+
+/// Things that happen in webrtc-rs callbacks, brought back onto the session task.
+enum PeerEvent {
+    LocalCandidate(Option<IceCandidate>),
+    State(RTCPeerConnectionState),
+    Track(Arc<TrackRemote>),
+}
+
+/// Milliseconds since the session started when RTP or RTCP last came from the participant.
+struct Activity {
+    origin: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Arc<Self> {
+        Arc::new(Activity {
+            origin: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        })
+    }
+
+    fn touch(&self) {
+        self.last_ms
+            .store(self.origin.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn idle(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.origin.elapsed().saturating_sub(last)
+    }
+}
+
+struct Membership {
+    room: RoomHandle,
+    id: ParticipantId,
+    pc: Arc<RTCPeerConnection>,
+}
+
+pub async fn serve(socket: WebSocket, room_name: String, ctx: Arc<SessionContext>) {
+    let (mut ws_out, mut ws_in) = socket.split();
+    let (outbox, mut outbox_rx) = mpsc::channel::<ServerMessage>(EVENT_QUEUE);
+    let (close_tx, mut close_rx) = mpsc::channel::<(u16, &'static str)>(1);
+
+    // The one writer of the socket: replies, room events, and finally a close frame.
+    let writer = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                message = outbox_rx.recv() => {
+                    let Some(message) = message else { break };
+                    let Ok(text) = serde_json::to_string(&message) else { continue };
+                    if ws_out.send(Message::text(text)).await.is_err() {
+                        break;
+                    }
+                }
+                close = close_rx.recv() => {
+                    let (code, reason) = close.unwrap_or((1000, "bye"));
+                    // Flush what is already queued (e.g. the error that explains the close).
+                    while let Ok(message) = outbox_rx.try_recv() {
+                        if let Ok(text) = serde_json::to_string(&message) {
+                            let _ = ws_out.send(Message::text(text)).await;
+                        }
+                    }
+                    let _ = ws_out.send(Message::close_with(code, reason)).await;
+                    break;
+                }
+            }
+        }
+        let _ = ws_out.close().await;
+    });
+
+    let room = match RoomId::new(&room_name) {
+        Ok(room) => room,
+        Err(e) => {
+            let _ = outbox
+                .send(ServerMessage::error(
+                    ErrorCode::InvalidRoomName,
+                    format!("room name {e}"),
+                ))
+                .await;
+            let _ = close_tx.send((1008, "invalid room name")).await;
+            let _ = writer.await;
+            return;
+        }
+    };
+
+    let mut session = Session {
+        ctx,
+        room,
+        outbox,
+        signalling: Signalling::new(),
+        member: None,
+        activity: Activity::new(),
+        tasks: Vec::new(),
+    };
+    let (peer_tx, mut peer_rx) = mpsc::channel::<PeerEvent>(64);
+    let mut liveness = tokio::time::interval(LIVENESS_CHECK);
+    let close = loop {
+        tokio::select! {
+            frame = ws_in.next() => {
+                let Some(Ok(frame)) = frame else { break (1000, "bye") };
+                if frame.is_close() {
+                    break (1000, "bye");
+                }
+                if frame.is_ping() || frame.is_pong() {
+                    continue;
+                }
+                if frame.as_bytes().len() > MAX_MESSAGE_BYTES {
+                    tracing::info!(room = %session.room, bytes = frame.as_bytes().len(), "oversized message, closing");
+                    break (CLOSE_MESSAGE_TOO_BIG, "message too big");
+                }
+                let Ok(text) = frame.to_str() else {
+                    session.reply(ServerMessage::error(ErrorCode::BadMessage, "binary frames are not part of the protocol")).await;
+                    continue;
+                };
+                match session.on_text(text, &peer_tx).await {
+                    Ok(true) => {}
+                    Ok(false) => break (1000, "left"),
+                    Err(e) => {
+                        tracing::warn!(room = %session.room, "session failed: {e:#}");
+                        session.reply(ServerMessage::error(ErrorCode::Internal, format!("{e:#}"))).await;
+                        break (1011, "internal error");
+                    }
+                }
+            }
+            Some(event) = peer_rx.recv() => {
+                if !session.on_peer_event(event).await {
+                    break (1000, "peer connection ended");
+                }
+            }
+            _ = liveness.tick() => {
+                let timeout = session.ctx.registry.config().media_timeout;
+                if session.member.is_some() && session.activity.idle() > timeout {
+                    tracing::info!(room = %session.room, "no media for {timeout:?}, removing the participant");
+                    session.reply(ServerMessage::error(ErrorCode::Internal, "no media arrived for too long; you were removed")).await;
+                    break (1000, "media timeout");
+                }
+            }
+        }
+    };
+    session.close().await;
+    let _ = close_tx.send(close).await;
+    let _ = writer.await;
+}
+
+struct Session {
+    ctx: Arc<SessionContext>,
+    room: RoomId,
+    outbox: mpsc::Sender<ServerMessage>,
+    signalling: Signalling,
+    member: Option<Membership>,
+    activity: Arc<Activity>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Session {
+    async fn reply(&self, message: ServerMessage) {
+        let _ = self.outbox.send(message).await;
+    }
+
+    /// Handles one text frame. `Ok(false)` ends the session normally.
+    async fn on_text(&mut self, text: &str, peer_tx: &mpsc::Sender<PeerEvent>) -> Result<bool> {
+        let message = match parse_client_message(text) {
+            Ok(m) => m,
+            Err(reply) => {
+                self.reply(reply).await;
+                return Ok(true);
+            }
+        };
+        let action = match self.signalling.on_message(message) {
+            Ok(a) => a,
+            Err(reply) => {
+                self.reply(reply).await;
+                return Ok(true);
+            }
+        };
+        match action {
+            Action::Join { name } => self.join(name, peer_tx).await?,
+            Action::ApplyOffer { sdp } => self.apply_offer(sdp).await,
+            Action::ApplyAnswer { sdp } => self.apply_answer(sdp).await,
+            Action::AddCandidate(c) => self.add_candidate(c).await,
+            Action::EndOfCandidates | Action::Buffered => {}
+            Action::Leave => return Ok(false),
+            Action::Reply(m) => self.reply(m).await,
+        }
+        Ok(true)
+    }
+
+    async fn join(&mut self, name: String, peer_tx: &mpsc::Sender<PeerEvent>) -> Result<()> {
+        let (room, joined) = match self
+            .ctx
+            .registry
+            .join(&self.room, &name, self.outbox.clone())
+            .await
+        {
+            Ok(j) => j,
+            Err(e) => {
+                self.reply(e.to_message()).await;
+                return Ok(());
+            }
+        };
+        let id = joined.id;
+        self.activity.touch();
+        // Registered before anything can fail, so `close` always tells the room we left.
+        let pc = match self.ctx.rtc.peer_connection().await {
+            Ok(pc) => pc,
+            Err(e) => {
+                room.leave(id).await;
+                return Err(e);
+            }
+        };
+        self.member = Some(Membership {
+            room: room.clone(),
+            id,
+            pc: pc.clone(),
+        });
+        self.signalling.joined();
+
+        // Our tracks go in before any remote offer is applied, or webrtc-rs 0.17 puts them on
+        // transceivers outside the answer and the browser never receives them.
+        let video_sender = pc
+            .add_track(joined.video_track.as_local())
+            .await
+            .context("adding the composite track")?;
+        let audio_track = SharedTrack::audio(&format!("mcu-{}-{id}", self.room));
+        let audio_sender = pc
+            .add_track(audio_track.as_local())
+            .await
+            .context("adding the audio mix track")?;
+        self.tasks
+            .push(tokio::spawn(audio_track.write_all(joined.audio_packets)));
+        self.tasks.push(tokio::spawn(read_sender_rtcp(
+            video_sender,
+            Some(room.clone()),
+            self.activity.clone(),
+        )));
+        self.tasks.push(tokio::spawn(read_sender_rtcp(
+            audio_sender,
+            None,
+            self.activity.clone(),
+        )));
+        install_callbacks(&pc, peer_tx.clone());
+
+        self.reply(ServerMessage::Joined {
+            participant_id: id.to_string(),
+            room: self.room.to_string(),
+            participants: joined.participants,
+            ice_servers: self.ctx.rtc.ice_servers().to_vec(),
+        })
+        .await;
+        tracing::info!(room = %self.room, participant = %id, codec = ?joined.video_codec, "session joined");
+        Ok(())
+    }
+
+    async fn apply_offer(&mut self, sdp: String) {
+        let Some(member) = &self.member else { return };
+        let pc = member.pc.clone();
+        let result = tokio::time::timeout(SDP_TIMEOUT, async {
+            let offer = RTCSessionDescription::offer(sdp).context("reading the offer")?;
+            pc.set_remote_description(offer)
+                .await
+                .context("applying the offer")?;
+            let answer = pc.create_answer(None).await.context("creating an answer")?;
+            pc.set_local_description(answer.clone())
+                .await
+                .context("applying our answer")?;
+            anyhow::Ok(answer.sdp)
+        })
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out negotiating")));
+        match result {
+            Ok(answer) => {
+                self.reply(ServerMessage::Answer { sdp: answer }).await;
+                for c in self.signalling.remote_description_applied() {
+                    self.add_candidate(c).await;
+                }
+            }
+            Err(e) => {
+                self.reply(ServerMessage::error(ErrorCode::BadSdp, format!("{e:#}")))
+                    .await
+            }
+        }
+    }
+
+    async fn apply_answer(&mut self, sdp: String) {
+        let Some(member) = &self.member else { return };
+        let pc = member.pc.clone();
+        let result = async {
+            let answer = RTCSessionDescription::answer(sdp).context("reading the answer")?;
+            pc.set_remote_description(answer)
+                .await
+                .context("applying the answer")
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                for c in self.signalling.remote_description_applied() {
+                    self.add_candidate(c).await;
+                }
+            }
+            Err(e) => {
+                self.reply(ServerMessage::error(ErrorCode::BadSdp, format!("{e:#}")))
+                    .await
+            }
+        }
+    }
+
+    async fn add_candidate(&mut self, c: IceCandidate) {
+        let Some(member) = &self.member else { return };
+        let init = RTCIceCandidateInit {
+            candidate: c.candidate,
+            sdp_mid: c.sdp_mid,
+            sdp_mline_index: c.sdp_m_line_index,
+            username_fragment: c.username_fragment,
+        };
+        if let Err(e) = member.pc.add_ice_candidate(init).await {
+            self.reply(ServerMessage::error(
+                ErrorCode::BadCandidate,
+                format!("candidate refused: {e}"),
+            ))
+            .await;
+        }
+    }
+
+    /// Returns false when the session should end.
+    async fn on_peer_event(&mut self, event: PeerEvent) -> bool {
+        match event {
+            PeerEvent::LocalCandidate(candidate) => {
+                self.reply(ServerMessage::Candidate { candidate }).await;
+                true
+            }
+            PeerEvent::State(state) => {
+                tracing::debug!(room = %self.room, ?state, "peer connection state");
+                match state {
+                    RTCPeerConnectionState::Connected => {
+                        // A new viewer needs a keyframe to start decoding.
+                        if let Some(m) = &self.member {
+                            m.room.request_keyframe();
+                        }
+                        true
+                    }
+                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                        tracing::info!(room = %self.room, ?state, "peer connection ended");
+                        false
+                    }
+                    _ => true,
+                }
+            }
+            PeerEvent::Track(track) => {
+                if let Err(e) = self.on_track(track).await {
+                    tracing::warn!(room = %self.room, "incoming track refused: {e:#}");
+                    self.reply(ServerMessage::error(ErrorCode::BadSdp, format!("{e:#}")))
+                        .await;
+                }
+                true
+            }
+        }
+    }
+
+    async fn on_track(&mut self, track: Arc<TrackRemote>) -> Result<()> {
+        let Some(member) = &self.member else {
+            return Ok(());
+        };
+        let codec = track.codec();
+        let payload_type = track.payload_type();
+        let kind = match track.kind() {
+            RTPCodecType::Video => TrackKind::Video {
+                codec: rtc::video_codec_of(&codec.capability.mime_type).with_context(|| {
+                    format!("video codec {} is not supported", codec.capability.mime_type)
+                })?,
+                payload_type,
+            },
+            RTPCodecType::Audio if rtc::is_opus(&codec.capability.mime_type) => {
+                TrackKind::Audio { payload_type }
+            }
+            other => anyhow::bail!(
+                "{other} track with codec {} is not supported",
+                codec.capability.mime_type
+            ),
+        };
+        let signals = Arc::new(InputSignals::default());
+        let input = member
+            .room
+            .add_track(member.id, kind, signals.clone())
+            .await
+            .map_err(anyhow::Error::msg)?;
+        self.tasks.push(tokio::spawn(pump(
+            track.clone(),
+            input,
+            self.activity.clone(),
+        )));
+        if let TrackKind::Video { .. } = kind {
+            self.tasks.push(tokio::spawn(request_keyframes(
+                Arc::downgrade(&member.pc),
+                track.ssrc(),
+                signals,
+            )));
+        }
+        Ok(())
+    }
+
+    /// Leaves the room, closes the peer connection and waits for every task this session started.
+    async fn close(&mut self) {
+        if let Some(member) = self.member.take() {
+            member.room.leave(member.id).await;
+            if let Err(e) = member.pc.close().await {
+                tracing::debug!("closing a peer connection: {e}");
+            }
+        }
+        for task in self.tasks.drain(..) {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+fn install_callbacks(pc: &Arc<RTCPeerConnection>, events: mpsc::Sender<PeerEvent>) {
+    let tx = events.clone();
+    pc.on_ice_candidate(Box::new(move |candidate| {
+        let tx = tx.clone();
+        Box::pin(async move {
+            let candidate = match candidate.map(|c| c.to_json()) {
+                Some(Ok(init)) => Some(IceCandidate {
+                    candidate: init.candidate,
+                    sdp_mid: init.sdp_mid,
+                    sdp_m_line_index: init.sdp_mline_index,
+                    username_fragment: init.username_fragment,
+                }),
+                Some(Err(_)) => return,
+                None => None,
+            };
+            let _ = tx.send(PeerEvent::LocalCandidate(candidate)).await;
+        })
+    }));
+    let tx = events.clone();
+    pc.on_peer_connection_state_change(Box::new(move |state| {
+        let tx = tx.clone();
+        Box::pin(async move {
+            let _ = tx.send(PeerEvent::State(state)).await;
+        })
+    }));
+    pc.on_track(Box::new(move |track, _, _| {
+        let tx = events.clone();
+        Box::pin(async move {
+            let _ = tx.send(PeerEvent::Track(track)).await;
+        })
+    }));
+}
+
+/// Moves one incoming track's RTP packets into its pipeline branch until either side ends.
+async fn pump(track: Arc<TrackRemote>, input: InputHandle, activity: Arc<Activity>) {
+    loop {
+        let packet = match track.read_rtp().await {
+            Ok((packet, _)) => packet,
+            Err(_) => break,
+        };
+        activity.touch();
+        let Ok(bytes) = packet.marshal() else {
+            continue;
+        };
+        if input.push(bytes).is_err() {
+            // The branch was removed (flushing) or failed; either way nobody reads any more.
+            break;
+        }
+    }
+}
+
+/// Sends PLIs to a sender: repeatedly until its first keyframe is decoded, then whenever the
+/// decoder asks for one after loss.
+async fn request_keyframes(
+    pc: std::sync::Weak<RTCPeerConnection>,
+    media_ssrc: u32,
+    signals: Arc<InputSignals>,
+) {
+    let send_pli = |pc: &std::sync::Weak<RTCPeerConnection>| {
+        let pc = pc.upgrade();
+        async move {
+            let Some(pc) = pc else { return false };
+            let pli = PictureLossIndication {
+                sender_ssrc: 0,
+                media_ssrc,
+            };
+            let _ = pc.write_rtcp(&[Box::new(pli)]).await;
+            true
+        }
+    };
+    while !signals.first_frame_decoded.load(Ordering::Acquire) {
+        if !send_pli(&pc).await {
+            return;
+        }
+        tokio::time::sleep(FIRST_KEYFRAME_PLI_INTERVAL).await;
+    }
+    loop {
+        signals.keyframe_wanted.notified().await;
+        if !send_pli(&pc).await {
+            return;
+        }
+        tokio::time::sleep(LOSS_PLI_MIN_INTERVAL).await;
+    }
+}
+
+/// Drains the RTCP a viewer sends about one of our tracks (webrtc-rs needs it drained for NACK
+/// handling). Any RTCP proves the participant is alive; PLI/FIR on the composite asks the room for
+/// a keyframe.
+async fn read_sender_rtcp(
+    sender: Arc<RTCRtpSender>,
+    room: Option<RoomHandle>,
+    activity: Arc<Activity>,
+) {
+    while let Ok((packets, _)) = sender.read_rtcp().await {
+        activity.touch();
+        let Some(room) = &room else { continue };
+        let wants_keyframe = packets.iter().any(|p| {
+            let any = p.as_any();
+            any.downcast_ref::<PictureLossIndication>().is_some()
+                || any.downcast_ref::<FullIntraRequest>().is_some()
+        });
+        if wants_keyframe {
+            room.request_keyframe();
+        }
+    }
+}

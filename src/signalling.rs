@@ -1,0 +1,289 @@
+//! The signalling state of one WebSocket session, as a pure state machine: it takes a parsed
+//! client message and says what the session should do, or which error to send back. The session
+//! task does the I/O; this module decides, so every ordering rule is tested without a socket.
+
+use crate::protocol::{
+    validate_display_name, ClientMessage, ErrorCode, IceCandidate, ServerMessage,
+};
+
+/// Candidates that arrive before the offer they belong to are held until it is applied. Browsers
+/// gather a handful per interface; 64 is generous and stops a client from growing our memory.
+pub const MAX_EARLY_CANDIDATES: usize = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    AwaitingJoin,
+    Joined,
+    Left,
+}
+
+/// Which side's offer is outstanding, per RFC 8829's signalling states, reduced to what we use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Negotiation {
+    Stable,
+    /// The server sent an offer and waits for the client's answer.
+    ServerOffered,
+}
+
+/// What the session must do for a message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Join { name: String },
+    ApplyOffer { sdp: String },
+    ApplyAnswer { sdp: String },
+    AddCandidate(IceCandidate),
+    /// The client finished gathering; nothing to do for a server with no pending checks of its own.
+    EndOfCandidates,
+    /// The candidate was kept for later; nothing to do now.
+    Buffered,
+    Leave,
+    Reply(ServerMessage),
+}
+
+#[derive(Debug)]
+pub struct Signalling {
+    phase: Phase,
+    negotiation: Negotiation,
+    has_remote_description: bool,
+    early_candidates: Vec<IceCandidate>,
+}
+
+impl Default for Signalling {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Signalling {
+    pub fn new() -> Self {
+        Signalling {
+            phase: Phase::AwaitingJoin,
+            negotiation: Negotiation::Stable,
+            has_remote_description: false,
+            early_candidates: Vec::new(),
+        }
+    }
+
+    pub fn is_joined(&self) -> bool {
+        self.phase == Phase::Joined
+    }
+
+    /// Decides what a client message means now. `Err` is the error reply for the client; the
+    /// session carries on after it.
+    pub fn on_message(&mut self, message: ClientMessage) -> Result<Action, ServerMessage> {
+        use ClientMessage as M;
+        match (self.phase, message) {
+            (_, M::Ping) => Ok(Action::Reply(ServerMessage::Pong)),
+            (Phase::Left, _) => Err(out_of_order("this session has left the room")),
+            (Phase::AwaitingJoin, M::Join { name }) => {
+                let name = validate_display_name(&name).map_err(|e| {
+                    ServerMessage::error(ErrorCode::InvalidDisplayName, format!("display name {e}"))
+                })?;
+                Ok(Action::Join { name })
+            }
+            (Phase::AwaitingJoin, M::Leave) => {
+                self.phase = Phase::Left;
+                Ok(Action::Leave)
+            }
+            (Phase::AwaitingJoin, _) => Err(out_of_order("send join first")),
+            (Phase::Joined, M::Join { .. }) => Err(out_of_order("already joined")),
+            (Phase::Joined, M::Offer { sdp }) => match self.negotiation {
+                Negotiation::Stable => Ok(Action::ApplyOffer { sdp }),
+                Negotiation::ServerOffered => Err(out_of_order(
+                    "the server's offer is waiting for your answer; answer it before offering",
+                )),
+            },
+            (Phase::Joined, M::Answer { sdp }) => match self.negotiation {
+                Negotiation::ServerOffered => Ok(Action::ApplyAnswer { sdp }),
+                Negotiation::Stable => Err(out_of_order("no offer from the server to answer")),
+            },
+            (Phase::Joined, M::Candidate { candidate: None }) => Ok(Action::EndOfCandidates),
+            (Phase::Joined, M::Candidate { candidate: Some(c) }) => {
+                if self.has_remote_description {
+                    Ok(Action::AddCandidate(c))
+                } else if self.early_candidates.len() < MAX_EARLY_CANDIDATES {
+                    self.early_candidates.push(c);
+                    Ok(Action::Buffered)
+                } else {
+                    Err(ServerMessage::error(
+                        ErrorCode::BadCandidate,
+                        format!("more than {MAX_EARLY_CANDIDATES} candidates before an offer"),
+                    ))
+                }
+            }
+            (Phase::Joined, M::Leave) => {
+                self.phase = Phase::Left;
+                Ok(Action::Leave)
+            }
+        }
+    }
+
+    /// The room accepted the join.
+    pub fn joined(&mut self) {
+        self.phase = Phase::Joined;
+    }
+
+    /// The server sent an offer of its own.
+    pub fn server_offered(&mut self) {
+        self.negotiation = Negotiation::ServerOffered;
+    }
+
+    /// A remote offer or answer was applied: negotiation is stable again, and candidates that
+    /// waited for it can now be added.
+    pub fn remote_description_applied(&mut self) -> Vec<IceCandidate> {
+        self.negotiation = Negotiation::Stable;
+        self.has_remote_description = true;
+        std::mem::take(&mut self.early_candidates)
+    }
+}
+
+fn out_of_order(message: &str) -> ServerMessage {
+    ServerMessage::error(ErrorCode::OutOfOrder, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn candidate(n: u32) -> IceCandidate {
+        IceCandidate {
+            candidate: format!("candidate:{n} 1 udp 1 127.0.0.1 {n} typ host"),
+            sdp_mid: Some("0".into()),
+            sdp_m_line_index: Some(0),
+            username_fragment: None,
+        }
+    }
+
+    fn code(r: Result<Action, ServerMessage>) -> ErrorCode {
+        match r {
+            Err(ServerMessage::Error { code, .. }) => code,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn nothing_but_join_or_ping_is_accepted_before_join() {
+        let mut s = Signalling::new();
+        assert_eq!(
+            code(s.on_message(ClientMessage::Offer { sdp: "v=0".into() })),
+            ErrorCode::OutOfOrder
+        );
+        assert_eq!(
+            code(s.on_message(ClientMessage::Candidate {
+                candidate: Some(candidate(1))
+            })),
+            ErrorCode::OutOfOrder
+        );
+        assert_eq!(
+            s.on_message(ClientMessage::Ping),
+            Ok(Action::Reply(ServerMessage::Pong))
+        );
+        assert_eq!(
+            s.on_message(ClientMessage::Join {
+                name: " Ada ".into()
+            }),
+            Ok(Action::Join { name: "Ada".into() })
+        );
+    }
+
+    #[test]
+    fn a_bad_display_name_is_refused_and_the_session_may_try_again() {
+        let mut s = Signalling::new();
+        assert_eq!(
+            code(s.on_message(ClientMessage::Join { name: "".into() })),
+            ErrorCode::InvalidDisplayName
+        );
+        assert!(s
+            .on_message(ClientMessage::Join { name: "Ada".into() })
+            .is_ok());
+    }
+
+    #[test]
+    fn joining_twice_is_out_of_order() {
+        let mut s = Signalling::new();
+        s.joined();
+        assert_eq!(
+            code(s.on_message(ClientMessage::Join { name: "Ada".into() })),
+            ErrorCode::OutOfOrder
+        );
+    }
+
+    #[test]
+    fn early_candidates_wait_for_the_offer_then_come_out_in_order() {
+        let mut s = Signalling::new();
+        s.joined();
+        for n in 0..3 {
+            assert_eq!(
+                s.on_message(ClientMessage::Candidate {
+                    candidate: Some(candidate(n))
+                }),
+                Ok(Action::Buffered)
+            );
+        }
+        assert_eq!(
+            s.on_message(ClientMessage::Offer { sdp: "v=0".into() }),
+            Ok(Action::ApplyOffer { sdp: "v=0".into() })
+        );
+        let held = s.remote_description_applied();
+        assert_eq!(held, vec![candidate(0), candidate(1), candidate(2)]);
+        assert_eq!(
+            s.on_message(ClientMessage::Candidate {
+                candidate: Some(candidate(9))
+            }),
+            Ok(Action::AddCandidate(candidate(9)))
+        );
+    }
+
+    #[test]
+    fn early_candidates_are_bounded() {
+        let mut s = Signalling::new();
+        s.joined();
+        for n in 0..MAX_EARLY_CANDIDATES as u32 {
+            s.on_message(ClientMessage::Candidate {
+                candidate: Some(candidate(n)),
+            })
+            .unwrap();
+        }
+        assert_eq!(
+            code(s.on_message(ClientMessage::Candidate {
+                candidate: Some(candidate(999))
+            })),
+            ErrorCode::BadCandidate
+        );
+    }
+
+    #[test]
+    fn answers_only_follow_a_server_offer_and_offers_wait_for_it() {
+        let mut s = Signalling::new();
+        s.joined();
+        assert_eq!(
+            code(s.on_message(ClientMessage::Answer { sdp: "v=0".into() })),
+            ErrorCode::OutOfOrder
+        );
+        s.server_offered();
+        assert_eq!(
+            code(s.on_message(ClientMessage::Offer { sdp: "v=0".into() })),
+            ErrorCode::OutOfOrder
+        );
+        assert_eq!(
+            s.on_message(ClientMessage::Answer { sdp: "v=0".into() }),
+            Ok(Action::ApplyAnswer { sdp: "v=0".into() })
+        );
+        s.remote_description_applied();
+        assert!(matches!(
+            s.on_message(ClientMessage::Offer { sdp: "v=0".into() }),
+            Ok(Action::ApplyOffer { .. })
+        ));
+    }
+
+    #[test]
+    fn after_leave_everything_but_ping_is_refused() {
+        let mut s = Signalling::new();
+        s.joined();
+        assert_eq!(s.on_message(ClientMessage::Leave), Ok(Action::Leave));
+        assert_eq!(
+            code(s.on_message(ClientMessage::Offer { sdp: "v=0".into() })),
+            ErrorCode::OutOfOrder
+        );
+    }
+}
