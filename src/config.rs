@@ -37,7 +37,9 @@ pub const DEFAULT_MEDIA_TIMEOUT: Duration = Duration::from_secs(10);
 /// A 5×5 grid is the largest that stays legible at 1280×720 (see room::layout::MAX_TILES).
 pub const DEFAULT_MAX_PARTICIPANTS: usize = crate::room::layout::MAX_TILES;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum VideoCodec {
     Vp8,
@@ -104,7 +106,9 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            listen: DEFAULT_LISTEN.parse().expect("DEFAULT_LISTEN is a valid address"),
+            listen: DEFAULT_LISTEN
+                .parse()
+                .expect("DEFAULT_LISTEN is a valid address"),
             media: MediaConfig::default(),
             video_codec: VideoCodec::Vp8,
             room_codecs: HashMap::new(),

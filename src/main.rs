@@ -11,7 +11,11 @@ use clap::{Args, Parser, Subcommand};
 use mcu::config::{self, MediaConfig, ServerConfig, VideoCodec};
 
 #[derive(Parser)]
-#[command(name = "mcu", version, about = "A WebRTC MCU: one composited stream per room")]
+#[command(
+    name = "mcu",
+    version,
+    about = "A WebRTC MCU: one composited stream per room"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -93,14 +97,21 @@ fn server_config(args: ServeArgs) -> Result<ServerConfig> {
             .map_err(|e| anyhow::anyhow!("--room-codec {entry:?}: room name {e}"))?;
         room_codecs.insert(room.to_string(), codec);
     }
-    if args.width % 2 != 0 || args.height % 2 != 0 || args.width < 64 || args.height < 64 {
+    if !args.width.is_multiple_of(2)
+        || !args.height.is_multiple_of(2)
+        || args.width < 64
+        || args.height < 64
+    {
         bail!("the composite must be at least 64×64 with even sides");
     }
     if !(1..=60).contains(&args.fps) {
         bail!("--fps must be between 1 and 60");
     }
     if !(1..=mcu::room::layout::MAX_TILES).contains(&args.max_participants) {
-        bail!("--max-participants must be between 1 and {}", mcu::room::layout::MAX_TILES);
+        bail!(
+            "--max-participants must be between 1 and {}",
+            mcu::room::layout::MAX_TILES
+        );
     }
     if !(args.media_timeout_secs.is_finite() && args.media_timeout_secs > 0.0) {
         bail!("--media-timeout-secs must be a positive number");

@@ -28,9 +28,9 @@ pub enum ClientMessage {
     /// A trickled ICE candidate; `candidate: null` means the client finished gathering.
     Candidate { candidate: Option<IceCandidate> },
     /// Leave the room; the server closes the socket after this.
-    Leave,
+    Leave {},
     /// Keep-alive; answered with `pong`.
-    Ping,
+    Ping {},
 }
 
 /// A message from the server to a client.
@@ -146,7 +146,10 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, ServerMessage> 
     if text.len() > MAX_MESSAGE_BYTES {
         return Err(ServerMessage::error(
             ErrorCode::BadMessage,
-            format!("message of {} bytes exceeds {MAX_MESSAGE_BYTES}", text.len()),
+            format!(
+                "message of {} bytes exceeds {MAX_MESSAGE_BYTES}",
+                text.len()
+            ),
         ));
     }
     serde_json::from_str(text).map_err(|e| {
@@ -206,11 +209,18 @@ mod tests {
     #[test]
     fn join_reads_from_the_documented_json() {
         let m = parse_client_message(r#"{"type":"join","name":"Ada"}"#).unwrap();
+        assert_eq!(m, ClientMessage::Join { name: "Ada".into() });
+    }
+
+    #[test]
+    fn messages_without_fields_read_from_their_type_alone() {
         assert_eq!(
-            m,
-            ClientMessage::Join {
-                name: "Ada".into()
-            }
+            parse_client_message(r#"{"type":"leave"}"#).unwrap(),
+            ClientMessage::Leave {}
+        );
+        assert_eq!(
+            serde_json::to_string(&ClientMessage::Ping {}).unwrap(),
+            r#"{"type":"ping"}"#
         );
     }
 
@@ -244,6 +254,8 @@ mod tests {
             r#"{"type":"join"}"#,
             r#"{"type":"join","name":5}"#,
             r#"{"type":"offer","sdp":"x","extra":1}"#,
+            r#"{"type":"ping","extra":true}"#,
+            r#"{"type":"leave","now":1}"#,
             "\u{0}\u{1}",
         ] {
             match parse_client_message(text) {

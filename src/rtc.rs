@@ -34,17 +34,23 @@ pub const PT_OPUS: u8 = 111;
 
 /// Constrained baseline level 3.1 with non-interleaved packetization: what every browser can
 /// decode, and what the shared H.264 encoder produces.
-pub const H264_FMTP: &str = "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
+pub const H264_FMTP: &str =
+    "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
 pub const OPUS_FMTP: &str = "minptime=10;useinbandfec=1";
 
 fn video_feedback() -> Vec<RTCPFeedback> {
-    [("goog-remb", ""), ("ccm", "fir"), ("nack", ""), ("nack", "pli")]
-        .into_iter()
-        .map(|(typ, parameter)| RTCPFeedback {
-            typ: typ.into(),
-            parameter: parameter.into(),
-        })
-        .collect()
+    [
+        ("goog-remb", ""),
+        ("ccm", "fir"),
+        ("nack", ""),
+        ("nack", "pli"),
+    ]
+    .into_iter()
+    .map(|(typ, parameter)| RTCPFeedback {
+        typ: typ.into(),
+        parameter: parameter.into(),
+    })
+    .collect()
 }
 
 pub fn codec_capability(codec: VideoCodec) -> RTCRtpCodecCapability {
@@ -96,8 +102,16 @@ impl RtcFactory {
     pub fn new(ice_servers: Vec<IceServer>) -> Result<Self> {
         let mut media = MediaEngine::default();
         for (capability, payload_type, kind) in [
-            (codec_capability(VideoCodec::Vp8), PT_VP8, RTPCodecType::Video),
-            (codec_capability(VideoCodec::H264), PT_H264, RTPCodecType::Video),
+            (
+                codec_capability(VideoCodec::Vp8),
+                PT_VP8,
+                RTPCodecType::Video,
+            ),
+            (
+                codec_capability(VideoCodec::H264),
+                PT_H264,
+                RTPCodecType::Video,
+            ),
             (opus_capability(), PT_OPUS, RTPCodecType::Audio),
         ] {
             media
@@ -191,7 +205,7 @@ impl SharedTrack {
             if let Err(e) = self.write(&packet).await {
                 // One viewer's closed connection fails the write for that binding only; the others
                 // were written. Log the first and then every thousandth, not every packet.
-                if failures % 1000 == 0 {
+                if failures.is_multiple_of(1000) {
                     tracing::debug!(failures, "writing to a track: {e}");
                 }
                 failures += 1;

@@ -418,7 +418,10 @@ impl Session {
         let kind = match track.kind() {
             RTPCodecType::Video => TrackKind::Video {
                 codec: rtc::video_codec_of(&codec.capability.mime_type).with_context(|| {
-                    format!("video codec {} is not supported", codec.capability.mime_type)
+                    format!(
+                        "video codec {} is not supported",
+                        codec.capability.mime_type
+                    )
                 })?,
                 payload_type,
             },

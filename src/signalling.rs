@@ -28,9 +28,15 @@ enum Negotiation {
 /// What the session must do for a message.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    Join { name: String },
-    ApplyOffer { sdp: String },
-    ApplyAnswer { sdp: String },
+    Join {
+        name: String,
+    },
+    ApplyOffer {
+        sdp: String,
+    },
+    ApplyAnswer {
+        sdp: String,
+    },
     AddCandidate(IceCandidate),
     /// The client finished gathering; nothing to do for a server with no pending checks of its own.
     EndOfCandidates,
@@ -73,7 +79,7 @@ impl Signalling {
     pub fn on_message(&mut self, message: ClientMessage) -> Result<Action, ServerMessage> {
         use ClientMessage as M;
         match (self.phase, message) {
-            (_, M::Ping) => Ok(Action::Reply(ServerMessage::Pong)),
+            (_, M::Ping {}) => Ok(Action::Reply(ServerMessage::Pong)),
             (Phase::Left, _) => Err(out_of_order("this session has left the room")),
             (Phase::AwaitingJoin, M::Join { name }) => {
                 let name = validate_display_name(&name).map_err(|e| {
@@ -81,7 +87,7 @@ impl Signalling {
                 })?;
                 Ok(Action::Join { name })
             }
-            (Phase::AwaitingJoin, M::Leave) => {
+            (Phase::AwaitingJoin, M::Leave {}) => {
                 self.phase = Phase::Left;
                 Ok(Action::Leave)
             }
@@ -111,7 +117,7 @@ impl Signalling {
                     ))
                 }
             }
-            (Phase::Joined, M::Leave) => {
+            (Phase::Joined, M::Leave {}) => {
                 self.phase = Phase::Left;
                 Ok(Action::Leave)
             }
@@ -175,7 +181,7 @@ mod tests {
             ErrorCode::OutOfOrder
         );
         assert_eq!(
-            s.on_message(ClientMessage::Ping),
+            s.on_message(ClientMessage::Ping {}),
             Ok(Action::Reply(ServerMessage::Pong))
         );
         assert_eq!(
@@ -280,7 +286,7 @@ mod tests {
     fn after_leave_everything_but_ping_is_refused() {
         let mut s = Signalling::new();
         s.joined();
-        assert_eq!(s.on_message(ClientMessage::Leave), Ok(Action::Leave));
+        assert_eq!(s.on_message(ClientMessage::Leave {}), Ok(Action::Leave));
         assert_eq!(
             code(s.on_message(ClientMessage::Offer { sdp: "v=0".into() })),
             ErrorCode::OutOfOrder

@@ -111,7 +111,10 @@ impl AudioGraph {
         let bin = pipelines::LISTENER_AUDIO.bin(
             &[
                 ("mixer_latency_ns", ms_to_ns(self.media.mixer_latency_ms)),
-                ("audio_bitrate_bps", self.media.audio_bitrate_bps.to_string()),
+                (
+                    "audio_bitrate_bps",
+                    self.media.audio_bitrate_bps.to_string(),
+                ),
             ],
             &format!("listener-{who}"),
         )?;
@@ -159,7 +162,12 @@ impl AudioGraph {
         };
         // Stop the branch before its links go, so the tee is not pushing while pads are released.
         let _ = bin.set_state(gst::State::Null);
-        let keys: Vec<_> = self.links.keys().filter(|(s, _)| *s == who).copied().collect();
+        let keys: Vec<_> = self
+            .links
+            .keys()
+            .filter(|(s, _)| *s == who)
+            .copied()
+            .collect();
         for key in keys {
             if let Some(link) = self.links.remove(&key) {
                 unlink(link);
@@ -211,7 +219,9 @@ impl AudioGraph {
                 (mixer, Some(bin))
             }
         };
-        let tee_pad = tee.request_pad_simple("src_%u").context("tee gave no pad")?;
+        let tee_pad = tee
+            .request_pad_simple("src_%u")
+            .context("tee gave no pad")?;
         let input_ghost = ghost(&input_bin, &tee_pad)?;
         let mixer_pad = mixer
             .request_pad_simple("sink_%u")

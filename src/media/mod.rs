@@ -280,7 +280,10 @@ impl RoomPipeline {
             video::place(&bin, &pad, tile);
             bin.sync_state_with_parent()
                 .with_context(|| format!("starting {name}"))?;
-            Ok(TileBranch { bin: bin.clone(), pad })
+            Ok(TileBranch {
+                bin: bin.clone(),
+                pad,
+            })
         })();
         match attached {
             Ok(branch) => {

@@ -115,7 +115,8 @@ mod tests {
         let names: Vec<_> = t.placeholders().into_iter().collect();
         assert_eq!(names, vec!["n".to_string(), "name".to_string()]);
         assert_eq!(
-            t.fill(&[("n", "3".into()), ("name", "out".into())]).unwrap(),
+            t.fill(&[("n", "3".into()), ("name", "out".into())])
+                .unwrap(),
             "videotestsrc num-buffers=3 ! fakesink name=out"
         );
     }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
-use gstreamer as gst;
 use gst::prelude::*;
+use gstreamer as gst;
 use gstreamer_app as gst_app;
 use tokio::sync::mpsc;
 

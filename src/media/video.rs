@@ -88,7 +88,9 @@ pub fn input_bin(
     let depay = bin
         .by_name("depay")
         .with_context(|| format!("pipelines/{} has no element named depay", template.file))?;
-    let depay_sink = depay.static_pad("sink").context("depayloader has no sink pad")?;
+    let depay_sink = depay
+        .static_pad("sink")
+        .context("depayloader has no sink pad")?;
     let wanted = signals.clone();
     depay_sink.add_probe(gst::PadProbeType::EVENT_UPSTREAM, move |_, info| {
         if let Some(event) = info.event() {
@@ -106,7 +108,9 @@ pub fn input_bin(
     let tile_caps = bin
         .by_name("tile_caps")
         .with_context(|| format!("pipelines/{} has no element named tile_caps", template.file))?;
-    let tile_src = tile_caps.static_pad("src").context("tile_caps has no src pad")?;
+    let tile_src = tile_caps
+        .static_pad("src")
+        .context("tile_caps has no src pad")?;
     tile_src.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
         if signals.frames_decoded.fetch_add(1, Ordering::Relaxed) == 0 {
             signals.first_frame_decoded.store(true, Ordering::Release);
@@ -122,15 +126,12 @@ pub fn input_bin(
 pub fn place(bin: &gst::Bin, pad: &gst::Pad, rect: Rect) {
     if let Some(caps_filter) = bin.by_name("tile_caps") {
         let current: Option<gst::Caps> = caps_filter.property("caps");
-        let wanted = current
-            .as_ref()
-            .and_then(|c| c.structure(0))
-            .map(|s| {
-                let mut s = s.to_owned();
-                s.set("width", rect.width as i32);
-                s.set("height", rect.height as i32);
-                gst::Caps::builder_full().structure(s).build()
-            });
+        let wanted = current.as_ref().and_then(|c| c.structure(0)).map(|s| {
+            let mut s = s.to_owned();
+            s.set("width", rect.width as i32);
+            s.set("height", rect.height as i32);
+            gst::Caps::builder_full().structure(s).build()
+        });
         if let Some(caps) = wanted {
             if current.as_ref() != Some(&caps) {
                 caps_filter.set_property("caps", &caps);

@@ -103,11 +103,7 @@ impl I420<'_> {
                 n += 1;
             }
         }
-        Some(yuv_to_rgb(
-            (sy / n) as u8,
-            (su / n) as u8,
-            (sv / n) as u8,
-        ))
+        Some(yuv_to_rgb((sy / n) as u8, (su / n) as u8, (sv / n) as u8))
     }
 }
 
@@ -226,7 +222,9 @@ mod tests {
 
     fn sine(freq: f64, amplitude: f32, n: usize) -> Vec<f32> {
         (0..n)
-            .map(|i| amplitude * (2.0 * std::f64::consts::PI * freq * i as f64 / 48_000.0).sin() as f32)
+            .map(|i| {
+                amplitude * (2.0 * std::f64::consts::PI * freq * i as f64 / 48_000.0).sin() as f32
+            })
             .collect()
     }
 
@@ -276,7 +274,16 @@ mod tests {
         let y = vec![81u8; w * h];
         let u = vec![90u8; w * h / 4];
         let v = vec![240u8; w * h / 4];
-        let frame = I420 { width: w, height: h, y: &y, y_stride: w, u: &u, u_stride: w / 2, v: &v, v_stride: w / 2 };
+        let frame = I420 {
+            width: w,
+            height: h,
+            y: &y,
+            y_stride: w,
+            u: &u,
+            u_stride: w / 2,
+            v: &v,
+            v_stride: w / 2,
+        };
         let c = frame.average(8, 8, 4).unwrap();
         assert!(c.0 > 200 && c.1 < 60 && c.2 < 60, "{c:?}");
         assert!(frame.average(2, 2, 4).is_none());
@@ -285,9 +292,15 @@ mod tests {
     #[test]
     fn vp8_keyframes_are_recognised() {
         // X=1, S=1, PID=0; I=1 with a 15-bit picture id; then a key frame header (bit 0 = 0).
-        assert!(starts_keyframe(&[0x90, 0x80, 0x81, 0x23, 0x10, 0x02, 0x00], false));
+        assert!(starts_keyframe(
+            &[0x90, 0x80, 0x81, 0x23, 0x10, 0x02, 0x00],
+            false
+        ));
         // Same, but an inter frame (bit 0 = 1).
-        assert!(!starts_keyframe(&[0x90, 0x80, 0x81, 0x23, 0x11, 0x02, 0x00], false));
+        assert!(!starts_keyframe(
+            &[0x90, 0x80, 0x81, 0x23, 0x11, 0x02, 0x00],
+            false
+        ));
         // A continuation packet (S=0).
         assert!(!starts_keyframe(&[0x80, 0x80, 0x81, 0x23, 0x10], false));
         assert!(!starts_keyframe(&[], false));
@@ -298,7 +311,10 @@ mod tests {
         assert!(starts_keyframe(&[0x65, 0x88], true)); // IDR
         assert!(!starts_keyframe(&[0x41, 0x9a], true)); // non-IDR slice
         assert!(starts_keyframe(&[0x7c, 0x85, 0x88], true)); // FU-A start of an IDR
-        assert!(starts_keyframe(&[0x78, 0x00, 0x02, 0x67, 0x42, 0x00, 0x02, 0x68, 0xce], true)); // STAP-A with SPS
+        assert!(starts_keyframe(
+            &[0x78, 0x00, 0x02, 0x67, 0x42, 0x00, 0x02, 0x68, 0xce],
+            true
+        )); // STAP-A with SPS
     }
 
     #[test]

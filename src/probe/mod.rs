@@ -217,8 +217,8 @@ impl Crowd {
     pub async fn join(&mut self, codec: VideoCodec) -> Result<&Participant> {
         let spec = spec_for(self.next_index, codec);
         self.next_index += 1;
-        let p = Participant::join(&self.url, &self.room, spec, &self.rtc, self.roster.clone())
-            .await?;
+        let p =
+            Participant::join(&self.url, &self.room, spec, &self.rtc, self.roster.clone()).await?;
         self.members.push(p);
         Ok(self.members.last().expect("just pushed"))
     }
@@ -236,7 +236,10 @@ impl Crowd {
     }
 
     pub fn roster(&self) -> HashMap<String, Expected> {
-        self.roster.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.roster
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Checks every member over `window`.
@@ -339,7 +342,11 @@ pub fn summary(report: &Report) -> String {
                 t.participant,
                 t.hz,
                 t.share,
-                if t.expect_present { "present" } else { "absent" }
+                if t.expect_present {
+                    "present"
+                } else {
+                    "absent"
+                }
             ));
         }
         for e in &p.errors {
@@ -360,13 +367,25 @@ mod tests {
     use super::*;
     use participant::FrameSample;
 
-    fn observation(id: &str, tiles: Vec<(String, analysis::Rgb)>, audio: Vec<f32>, t0: Instant) -> Observation {
-        let frame_times: Vec<Instant> = (0..30).map(|i| t0 + Duration::from_millis(33 * i)).collect();
+    fn observation(
+        id: &str,
+        tiles: Vec<(String, analysis::Rgb)>,
+        audio: Vec<f32>,
+        t0: Instant,
+    ) -> Observation {
+        let frame_times: Vec<Instant> = (0..30)
+            .map(|i| t0 + Duration::from_millis(33 * i))
+            .collect();
         Observation {
             id: id.into(),
             recent: frame_times
                 .iter()
-                .map(|t| FrameSample { at: *t, width: 1280, height: 720, tiles: tiles.clone() })
+                .map(|t| FrameSample {
+                    at: *t,
+                    width: 1280,
+                    height: 720,
+                    tiles: tiles.clone(),
+                })
                 .collect(),
             frame_times,
             first_self_frame: Some(Duration::from_millis(300)),
@@ -388,7 +407,11 @@ mod tests {
             .map(|i| {
                 (
                     format!("p{}", i + 1),
-                    Expected { name: format!("probe-{}", i + 1), colour: colour_for(i), tone_hz: tone_for(i) },
+                    Expected {
+                        name: format!("probe-{}", i + 1),
+                        colour: colour_for(i),
+                        tone_hz: tone_for(i),
+                    },
                 )
             })
             .collect()
@@ -399,7 +422,13 @@ mod tests {
         let t0 = Instant::now();
         let tiles = vec![("p1".into(), colour_for(0)), ("p2".into(), colour_for(1))];
         let obs = observation("p1", tiles, tone(tone_for(1)), t0);
-        let r = evaluate(&obs, &spec_for(0, VideoCodec::Vp8), &roster(), (t0, t0 + Duration::from_secs(1)), 20.0);
+        let r = evaluate(
+            &obs,
+            &spec_for(0, VideoCodec::Vp8),
+            &roster(),
+            (t0, t0 + Duration::from_secs(1)),
+            20.0,
+        );
         assert!(r.ok, "{r:#?}");
         assert!(r.fps > 29.0);
     }
@@ -408,9 +437,19 @@ mod tests {
     fn hearing_oneself_fails_the_mix_minus_check() {
         let t0 = Instant::now();
         let tiles = vec![("p1".into(), colour_for(0)), ("p2".into(), colour_for(1))];
-        let both: Vec<f32> = tone(tone_for(0)).iter().zip(tone(tone_for(1))).map(|(a, b)| a + b).collect();
+        let both: Vec<f32> = tone(tone_for(0))
+            .iter()
+            .zip(tone(tone_for(1)))
+            .map(|(a, b)| a + b)
+            .collect();
         let obs = observation("p1", tiles, both, t0);
-        let r = evaluate(&obs, &spec_for(0, VideoCodec::Vp8), &roster(), (t0, t0 + Duration::from_secs(1)), 20.0);
+        let r = evaluate(
+            &obs,
+            &spec_for(0, VideoCodec::Vp8),
+            &roster(),
+            (t0, t0 + Duration::from_secs(1)),
+            20.0,
+        );
         assert!(!r.ok);
         assert!(r.tones.iter().any(|t| !t.expect_present && !t.ok));
     }
@@ -420,7 +459,13 @@ mod tests {
         let t0 = Instant::now();
         let tiles = vec![("p1".into(), colour_for(1)), ("p2".into(), colour_for(0))];
         let obs = observation("p1", tiles, tone(tone_for(1)), t0);
-        let r = evaluate(&obs, &spec_for(0, VideoCodec::Vp8), &roster(), (t0, t0 + Duration::from_secs(3)), 20.0);
+        let r = evaluate(
+            &obs,
+            &spec_for(0, VideoCodec::Vp8),
+            &roster(),
+            (t0, t0 + Duration::from_secs(3)),
+            20.0,
+        );
         assert!(!r.ok);
         assert!(r.tiles.iter().all(|t| !t.ok));
         assert!(r.fps < 20.0 && r.max_frame_gap_ms > 1900.0);

@@ -168,7 +168,8 @@ impl Participant {
                 .with_context(|| format!("probe send pipeline has no {n}"))
         };
         let counters = Arc::new(crate::media::sink::PacketCounters::default());
-        let video_packets = crate::media::sink::packets_from(&by_name("video_sink")?, counters.clone())?;
+        let video_packets =
+            crate::media::sink::packets_from(&by_name("video_sink")?, counters.clone())?;
         let audio_packets = crate::media::sink::packets_from(&by_name("audio_sink")?, counters)?;
         tasks.push(tokio::spawn(video_track.write_all(video_packets)));
         tasks.push(tokio::spawn(audio_track.write_all(audio_packets)));
@@ -199,19 +200,17 @@ impl Participant {
         let receive_pipelines = Arc::new(Mutex::new(Vec::new()));
         {
             let shared = shared.clone();
-            let roster = roster.clone();
             let pipelines = receive_pipelines.clone();
             let ssrc = composite_ssrc.clone();
             pc.on_track(Box::new(move |track, _, _| {
                 let shared = shared.clone();
-                let roster = roster.clone();
                 let pipelines = pipelines.clone();
                 let ssrc = ssrc.clone();
                 Box::pin(async move {
                     if track.kind() == RTPCodecType::Video {
                         ssrc.store(track.ssrc(), Ordering::Relaxed);
                     }
-                    match receive(track, shared.clone(), roster) {
+                    match receive(track, shared.clone()) {
                         Ok(p) => pipelines.lock().unwrap_or_else(|e| e.into_inner()).push(p),
                         Err(e) => shared.lock().errors.push(format!("receiving: {e:#}")),
                     }
@@ -233,7 +232,9 @@ impl Participant {
                         Some(Err(_)) => return,
                         None => None,
                     };
-                    let _ = out.send(to_text(&ClientMessage::Candidate { candidate })).await;
+                    let _ = out
+                        .send(to_text(&ClientMessage::Candidate { candidate }))
+                        .await;
                 })
             }));
         }
@@ -247,7 +248,10 @@ impl Participant {
                 while let Some(Ok(frame)) = ws_stream.next().await {
                     let Message::Text(text) = frame else { continue };
                     let Ok(message) = serde_json::from_str::<ServerMessage>(text.as_str()) else {
-                        shared.lock().errors.push(format!("unreadable server message: {text}"));
+                        shared
+                            .lock()
+                            .errors
+                            .push(format!("unreadable server message: {text}"));
                         continue;
                     };
                     match message {
@@ -262,7 +266,10 @@ impl Participant {
                                 Err(e) => Err(e),
                             };
                             if let Err(e) = result {
-                                shared.lock().errors.push(format!("applying the answer: {e}"));
+                                shared
+                                    .lock()
+                                    .errors
+                                    .push(format!("applying the answer: {e}"));
                             }
                         }
                         ServerMessage::Candidate { candidate: Some(c) } => {
@@ -305,17 +312,14 @@ impl Participant {
             Err(_) => bail!("no answer to join within {JOIN_DEADLINE:?}"),
         };
         *shared.own_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(id.clone());
-        roster
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                id.clone(),
-                Expected {
-                    name: spec.name.clone(),
-                    colour: spec.colour,
-                    tone_hz: spec.tone_hz,
-                },
-            );
+        roster.write().unwrap_or_else(|p| p.into_inner()).insert(
+            id.clone(),
+            Expected {
+                name: spec.name.clone(),
+                colour: spec.colour,
+                tone_hz: spec.tone_hz,
+            },
+        );
 
         let offer = pc.create_offer(None).await.context("creating an offer")?;
         pc.set_local_description(offer.clone())
@@ -381,7 +385,7 @@ impl Participant {
 
     /// Leaves politely: a `leave` message, then everything is closed.
     pub async fn leave(mut self) {
-        let _ = self.ws_out.send(to_text(&ClientMessage::Leave)).await;
+        let _ = self.ws_out.send(to_text(&ClientMessage::Leave {})).await;
         self.shutdown().await;
     }
 
@@ -452,7 +456,7 @@ fn send_pipeline(spec: &Spec) -> Result<gst::Pipeline> {
 }
 
 /// Builds a pipeline that decodes one incoming track and records what it shows or sounds like.
-fn receive(track: Arc<TrackRemote>, shared: Arc<Shared>, roster: Roster) -> Result<gst::Pipeline> {
+fn receive(track: Arc<TrackRemote>, shared: Arc<Shared>) -> Result<gst::Pipeline> {
     let codec = track.codec();
     let mime = codec.capability.mime_type.clone();
     let pt = i32::from(track.payload_type());
@@ -507,7 +511,7 @@ fn receive(track: Arc<TrackRemote>, shared: Arc<Shared>, roster: Roster) -> Resu
             .new_sample(move |sink| {
                 let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
                 if is_video {
-                    on_video_frame(&sample, &callback_shared, &roster);
+                    on_video_frame(&sample, &callback_shared);
                 } else {
                     on_audio(&sample, &callback_shared);
                 }
@@ -523,7 +527,9 @@ fn receive(track: Arc<TrackRemote>, shared: Arc<Shared>, roster: Roster) -> Resu
             if is_video && analysis::starts_keyframe(&packet.payload, h264) {
                 shared.lock().keyframes.push(Instant::now());
             }
-            let Ok(bytes) = packet.marshal() else { continue };
+            let Ok(bytes) = packet.marshal() else {
+                continue;
+            };
             if appsrc.push_buffer(gst::Buffer::from_slice(bytes)).is_err() {
                 break;
             }
@@ -532,7 +538,7 @@ fn receive(track: Arc<TrackRemote>, shared: Arc<Shared>, roster: Roster) -> Resu
     Ok(pipeline)
 }
 
-fn on_video_frame(sample: &gst::Sample, shared: &Shared, roster: &Roster) {
+fn on_video_frame(sample: &gst::Sample, shared: &Shared) {
     let now = Instant::now();
     let (Some(buffer), Some(caps)) = (sample.buffer(), sample.caps()) else {
         return;
@@ -592,7 +598,6 @@ fn on_video_frame(sample: &gst::Sample, shared: &Shared, roster: &Roster) {
             }
         }
     }
-    let _ = roster; // the roster is consulted when checking, not per frame
     r.frame_times.push(now);
     r.recent.push_back(FrameSample {
         at: now,

@@ -134,21 +134,48 @@ mod tests {
     #[test]
     fn two_sit_side_by_side() {
         let tiles = grid(2, W, H);
-        assert_eq!(tiles[0], Rect { x: 0, y: 0, width: 640, height: 720 });
-        assert_eq!(tiles[1], Rect { x: 640, y: 0, width: 640, height: 720 });
+        assert_eq!(
+            tiles[0],
+            Rect {
+                x: 0,
+                y: 0,
+                width: 640,
+                height: 720
+            }
+        );
+        assert_eq!(
+            tiles[1],
+            Rect {
+                x: 640,
+                y: 0,
+                width: 640,
+                height: 720
+            }
+        );
     }
 
     #[test]
     fn four_fill_the_quadrants_in_reading_order() {
         let tiles = grid(4, W, H);
         let centers: Vec<_> = tiles.iter().map(Rect::center).collect();
-        assert_eq!(centers, vec![(320, 180), (960, 180), (320, 540), (960, 540)]);
+        assert_eq!(
+            centers,
+            vec![(320, 180), (960, 180), (320, 540), (960, 540)]
+        );
     }
 
     #[test]
     fn three_centre_the_last_row() {
         let tiles = grid(3, W, H);
-        assert_eq!(tiles[2], Rect { x: 320, y: 360, width: 640, height: 360 });
+        assert_eq!(
+            tiles[2],
+            Rect {
+                x: 320,
+                y: 360,
+                width: 640,
+                height: 360
+            }
+        );
     }
 
     #[test]
@@ -158,7 +185,10 @@ mod tests {
                 let tiles = grid(n, w, h);
                 assert_eq!(tiles.len(), n);
                 for (i, t) in tiles.iter().enumerate() {
-                    assert!(t.x + t.width <= w && t.y + t.height <= h, "{n} tiles: {t:?}");
+                    assert!(
+                        t.x + t.width <= w && t.y + t.height <= h,
+                        "{n} tiles: {t:?}"
+                    );
                     assert!(t.width > 0 && t.height > 0);
                     for v in [t.x, t.y, t.width, t.height] {
                         assert_eq!(v % 2, 0, "{n} tiles on {w}x{h}: {t:?}");
@@ -179,16 +209,36 @@ mod tests {
     #[test]
     fn video_is_letterboxed_never_stretched() {
         // 16:9 into a tall 640×720 tile: full width, bars above and below.
-        let tile = Rect { x: 640, y: 0, width: 640, height: 720 };
+        let tile = Rect {
+            x: 640,
+            y: 0,
+            width: 640,
+            height: 720,
+        };
         assert_eq!(
             fit_inside(tile, 1280, 720),
-            Rect { x: 640, y: 180, width: 640, height: 360 }
+            Rect {
+                x: 640,
+                y: 180,
+                width: 640,
+                height: 360
+            }
         );
         // 4:3 into a 16:9 tile: full height, bars left and right.
-        let tile = Rect { x: 0, y: 0, width: 640, height: 360 };
+        let tile = Rect {
+            x: 0,
+            y: 0,
+            width: 640,
+            height: 360,
+        };
         assert_eq!(
             fit_inside(tile, 640, 480),
-            Rect { x: 80, y: 0, width: 480, height: 360 }
+            Rect {
+                x: 80,
+                y: 0,
+                width: 480,
+                height: 360
+            }
         );
     }
 }

@@ -213,10 +213,7 @@ pub(crate) fn spawn(
         throttle: KeyframeThrottle::new(DEFAULT_MIN_KEYFRAME_INTERVAL),
     };
     tokio::spawn(room.run(rx, pipeline_rx, registry, generation, writer));
-    Ok(RoomHandle {
-        id,
-        commands: tx,
-    })
+    Ok(RoomHandle { id, commands: tx })
 }
 
 impl Room {
@@ -334,9 +331,7 @@ impl Room {
             id: id.to_string(),
             name: name.clone(),
         };
-        self.broadcast(ServerMessage::ParticipantJoined {
-            participant: info,
-        });
+        self.broadcast(ServerMessage::ParticipantJoined { participant: info });
         self.participants.push(Participant {
             id,
             name: name.clone(),

@@ -1,0 +1,210 @@
+//! End-to-end: a real `mcu serve` on loopback and synthetic participants that look at the media
+//! they receive. Run serially (`--test-threads=1`): each test is a whole conference on 2 cores.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{wait_for, Server};
+use mcu::config::VideoCodec;
+use mcu::probe::{analysis, Crowd, ParticipantReport};
+
+/// How long to wait for a conference to settle (everyone connected, first keyframes decoded).
+const SETTLE: Duration = Duration::from_secs(15);
+/// Frames further apart than this are a stall a person would notice.
+const STALL: Duration = Duration::from_millis(700);
+const MIN_FPS: f64 = 20.0;
+
+/// Everyone's checks over the last second, once every check passes; `None` while any fails.
+fn all_ok(crowd: &Crowd) -> Option<Vec<ParticipantReport>> {
+    let now = Instant::now();
+    let reports = crowd.evaluate((now - Duration::from_secs(1), now), MIN_FPS);
+    let tiles_expected = crowd.members.len();
+    let complete = reports
+        .iter()
+        .all(|r| r.ok && r.tiles.len() == tiles_expected && r.tones.len() == tiles_expected);
+    complete.then_some(reports)
+}
+
+async fn crowd_of(server: &Server, room: &str, n: usize) -> Crowd {
+    let mut crowd = Crowd::new(&server.url(), room).expect("creating the probe crowd");
+    for _ in 0..n {
+        crowd.join(VideoCodec::Vp8).await.expect("joining");
+    }
+    crowd
+}
+
+fn largest_gap(times: &[Instant], from: Instant, to: Instant) -> Duration {
+    let mut previous = from;
+    let mut gap = Duration::ZERO;
+    for t in times
+        .iter()
+        .copied()
+        .filter(|t| *t >= from && *t <= to)
+        .chain([to])
+    {
+        gap = gap.max(t - previous);
+        previous = t;
+    }
+    gap
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_participant_sees_itself_full_frame() {
+    common::init();
+    let server = Server::start("one_participant", &[]);
+    let mut crowd = crowd_of(&server, "solo", 1).await;
+    wait_for("the participant to see itself", SETTLE, || all_ok(&crowd)).await;
+    let obs = crowd.members[0].observe();
+    let layout = obs.layout.expect("a layout arrived");
+    assert_eq!(layout.tiles.len(), 1);
+    let tile = &layout.tiles[0];
+    assert_eq!((tile.x, tile.y, tile.width, tile.height), (0, 0, 1280, 720));
+    let frame = obs.recent.last().expect("frames arrived");
+    assert_eq!((frame.width, frame.height), (1280, 720));
+    assert!(obs.first_self_frame.is_some());
+    crowd.leave_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_participants_find_every_colour_in_its_quadrant_and_a_leaver_frees_its_tile() {
+    common::init();
+    let server = Server::start("four_participants", &[]);
+    let mut crowd = crowd_of(&server, "four", 4).await;
+    let reports = wait_for("all four colours in their tiles", SETTLE, || all_ok(&crowd)).await;
+    // Quadrants in join order: the layout is what the probe checked colours against, so check
+    // that it is the 2×2 grid.
+    let layout = crowd.members[0].observe().layout.expect("a layout arrived");
+    let quadrants: Vec<(u32, u32)> = layout.tiles.iter().map(|t| (t.x, t.y)).collect();
+    assert_eq!(quadrants, vec![(0, 0), (640, 0), (0, 360), (640, 360)]);
+    let ids: Vec<&str> = crowd.members.iter().map(|p| p.id()).collect();
+    let tile_owners: Vec<&str> = layout
+        .tiles
+        .iter()
+        .map(|t| t.participant_id.as_str())
+        .collect();
+    assert_eq!(tile_owners, ids);
+    for r in &reports {
+        assert!(r.tiles.iter().all(|t| t.ok), "{r:#?}");
+    }
+
+    // One leaves: the other three get the 3-tile layout within 2 s, and the composite never stalls.
+    let left_at = Instant::now();
+    crowd.leave(3).await;
+    wait_for(
+        "the three-tile layout with the right colours",
+        Duration::from_secs(2),
+        || {
+            let three = crowd.members.iter().all(|p| {
+                let obs = p.observe();
+                obs.layout.as_ref().is_some_and(|l| l.tiles.len() == 3)
+                    && obs
+                        .recent
+                        .last()
+                        .is_some_and(|f| f.tiles.len() == 3 && f.at > left_at)
+            });
+            (three && all_ok(&crowd).is_some()).then_some(())
+        },
+    )
+    .await;
+    // Look a little past the change too.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for p in &crowd.members {
+        let obs = p.observe();
+        let gap = largest_gap(
+            &obs.frame_times,
+            left_at - Duration::from_secs(1),
+            Instant::now(),
+        );
+        assert!(
+            gap < STALL,
+            "{} saw the composite stall for {gap:?}",
+            p.id()
+        );
+    }
+    crowd.leave_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mix_minus_everyone_hears_the_others_and_never_themselves() {
+    common::init();
+    let server = Server::start("mix_minus", &[]);
+    let mut crowd = crowd_of(&server, "mixminus", 3).await;
+    let reports = wait_for("every tone check to pass", SETTLE, || all_ok(&crowd)).await;
+    for r in &reports {
+        for t in &r.tones {
+            if t.participant == r.id {
+                assert!(
+                    !t.expect_present && t.share < analysis::TONE_ABSENT,
+                    "{r:#?}"
+                );
+            } else {
+                assert!(
+                    t.expect_present && t.share >= analysis::TONE_PRESENT,
+                    "{r:#?}"
+                );
+            }
+        }
+    }
+    crowd.leave_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h264_sender_is_composited_beside_a_vp8_sender() {
+    common::init();
+    let server = Server::start("h264_sender", &[]);
+    let mut crowd = Crowd::new(&server.url(), "mixed-codecs").expect("crowd");
+    crowd
+        .join(VideoCodec::H264)
+        .await
+        .expect("H.264 participant joins");
+    crowd
+        .join(VideoCodec::Vp8)
+        .await
+        .expect("VP8 participant joins");
+    wait_for("both colours in both composites", SETTLE, || all_ok(&crowd)).await;
+    crowd.leave_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h264_room_sends_an_h264_composite() {
+    common::init();
+    let server = Server::start("h264_room", &["--room-codec", "hroom=h264"]);
+    let mut crowd = crowd_of(&server, "hroom", 2).await;
+    wait_for("both colours in the H.264 composite", SETTLE, || {
+        all_ok(&crowd)
+    })
+    .await;
+    crowd.leave_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewers_pli_yields_a_keyframe() {
+    common::init();
+    let server = Server::start("pli", &[]);
+    let mut crowd = crowd_of(&server, "pli", 1).await;
+    wait_for("the first composite frame", SETTLE, || all_ok(&crowd)).await;
+    let viewer = &crowd.members[0];
+    // Three PLIs, each answered by a keyframe. Periodic keyframes come every 10 s, so they cannot
+    // answer three requests in a row.
+    for round in 0..3 {
+        // Leave more than the 500 ms keyframe throttle since the last keyframe.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let asked = Instant::now();
+        assert!(viewer.send_pli().await, "round {round}: PLI not sent");
+        wait_for(
+            &format!("a keyframe after PLI {round}"),
+            Duration::from_millis(1500),
+            || {
+                viewer
+                    .observe()
+                    .keyframes
+                    .iter()
+                    .any(|k| *k > asked)
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+    crowd.leave_all().await;
+}
