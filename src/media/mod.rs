@@ -261,6 +261,12 @@ impl RoomPipeline {
         }
     }
 
+    /// True when the pipeline and every branch in it have reached PLAYING.
+    pub fn is_playing(&self) -> bool {
+        let playing = |e: &gst::Element| e.current_state() == gst::State::Playing;
+        playing(self.pipeline.upcast_ref()) && self.pipeline.children().iter().all(playing)
+    }
+
     fn attach_tile(&self, bin: gst::Bin, tile: Rect, zorder: u32) -> Result<TileBranch> {
         let name = bin.name();
         self.pipeline
