@@ -112,6 +112,10 @@ impl AudioGraph {
             &[
                 ("mixer_latency_ns", ms_to_ns(self.media.mixer_latency_ms)),
                 (
+                    "audio_branch_latency_ns",
+                    ms_to_ns(self.media.audio_branch_latency_ms()),
+                ),
+                (
                     "audio_bitrate_bps",
                     self.media.audio_bitrate_bps.to_string(),
                 ),

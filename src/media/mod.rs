@@ -6,6 +6,7 @@
 
 mod audio;
 mod bus;
+mod pace;
 pub mod pipelines;
 pub mod sink;
 mod video;
@@ -64,6 +65,10 @@ pub struct PipelineStats {
     pub pipeline_children: usize,
     pub video_packets_out: u64,
     pub video_packets_dropped: u64,
+    /// Composite frames produced, and how often the compositor fell behind (see media/pace.rs).
+    pub composite_frames: u64,
+    pub composite_stalls: u64,
+    pub longest_composite_gap_ms: u64,
 }
 
 /// A bin feeding the compositor through one of its request pads.
@@ -84,6 +89,7 @@ pub struct RoomPipeline {
     videos: HashMap<ParticipantId, TileBranch>,
     audio: audio::AudioGraph,
     video_counters: Arc<PacketCounters>,
+    pace: Arc<pace::Pace>,
 }
 
 impl RoomPipeline {
@@ -111,6 +117,14 @@ impl RoomPipeline {
             ("height", media.height.to_string()),
             ("fps", media.fps.to_string()),
             ("mixer_latency_ns", ms_to_ns(media.mixer_latency_ms)),
+            (
+                "video_branch_latency_ns",
+                ms_to_ns(media.video_branch_latency_ms()),
+            ),
+            (
+                "audio_branch_latency_ns",
+                ms_to_ns(media.audio_branch_latency_ms()),
+            ),
             ("encoder", encoder),
         ])?;
         let pipeline = gst::parse::launch(&description)
@@ -131,6 +145,8 @@ impl RoomPipeline {
         let packets = sink::packets_from(&element("video_out")?, video_counters.clone())?;
 
         let bus_task = bus::watch(&pipeline, events.clone())?;
+        let pace = Arc::new(pace::Pace::new(media.fps));
+        pace::watch(&compositor, pace.clone(), name)?;
         let room = RoomPipeline {
             audio: audio::AudioGraph::new(pipeline.clone(), fullmix.clone(), media.clone()),
             pipeline,
@@ -143,6 +159,7 @@ impl RoomPipeline {
             placeholders: HashMap::new(),
             videos: HashMap::new(),
             video_counters,
+            pace,
         };
         room.pipeline
             .set_state(gst::State::Playing)
@@ -152,7 +169,7 @@ impl RoomPipeline {
 
     /// Shows a dark tile with the participant's name until their video arrives.
     pub fn add_placeholder(&mut self, who: ParticipantId, name: &str, tile: Rect) -> Result<()> {
-        let bin = video::placeholder_bin(who, name, tile)?;
+        let bin = video::placeholder_bin(who, name, tile, self.media.fps)?;
         let branch = self.attach_tile(bin, tile, video::PLACEHOLDER_ZORDER)?;
         self.placeholders.insert(who, branch);
         Ok(())
@@ -258,6 +275,9 @@ impl RoomPipeline {
                 .video_counters
                 .dropped
                 .load(std::sync::atomic::Ordering::Relaxed),
+            composite_frames: self.pace.frames(),
+            composite_stalls: self.pace.stalls(),
+            longest_composite_gap_ms: self.pace.longest_gap_ms(),
         }
     }
 

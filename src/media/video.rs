@@ -30,9 +30,10 @@ pub struct InputSignals {
     pub keyframe_wanted: Notify,
 }
 
-pub fn placeholder_bin(who: ParticipantId, name: &str, tile: Rect) -> Result<gst::Bin> {
+pub fn placeholder_bin(who: ParticipantId, name: &str, tile: Rect, fps: u32) -> Result<gst::Bin> {
     let bin = pipelines::PLACEHOLDER.bin(
         &[
+            ("fps", fps.to_string()),
             ("tile_width", tile.width.to_string()),
             ("tile_height", tile.height.to_string()),
         ],

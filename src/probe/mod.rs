@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::config::VideoCodec;
 use crate::rtc::RtcFactory;
-use analysis::{colour_for, percentile, tone_for, tone_share, TONE_ABSENT, TONE_PRESENT};
+use analysis::{percentile, tone_share, TONE_ABSENT, TONE_PRESENT};
 pub use participant::{Expected, Observation, Participant, Roster, Spec};
 
 /// A tile passes when at least this share of the last second's frames shows the right colour; the
@@ -92,7 +92,7 @@ pub struct Report {
 /// frame rate is measured.
 pub fn evaluate(
     obs: &Observation,
-    spec: &Spec,
+    own: &Expected,
     roster: &HashMap<String, Expected>,
     window: (Instant, Instant),
     min_fps: f64,
@@ -168,9 +168,9 @@ pub fn evaluate(
 
     ParticipantReport {
         id: obs.id.clone(),
-        name: spec.name.clone(),
-        colour: spec.colour.hex(),
-        tone_hz: spec.tone_hz,
+        name: own.name.clone(),
+        colour: own.colour.hex(),
+        tone_hz: own.tone_hz,
         ok,
         frames: obs.frame_times.len(),
         fps,
@@ -185,8 +185,6 @@ pub fn evaluate(
 pub fn spec_for(index: usize, codec: VideoCodec) -> Spec {
     Spec {
         name: format!("probe-{}", index + 1),
-        colour: colour_for(index),
-        tone_hz: tone_for(index),
         codec,
     }
 }
@@ -247,7 +245,14 @@ impl Crowd {
         let roster = self.roster();
         self.members
             .iter()
-            .map(|p| evaluate(&p.observe(), &p.spec, &roster, window, min_fps))
+            .map(|p| {
+                let own = Expected {
+                    name: p.spec.name.clone(),
+                    colour: p.colour,
+                    tone_hz: p.tone_hz,
+                };
+                evaluate(&p.observe(), &own, &roster, window, min_fps)
+            })
             .collect()
     }
 
@@ -365,6 +370,7 @@ pub fn summary(report: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use analysis::{colour_for, tone_for};
     use participant::FrameSample;
 
     fn observation(
@@ -402,6 +408,14 @@ mod tests {
             .collect()
     }
 
+    fn own0() -> Expected {
+        Expected {
+            name: "probe-1".into(),
+            colour: colour_for(0),
+            tone_hz: tone_for(0),
+        }
+    }
+
     fn roster() -> HashMap<String, Expected> {
         (0..2)
             .map(|i| {
@@ -424,7 +438,7 @@ mod tests {
         let obs = observation("p1", tiles, tone(tone_for(1)), t0);
         let r = evaluate(
             &obs,
-            &spec_for(0, VideoCodec::Vp8),
+            &own0(),
             &roster(),
             (t0, t0 + Duration::from_secs(1)),
             20.0,
@@ -445,7 +459,7 @@ mod tests {
         let obs = observation("p1", tiles, both, t0);
         let r = evaluate(
             &obs,
-            &spec_for(0, VideoCodec::Vp8),
+            &own0(),
             &roster(),
             (t0, t0 + Duration::from_secs(1)),
             20.0,
@@ -461,7 +475,7 @@ mod tests {
         let obs = observation("p1", tiles, tone(tone_for(1)), t0);
         let r = evaluate(
             &obs,
-            &spec_for(0, VideoCodec::Vp8),
+            &own0(),
             &roster(),
             (t0, t0 + Duration::from_secs(3)),
             20.0,

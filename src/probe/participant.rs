@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -26,6 +26,7 @@ use webrtc::util::Marshal;
 
 use super::analysis::{self, Rgb, I420};
 use crate::config::VideoCodec;
+use crate::ids::ParticipantId;
 use crate::protocol::{ClientMessage, IceCandidate, Layout, ServerMessage};
 use crate::rtc::{self, RtcFactory, SharedTrack};
 
@@ -53,8 +54,6 @@ pub type Roster = Arc<RwLock<HashMap<String, Expected>>>;
 #[derive(Debug, Clone)]
 pub struct Spec {
     pub name: String,
-    pub colour: Rgb,
-    pub tone_hz: f64,
     pub codec: VideoCodec,
 }
 
@@ -81,7 +80,7 @@ struct Received {
 struct Shared {
     started: Instant,
     own_id: Mutex<Option<String>>,
-    own_colour: Rgb,
+    own_colour: OnceLock<Rgb>,
     received: Mutex<Received>,
 }
 
@@ -106,6 +105,9 @@ pub struct Observation {
 
 pub struct Participant {
     pub spec: Spec,
+    /// What this participant sends, chosen from its participant number.
+    pub colour: Rgb,
+    pub tone_hz: f64,
     id: String,
     shared: Arc<Shared>,
     pc: Arc<RTCPeerConnection>,
@@ -140,7 +142,7 @@ impl Participant {
         let shared = Arc::new(Shared {
             started,
             own_id: Mutex::new(None),
-            own_colour: spec.colour,
+            own_colour: OnceLock::new(),
             received: Mutex::new(Received::default()),
         });
         let mut tasks = Vec::new();
@@ -156,46 +158,6 @@ impl Participant {
         }));
 
         let pc = rtc.peer_connection().await?;
-        let video_track = SharedTrack::video(spec.codec, "camera", &spec.name);
-        let audio_track = SharedTrack::audio(&spec.name);
-        let video_sender = pc.add_track(video_track.as_local()).await?;
-        pc.add_track(audio_track.as_local()).await?;
-
-        let send_pipeline = send_pipeline(&spec)?;
-        let by_name = |n: &str| {
-            send_pipeline
-                .by_name(n)
-                .with_context(|| format!("probe send pipeline has no {n}"))
-        };
-        let counters = Arc::new(crate::media::sink::PacketCounters::default());
-        let video_packets =
-            crate::media::sink::packets_from(&by_name("video_sink")?, counters.clone())?;
-        let audio_packets = crate::media::sink::packets_from(&by_name("audio_sink")?, counters)?;
-        tasks.push(tokio::spawn(video_track.write_all(video_packets)));
-        tasks.push(tokio::spawn(audio_track.write_all(audio_packets)));
-        // Honour the server's PLI/FIR: it needs our keyframe to start decoding us.
-        let encoder = by_name("encoder")?;
-        tasks.push(tokio::spawn(async move {
-            while let Ok((packets, _)) = video_sender.read_rtcp().await {
-                let wants = packets.iter().any(|p| {
-                    p.as_any().downcast_ref::<PictureLossIndication>().is_some()
-                        || p.as_any().downcast_ref::<FullIntraRequest>().is_some()
-                });
-                if wants {
-                    if let Some(pad) = encoder.static_pad("src") {
-                        pad.send_event(
-                            gst_video::UpstreamForceKeyUnitEvent::builder()
-                                .all_headers(true)
-                                .build(),
-                        );
-                    }
-                }
-            }
-        }));
-        send_pipeline
-            .set_state(gst::State::Playing)
-            .context("starting the probe's send pipeline")?;
-
         let composite_ssrc = Arc::new(AtomicU32::new(0));
         let receive_pipelines = Arc::new(Mutex::new(Vec::new()));
         {
@@ -312,14 +274,62 @@ impl Participant {
             Err(_) => bail!("no answer to join within {JOIN_DEADLINE:?}"),
         };
         *shared.own_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(id.clone());
+        // Colour and tone follow the server's participant number, so probes in different
+        // processes joining the same room still send distinct colours and tones.
+        let index = id
+            .parse::<ParticipantId>()
+            .map(|p| p.0.saturating_sub(1) as usize)
+            .unwrap_or(0);
+        let (colour, tone_hz) = (analysis::colour_for(index), analysis::tone_for(index));
+        let _ = shared.own_colour.set(colour);
         roster.write().unwrap_or_else(|p| p.into_inner()).insert(
             id.clone(),
             Expected {
                 name: spec.name.clone(),
-                colour: spec.colour,
-                tone_hz: spec.tone_hz,
+                colour,
+                tone_hz,
             },
         );
+
+        let video_track = SharedTrack::video(spec.codec, "camera", &spec.name);
+        let audio_track = SharedTrack::audio(&spec.name);
+        let video_sender = pc.add_track(video_track.as_local()).await?;
+        pc.add_track(audio_track.as_local()).await?;
+
+        let send_pipeline = send_pipeline(spec.codec, colour, tone_hz)?;
+        let by_name = |n: &str| {
+            send_pipeline
+                .by_name(n)
+                .with_context(|| format!("probe send pipeline has no {n}"))
+        };
+        let counters = Arc::new(crate::media::sink::PacketCounters::default());
+        let video_packets =
+            crate::media::sink::packets_from(&by_name("video_sink")?, counters.clone())?;
+        let audio_packets = crate::media::sink::packets_from(&by_name("audio_sink")?, counters)?;
+        tasks.push(tokio::spawn(video_track.write_all(video_packets)));
+        tasks.push(tokio::spawn(audio_track.write_all(audio_packets)));
+        // Honour the server's PLI/FIR: it needs our keyframe to start decoding us.
+        let encoder = by_name("encoder")?;
+        tasks.push(tokio::spawn(async move {
+            while let Ok((packets, _)) = video_sender.read_rtcp().await {
+                let wants = packets.iter().any(|p| {
+                    p.as_any().downcast_ref::<PictureLossIndication>().is_some()
+                        || p.as_any().downcast_ref::<FullIntraRequest>().is_some()
+                });
+                if wants {
+                    if let Some(pad) = encoder.static_pad("src") {
+                        pad.send_event(
+                            gst_video::UpstreamForceKeyUnitEvent::builder()
+                                .all_headers(true)
+                                .build(),
+                        );
+                    }
+                }
+            }
+        }));
+        send_pipeline
+            .set_state(gst::State::Playing)
+            .context("starting the probe's send pipeline")?;
 
         let offer = pc.create_offer(None).await.context("creating an offer")?;
         pc.set_local_description(offer.clone())
@@ -332,6 +342,8 @@ impl Participant {
 
         Ok(Participant {
             spec,
+            colour,
+            tone_hz,
             id,
             shared,
             pc,
@@ -429,8 +441,8 @@ fn to_text(m: &ClientMessage) -> String {
     serde_json::to_string(m).expect("client messages always serialise")
 }
 
-fn send_pipeline(spec: &Spec) -> Result<gst::Pipeline> {
-    let encoder = match spec.codec {
+fn send_pipeline(codec: VideoCodec, colour: Rgb, tone_hz: f64) -> Result<gst::Pipeline> {
+    let encoder = match codec {
         VideoCodec::Vp8 => "vp8enc name=encoder deadline=1 cpu-used=16 threads=1 target-bitrate=300000 \
              keyframe-max-dist=150 lag-in-frames=0 ! rtpvp8pay pt=96 mtu=1200 picture-id-mode=15-bit",
         VideoCodec::H264 => "x264enc name=encoder tune=zerolatency speed-preset=ultrafast threads=1 \
@@ -445,8 +457,8 @@ fn send_pipeline(spec: &Spec) -> Result<gst::Pipeline> {
            ! audio/x-raw,format=S16LE,rate=48000,channels=1 \
            ! opusenc bitrate=32000 frame-size=20 ! rtpopuspay pt=111 mtu=1200 \
            ! appsink name=audio_sink sync=false",
-        argb = spec.colour.argb(),
-        hz = spec.tone_hz,
+        argb = colour.argb(),
+        hz = tone_hz,
     );
     gst::parse::launch(&description)
         .context("building the probe's send pipeline")?
@@ -590,9 +602,13 @@ fn on_video_frame(sample: &gst::Sample, shared: &Shared) {
         .collect();
     if r.first_self_frame.is_none() {
         if let Some(own) = own_id {
-            let shows_self = tiles
-                .iter()
-                .any(|(p, c)| *p == own && analysis::shows(*c, shared.own_colour));
+            let shows_self = tiles.iter().any(|(p, c)| {
+                *p == own
+                    && shared
+                        .own_colour
+                        .get()
+                        .is_some_and(|own_colour| analysis::shows(*c, *own_colour))
+            });
             if shows_self {
                 r.first_self_frame = Some(now);
             }
