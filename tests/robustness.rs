@@ -110,6 +110,41 @@ async fn malformed_messages_each_get_an_error_while_another_room_keeps_streaming
             .map(|v| v["type"].clone()),
         Some(serde_json::json!("pong"))
     );
+    // Once joined, a broken offer is refused as bad SDP and the session still answers.
+    let mut reply_to = async |text: &str| -> serde_json::Value {
+        ws.send(Message::text(text.to_string()))
+            .await
+            .expect("sending");
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
+                .await
+                .expect("a reply in time")
+                .expect("the socket stays open")
+                .expect("a frame");
+            let json: serde_json::Value =
+                serde_json::from_str(frame.to_text().unwrap_or_default()).expect("JSON");
+            // Room events (layout, participants) may come in between.
+            if !matches!(json["type"].as_str(), Some("layout" | "participant_joined")) {
+                return json;
+            }
+        }
+    };
+    assert_eq!(
+        reply_to(r#"{"type":"join","name":"Mallory"}"#).await["type"],
+        "joined"
+    );
+    let bad_offer = reply_to(r#"{"type":"offer","sdp":"v=0\r\nthis is not sdp"}"#).await;
+    assert_eq!(bad_offer["code"], "bad_sdp", "{bad_offer}");
+    assert_eq!(
+        reply_to(r#"{"type":"answer","sdp":"v=0"}"#).await["code"],
+        "out_of_order"
+    );
+    assert_eq!(
+        reply_to(r#"{"type":"join","name":"again"}"#).await["code"],
+        "out_of_order"
+    );
+    assert_eq!(reply_to(r#"{"type":"ping"}"#).await["type"], "pong");
+
     // An oversized message closes the socket with 1009.
     let big = format!(r#"{{"type":"offer","sdp":"{}"}}"#, "a".repeat(100 * 1024));
     ws.send(Message::text(big))

@@ -42,8 +42,9 @@ pub fn placeholder_bin(who: ParticipantId, name: &str, tile: Rect, fps: u32) -> 
     let label = bin
         .by_name("label")
         .context("pipelines/placeholder.txt has no element named label")?;
-    // Set as a property, never spliced into the description: a name is user input.
-    label.set_property("text", name);
+    // Set as a property, never spliced into the description: a name is user input. textoverlay
+    // reads Pango markup, so "<b>" or "&" in a name must be escaped to be shown as typed.
+    label.set_property("text", gst::glib::markup_escape_text(name).as_str());
     Ok(bin)
 }
 
