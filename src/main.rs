@@ -77,6 +77,9 @@ struct ProbeArgs {
     /// Codec the participants send.
     #[arg(long, value_enum, default_value_t = VideoCodec::Vp8)]
     codec: VideoCodec,
+    /// Join without a camera (microphone only): the others expect this participant's placeholder.
+    #[arg(long)]
+    no_camera: bool,
     /// Lowest received frame rate that passes.
     #[arg(long, default_value_t = mcu::probe::DEFAULT_MIN_FPS)]
     min_fps: f64,
@@ -166,6 +169,7 @@ fn main() -> ExitCode {
                     participants: args.participants,
                     seconds: args.seconds,
                     codec: args.codec,
+                    camera: !args.no_camera,
                     min_fps: args.min_fps,
                     json: args.json,
                 };

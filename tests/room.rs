@@ -26,6 +26,22 @@ fn all_ok(crowd: &Crowd) -> Option<Vec<ParticipantReport>> {
     complete.then_some(reports)
 }
 
+/// Waits until every check passes for everyone; on timeout, fails with the last reports.
+async fn settle(crowd: &Crowd, what: &str) -> Vec<ParticipantReport> {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        if let Some(reports) = all_ok(crowd) {
+            return reports;
+        }
+        if Instant::now() > deadline {
+            let now = Instant::now();
+            let reports = crowd.evaluate((now - Duration::from_secs(1), now), MIN_FPS);
+            panic!("timed out waiting for {what}: {reports:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn crowd_of(server: &Server, room: &str, n: usize) -> Crowd {
     let mut crowd = Crowd::new(&server.url(), room).expect("creating the probe crowd");
     for _ in 0..n {
@@ -54,7 +70,7 @@ async fn one_participant_sees_itself_full_frame() {
     common::init();
     let server = Server::start("one_participant", &[]);
     let mut crowd = crowd_of(&server, "solo", 1).await;
-    wait_for("the participant to see itself", SETTLE, || all_ok(&crowd)).await;
+    settle(&crowd, "the participant to see itself").await;
     let obs = crowd.members[0].observe();
     let layout = obs.layout.expect("a layout arrived");
     assert_eq!(layout.tiles.len(), 1);
@@ -62,6 +78,12 @@ async fn one_participant_sees_itself_full_frame() {
     assert_eq!((tile.x, tile.y, tile.width, tile.height), (0, 0, 1280, 720));
     let frame = obs.recent.last().expect("frames arrived");
     assert_eq!((frame.width, frame.height), (1280, 720));
+    // Full frame: the colour reaches the top of the picture too (no bars).
+    let colour = crowd.members[0].colour;
+    assert!(
+        frame.tops.iter().all(|(_, c)| analysis::shows(*c, colour)),
+        "{frame:?}"
+    );
     assert!(obs.first_self_frame.is_some());
     crowd.leave_all().await;
 }
@@ -71,7 +93,7 @@ async fn four_participants_find_every_colour_in_its_quadrant_and_a_leaver_frees_
     common::init();
     let server = Server::start("four_participants", &[]);
     let mut crowd = crowd_of(&server, "four", 4).await;
-    let reports = wait_for("all four colours in their tiles", SETTLE, || all_ok(&crowd)).await;
+    let reports = settle(&crowd, "all four colours in their tiles").await;
     // Quadrants in join order: the layout is what the probe checked colours against, so check
     // that it is the 2×2 grid.
     let layout = crowd.members[0].observe().layout.expect("a layout arrived");
@@ -126,11 +148,53 @@ async fn four_participants_find_every_colour_in_its_quadrant_and_a_leaver_frees_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sit_side_by_side_letterboxed_and_a_cameraless_participant_keeps_its_placeholder() {
+    common::init();
+    let server = Server::start("side_by_side", &[]);
+    let mut crowd = Crowd::new(&server.url(), "pair").expect("crowd");
+    crowd
+        .join(VideoCodec::Vp8)
+        .await
+        .expect("camera participant joins");
+    crowd
+        .join_without_camera()
+        .await
+        .expect("audio-only participant joins");
+    // all_ok includes the placeholder grey in the cameraless participant's tile, for both.
+    settle(&crowd, "the camera's colour and the placeholder").await;
+    let obs = crowd.members[1].observe();
+    let layout = obs.layout.expect("a layout arrived");
+    let tiles: Vec<_> = layout
+        .tiles
+        .iter()
+        .map(|t| (t.x, t.y, t.width, t.height))
+        .collect();
+    assert_eq!(tiles, vec![(0, 0, 640, 720), (640, 0, 640, 720)]);
+    // 16:9 video in a 640×720 tile is letterboxed, not stretched: black above the picture.
+    let camera = crowd.members[0].id().to_string();
+    let bars = obs
+        .recent
+        .iter()
+        .filter(|f| {
+            f.tops
+                .iter()
+                .any(|(p, c)| *p == camera && analysis::shows(*c, analysis::BAR_COLOUR))
+        })
+        .count();
+    assert!(
+        bars * 10 >= obs.recent.len() * 8,
+        "no letterbox bars in {:?}",
+        obs.recent.last()
+    );
+    crowd.leave_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mix_minus_everyone_hears_the_others_and_never_themselves() {
     common::init();
     let server = Server::start("mix_minus", &[]);
     let mut crowd = crowd_of(&server, "mixminus", 3).await;
-    let reports = wait_for("every tone check to pass", SETTLE, || all_ok(&crowd)).await;
+    let reports = settle(&crowd, "every tone check to pass").await;
     for r in &reports {
         for t in &r.tones {
             if t.participant == r.id {
@@ -162,7 +226,7 @@ async fn an_h264_sender_is_composited_beside_a_vp8_sender() {
         .join(VideoCodec::Vp8)
         .await
         .expect("VP8 participant joins");
-    wait_for("both colours in both composites", SETTLE, || all_ok(&crowd)).await;
+    settle(&crowd, "both colours in both composites").await;
     crowd.leave_all().await;
 }
 
@@ -183,7 +247,7 @@ async fn a_viewers_pli_yields_a_keyframe() {
     common::init();
     let server = Server::start("pli", &[]);
     let mut crowd = crowd_of(&server, "pli", 1).await;
-    wait_for("the first composite frame", SETTLE, || all_ok(&crowd)).await;
+    settle(&crowd, "the first composite frame").await;
     let viewer = &crowd.members[0];
     // Three PLIs, each answered by a keyframe. Periodic keyframes come every 10 s, so they cannot
     // answer three requests in a row.

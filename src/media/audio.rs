@@ -126,6 +126,7 @@ impl AudioGraph {
             .by_name("sink")
             .context("pipelines/listener-audio.txt has no element named sink")?;
         let packets = packets_from(&sink, Arc::new(PacketCounters::default()))?;
+        super::align_test_sources(&self.pipeline, &bin);
         self.pipeline
             .add(&bin)
             .with_context(|| format!("adding listener-{who}"))?;

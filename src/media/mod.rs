@@ -289,6 +289,7 @@ impl RoomPipeline {
 
     fn attach_tile(&self, bin: gst::Bin, tile: Rect, zorder: u32) -> Result<TileBranch> {
         let name = bin.name();
+        align_test_sources(&self.pipeline, &bin);
         self.pipeline
             .add(&bin)
             .with_context(|| format!("adding {name} to the pipeline"))?;
@@ -339,6 +340,29 @@ impl Drop for RoomPipeline {
         // Dropping a pipeline that is not in NULL aborts the process (g_mutex_clear on a held lock).
         let _ = self.pipeline.set_state(gst::State::Null);
         self.bus_task.abort();
+    }
+}
+
+/// Live test sources (the placeholder's videotestsrc, a listener's silence) stamp their buffers
+/// from zero when they start, so one started an hour into a room would first race through an
+/// hour of frames the compositor drops as late. Start their timestamps at the pipeline's current
+/// running time instead (`timestamp-offset` applies before the source syncs to the clock; a pad
+/// offset would apply after, and put the buffers in the future).
+pub(crate) fn align_test_sources(pipeline: &gst::Pipeline, bin: &gst::Bin) {
+    let (Some(clock), Some(base)) = (pipeline.clock(), pipeline.base_time()) else {
+        return;
+    };
+    let Some(now) = clock.time().checked_sub(base) else {
+        return;
+    };
+    let offset = i64::try_from(now.nseconds()).unwrap_or(i64::MAX);
+    for element in bin.iterate_recurse().into_iter().flatten() {
+        let is_test_source = element
+            .factory()
+            .is_some_and(|f| matches!(f.name().as_str(), "videotestsrc" | "audiotestsrc"));
+        if is_test_source {
+            element.set_property("timestamp-offset", offset);
+        }
     }
 }
 

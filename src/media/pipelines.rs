@@ -92,12 +92,33 @@ impl Template {
         Ok(out)
     }
 
-    /// Fills the description and parses it into a bin; unlinked pads become ghost pads.
+    /// Fills the description and parses it into a bin. An unlinked src pad, if there is one,
+    /// becomes the bin's `src` ghost pad. Unlinked sink pads are left alone on purpose: a ghosted
+    /// textoverlay `text_sink` would look linked, and textoverlay would wait for text forever.
     pub fn bin(&self, values: &[(&str, String)], name: &str) -> Result<gst::Bin> {
         let description = self.fill(values)?;
-        let bin = gst::parse::bin_from_description(&description, true)
+        let bin = gst::parse::bin_from_description(&description, false)
             .with_context(|| format!("parsing pipelines/{} for {name}", self.file))?;
         bin.set_property("name", name);
+        let unlinked: Vec<gst::Pad> = bin
+            .iterate_elements()
+            .into_iter()
+            .flatten()
+            .flat_map(|e| e.src_pads())
+            .filter(|p| !p.is_linked())
+            .collect();
+        match unlinked.as_slice() {
+            [] => {}
+            [pad] => {
+                let ghost = gst::GhostPad::builder_with_target(pad)
+                    .with_context(|| format!("ghosting the src pad of {name}"))?
+                    .name("src")
+                    .build();
+                bin.add_pad(&ghost)
+                    .with_context(|| format!("adding the src pad to {name}"))?;
+            }
+            _ => anyhow::bail!("pipelines/{} has more than one unlinked src pad", self.file),
+        }
         Ok(bin)
     }
 }

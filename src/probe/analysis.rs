@@ -34,8 +34,12 @@ pub const PALETTE: [Rgb; 8] = [
     Rgb(250, 250, 250), // white
 ];
 
+/// The placeholder tile's grey (pipelines/placeholder.txt).
+pub const PLACEHOLDER_COLOUR: Rgb = Rgb(0x3c, 0x40, 0x43);
+/// Letterbox bars (videoscale add-borders).
+pub const BAR_COLOUR: Rgb = Rgb(0, 0, 0);
 /// Colours the server draws by itself: the background, letterbox bars, the placeholder tile.
-pub const SERVER_COLOURS: [Rgb; 3] = [Rgb(0x20, 0x21, 0x24), Rgb(0, 0, 0), Rgb(0x3c, 0x40, 0x43)];
+pub const SERVER_COLOURS: [Rgb; 3] = [Rgb(0x20, 0x21, 0x24), BAR_COLOUR, PLACEHOLDER_COLOUR];
 
 /// Tones: 140 Hz apart from 330 Hz, so no tone is a harmonic of another within the first 25 and
 /// each is far from the others compared with a 1-second Goertzel window's ~1 Hz resolution.

@@ -36,6 +36,8 @@ pub struct ProbeConfig {
     pub participants: usize,
     pub seconds: f64,
     pub codec: VideoCodec,
+    /// False: the participants send audio only.
+    pub camera: bool,
     pub min_fps: f64,
     pub json: Option<PathBuf>,
 }
@@ -119,14 +121,26 @@ pub fn evaluate(
 
     let mut tiles = Vec::new();
     for (id, expected) in roster {
-        let samples: Vec<analysis::Rgb> = obs
-            .recent
-            .iter()
-            .filter_map(|f| f.tiles.iter().find(|(p, _)| p == id).map(|(_, c)| *c))
-            .collect();
+        // A camera shows its colour at the tile's centre; a participant without one keeps the
+        // placeholder, whose grey is checked above the name written across its middle.
+        let (wanted, samples): (analysis::Rgb, Vec<analysis::Rgb>) = if expected.camera {
+            let s = obs
+                .recent
+                .iter()
+                .filter_map(|f| f.tiles.iter().find(|(p, _)| p == id).map(|(_, c)| *c))
+                .collect();
+            (expected.colour, s)
+        } else {
+            let s = obs
+                .recent
+                .iter()
+                .filter_map(|f| f.tops.iter().find(|(p, _)| p == id).map(|(_, c)| *c))
+                .collect();
+            (analysis::PLACEHOLDER_COLOUR, s)
+        };
         let matching = samples
             .iter()
-            .filter(|c| analysis::shows(**c, expected.colour))
+            .filter(|c| analysis::shows(**c, wanted))
             .count();
         let share = if obs.recent.is_empty() {
             0.0
@@ -137,7 +151,7 @@ pub fn evaluate(
         ok &= pass;
         tiles.push(TileCheck {
             participant: id.clone(),
-            expected: expected.colour.hex(),
+            expected: wanted.hex(),
             seen: samples.last().map(|c| c.hex()),
             matching_share: share,
             ok: pass,
@@ -186,6 +200,7 @@ pub fn spec_for(index: usize, codec: VideoCodec) -> Spec {
     Spec {
         name: format!("probe-{}", index + 1),
         codec,
+        camera: true,
     }
 }
 
@@ -211,9 +226,20 @@ impl Crowd {
         })
     }
 
-    /// Adds one participant with the next colour and tone.
+    /// Adds one participant; its colour and tone follow its participant number.
     pub async fn join(&mut self, codec: VideoCodec) -> Result<&Participant> {
         let spec = spec_for(self.next_index, codec);
+        self.join_with(spec).await
+    }
+
+    /// Adds one participant that sends only audio.
+    pub async fn join_without_camera(&mut self) -> Result<&Participant> {
+        let mut spec = spec_for(self.next_index, VideoCodec::Vp8);
+        spec.camera = false;
+        self.join_with(spec).await
+    }
+
+    pub async fn join_with(&mut self, spec: Spec) -> Result<&Participant> {
         self.next_index += 1;
         let p =
             Participant::join(&self.url, &self.room, spec, &self.rtc, self.roster.clone()).await?;
@@ -250,6 +276,7 @@ impl Crowd {
                     name: p.spec.name.clone(),
                     colour: p.colour,
                     tone_hz: p.tone_hz,
+                    camera: p.spec.camera,
                 };
                 evaluate(&p.observe(), &own, &roster, window, min_fps)
             })
@@ -269,8 +296,10 @@ pub async fn run(config: &ProbeConfig) -> Result<Report> {
         if i > 0 {
             tokio::time::sleep(JOIN_SPACING).await;
         }
+        let mut spec = spec_for(i, config.codec);
+        spec.camera = config.camera;
         crowd
-            .join(config.codec)
+            .join_with(spec)
             .await
             .with_context(|| format!("participant {} joining", i + 1))?;
     }
@@ -391,6 +420,7 @@ mod tests {
                     width: 1280,
                     height: 720,
                     tiles: tiles.clone(),
+                    tops: tiles.clone(),
                 })
                 .collect(),
             frame_times,
@@ -413,6 +443,7 @@ mod tests {
             name: "probe-1".into(),
             colour: colour_for(0),
             tone_hz: tone_for(0),
+            camera: true,
         }
     }
 
@@ -425,6 +456,7 @@ mod tests {
                         name: format!("probe-{}", i + 1),
                         colour: colour_for(i),
                         tone_hz: tone_for(i),
+                        camera: true,
                     },
                 )
             })

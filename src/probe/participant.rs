@@ -46,6 +46,7 @@ pub struct Expected {
     pub name: String,
     pub colour: Rgb,
     pub tone_hz: f64,
+    pub camera: bool,
 }
 
 /// The probe participants in this process, by participant id. Filled as they join.
@@ -55,6 +56,9 @@ pub type Roster = Arc<RwLock<HashMap<String, Expected>>>;
 pub struct Spec {
     pub name: String,
     pub codec: VideoCodec,
+    /// False for a participant without a camera: it sends audio only, and the others expect its
+    /// placeholder tile.
+    pub camera: bool,
 }
 
 /// The colours found at the centre of each tile of one decoded composite frame.
@@ -64,6 +68,9 @@ pub struct FrameSample {
     pub width: u32,
     pub height: u32,
     pub tiles: Vec<(String, Rgb)>,
+    /// The colour an eighth of the way down each tile: the participant's colour when its video
+    /// fills the tile, black when it is letterboxed, the placeholder's grey before any video.
+    pub tops: Vec<(String, Rgb)>,
 }
 
 #[derive(Default)]
@@ -288,45 +295,53 @@ impl Participant {
                 name: spec.name.clone(),
                 colour,
                 tone_hz,
+                camera: spec.camera,
             },
         );
 
-        let video_track = SharedTrack::video(spec.codec, "camera", &spec.name);
         let audio_track = SharedTrack::audio(&spec.name);
-        let video_sender = pc.add_track(video_track.as_local()).await?;
         pc.add_track(audio_track.as_local()).await?;
-
-        let send_pipeline = send_pipeline(spec.codec, colour, tone_hz)?;
+        let send_pipeline = send_pipeline(spec.camera.then_some((spec.codec, colour)), tone_hz)?;
         let by_name = |n: &str| {
             send_pipeline
                 .by_name(n)
                 .with_context(|| format!("probe send pipeline has no {n}"))
         };
         let counters = Arc::new(crate::media::sink::PacketCounters::default());
-        let video_packets =
-            crate::media::sink::packets_from(&by_name("video_sink")?, counters.clone())?;
-        let audio_packets = crate::media::sink::packets_from(&by_name("audio_sink")?, counters)?;
-        tasks.push(tokio::spawn(video_track.write_all(video_packets)));
+        let audio_packets =
+            crate::media::sink::packets_from(&by_name("audio_sink")?, counters.clone())?;
         tasks.push(tokio::spawn(audio_track.write_all(audio_packets)));
-        // Honour the server's PLI/FIR: it needs our keyframe to start decoding us.
-        let encoder = by_name("encoder")?;
-        tasks.push(tokio::spawn(async move {
-            while let Ok((packets, _)) = video_sender.read_rtcp().await {
-                let wants = packets.iter().any(|p| {
-                    p.as_any().downcast_ref::<PictureLossIndication>().is_some()
-                        || p.as_any().downcast_ref::<FullIntraRequest>().is_some()
-                });
-                if wants {
-                    if let Some(pad) = encoder.static_pad("src") {
-                        pad.send_event(
-                            gst_video::UpstreamForceKeyUnitEvent::builder()
-                                .all_headers(true)
-                                .build(),
-                        );
+        if spec.camera {
+            let video_track = SharedTrack::video(spec.codec, "camera", &spec.name);
+            let video_sender = pc.add_track(video_track.as_local()).await?;
+            let video_packets =
+                crate::media::sink::packets_from(&by_name("video_sink")?, counters)?;
+            tasks.push(tokio::spawn(video_track.write_all(video_packets)));
+            // Honour the server's PLI/FIR: it needs our keyframe to start decoding us.
+            let encoder = by_name("encoder")?;
+            tasks.push(tokio::spawn(async move {
+                while let Ok((packets, _)) = video_sender.read_rtcp().await {
+                    let wants = packets.iter().any(|p| {
+                        p.as_any().downcast_ref::<PictureLossIndication>().is_some()
+                            || p.as_any().downcast_ref::<FullIntraRequest>().is_some()
+                    });
+                    if wants {
+                        if let Some(pad) = encoder.static_pad("src") {
+                            pad.send_event(
+                                gst_video::UpstreamForceKeyUnitEvent::builder()
+                                    .all_headers(true)
+                                    .build(),
+                            );
+                        }
                     }
                 }
-            }
-        }));
+            }));
+        } else {
+            // Still receive the composite: a receive-only video transceiver.
+            pc.add_transceiver_from_kind(RTPCodecType::Video, None)
+                .await
+                .context("adding a receive-only video transceiver")?;
+        }
         send_pipeline
             .set_state(gst::State::Playing)
             .context("starting the probe's send pipeline")?;
@@ -441,24 +456,37 @@ fn to_text(m: &ClientMessage) -> String {
     serde_json::to_string(m).expect("client messages always serialise")
 }
 
-fn send_pipeline(codec: VideoCodec, colour: Rgb, tone_hz: f64) -> Result<gst::Pipeline> {
-    let encoder = match codec {
-        VideoCodec::Vp8 => "vp8enc name=encoder deadline=1 cpu-used=16 threads=1 target-bitrate=300000 \
-             keyframe-max-dist=150 lag-in-frames=0 ! rtpvp8pay pt=96 mtu=1200 picture-id-mode=15-bit",
-        VideoCodec::H264 => "x264enc name=encoder tune=zerolatency speed-preset=ultrafast threads=1 \
-             bitrate=300 key-int-max=150 ! video/x-h264,profile=constrained-baseline \
-             ! rtph264pay pt=102 mtu=1200 config-interval=-1 aggregate-mode=zero-latency",
+/// The probe's microphone (a sine tone) and, given a codec and colour, its camera (a solid colour).
+fn send_pipeline(camera: Option<(VideoCodec, Rgb)>, tone_hz: f64) -> Result<gst::Pipeline> {
+    let video = match camera {
+        None => String::new(),
+        Some((codec, colour)) => {
+            let encoder = match codec {
+                VideoCodec::Vp8 => {
+                    "vp8enc name=encoder deadline=1 cpu-used=16 threads=1 \
+                     target-bitrate=300000 keyframe-max-dist=150 lag-in-frames=0 \
+                     ! rtpvp8pay pt=96 mtu=1200 picture-id-mode=15-bit"
+                }
+                VideoCodec::H264 => {
+                    "x264enc name=encoder tune=zerolatency speed-preset=ultrafast \
+                     threads=1 bitrate=300 key-int-max=150 \
+                     ! video/x-h264,profile=constrained-baseline \
+                     ! rtph264pay pt=102 mtu=1200 config-interval=-1 aggregate-mode=zero-latency"
+                }
+            };
+            format!(
+                "videotestsrc is-live=true pattern=solid-color foreground-color={argb} \
+                   ! video/x-raw,format=I420,width={SEND_WIDTH},height={SEND_HEIGHT},framerate=30/1 \
+                   ! {encoder} ! appsink name=video_sink sync=false ",
+                argb = colour.argb()
+            )
+        }
     };
     let description = format!(
-        "videotestsrc is-live=true pattern=solid-color foreground-color={argb} \
-           ! video/x-raw,format=I420,width={SEND_WIDTH},height={SEND_HEIGHT},framerate=30/1 \
-           ! {encoder} ! appsink name=video_sink sync=false \
-         audiotestsrc is-live=true wave=sine freq={hz} volume=0.3 samplesperbuffer=960 \
+        "{video}audiotestsrc is-live=true wave=sine freq={tone_hz} volume=0.3 samplesperbuffer=960 \
            ! audio/x-raw,format=S16LE,rate=48000,channels=1 \
            ! opusenc bitrate=32000 frame-size=20 ! rtpopuspay pt=111 mtu=1200 \
-           ! appsink name=audio_sink sync=false",
-        argb = colour.argb(),
-        hz = tone_hz,
+           ! appsink name=audio_sink sync=false"
     );
     gst::parse::launch(&description)
         .context("building the probe's send pipeline")?
@@ -588,18 +616,22 @@ fn on_video_frame(sample: &gst::Sample, shared: &Shared) {
     };
     let sx = image.width as f64 / f64::from(layout.width.max(1));
     let sy = image.height as f64 / f64::from(layout.height.max(1));
-    let tiles: Vec<(String, Rgb)> = layout
-        .tiles
-        .iter()
-        .filter_map(|t| {
-            let cx = ((t.x + t.width / 2) as f64 * sx) as usize;
-            let cy = ((t.y + t.height / 2) as f64 * sy) as usize;
-            let half = ((t.width.min(t.height) as f64 * sx) as usize / 8).clamp(1, 8);
-            image
-                .average(cx, cy, half)
-                .map(|c| (t.participant_id.clone(), c))
-        })
-        .collect();
+    let sample = |fraction_down: f64| -> Vec<(String, Rgb)> {
+        layout
+            .tiles
+            .iter()
+            .filter_map(|t| {
+                let cx = ((f64::from(t.x) + f64::from(t.width) / 2.0) * sx) as usize;
+                let cy = ((f64::from(t.y) + f64::from(t.height) * fraction_down) * sy) as usize;
+                let half = ((f64::from(t.width.min(t.height)) * sx) as usize / 16).clamp(1, 8);
+                image
+                    .average(cx, cy, half)
+                    .map(|c| (t.participant_id.clone(), c))
+            })
+            .collect()
+    };
+    let tiles = sample(0.5);
+    let tops = sample(0.125);
     if r.first_self_frame.is_none() {
         if let Some(own) = own_id {
             let shows_self = tiles.iter().any(|(p, c)| {
@@ -620,6 +652,7 @@ fn on_video_frame(sample: &gst::Sample, shared: &Shared) {
         width: info.width(),
         height: info.height(),
         tiles,
+        tops,
     });
     while r.recent.len() > RECENT_FRAMES {
         r.recent.pop_front();
