@@ -10,9 +10,16 @@ use mcu::media::{pipelines, InputSignals, RoomPipeline};
 use mcu::room::layout::grid;
 
 async fn until_playing(room: &RoomPipeline, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !room.is_playing() {
-        assert!(Instant::now() < deadline, "{what} did not reach PLAYING");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting = room.not_playing();
+        if waiting.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not reach PLAYING: {waiting:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

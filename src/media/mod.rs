@@ -281,10 +281,14 @@ impl RoomPipeline {
         }
     }
 
-    /// True when the pipeline and every branch in it have reached PLAYING.
-    pub fn is_playing(&self) -> bool {
-        let playing = |e: &gst::Element| e.current_state() == gst::State::Playing;
-        playing(self.pipeline.upcast_ref()) && self.pipeline.children().iter().all(playing)
+    /// The elements and branches (with their state) that have not reached PLAYING; empty when
+    /// the whole room pipeline plays.
+    pub fn not_playing(&self) -> Vec<String> {
+        std::iter::once(self.pipeline.clone().upcast::<gst::Element>())
+            .chain(self.pipeline.iterate_recurse().into_iter().flatten())
+            .filter(|e| e.current_state() != gst::State::Playing)
+            .map(|e| format!("{} ({:?})", e.name(), e.current_state()))
+            .collect()
     }
 
     fn attach_tile(&self, bin: gst::Bin, tile: Rect, zorder: u32) -> Result<TileBranch> {
