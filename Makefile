@@ -5,12 +5,19 @@ SHELL := /bin/bash
 CARGO ?= cargo
 RUNTIME_PACKAGES := .ci/packages-runtime.txt
 BUILD_PACKAGES := .ci/packages-build.txt
+TEST_PACKAGES := .ci/packages-test.txt
 ARGS ?=
 
-.PHONY: deps build run test lint clean
+.PHONY: deps test-deps build run test test-rust test-browser lint clean
 
 deps:
 	@.ci/install-packages.sh $(BUILD_PACKAGES) $(RUNTIME_PACKAGES)
+
+# Browser tests need Chromium, gst-launch and Node.js with npm (Debian's, unless one is installed).
+test-deps: deps
+	@.ci/install-packages.sh $(TEST_PACKAGES)
+	@command -v npm >/dev/null || .ci/install-packages.sh .ci/packages-node.txt
+	cd tests/browser && npm ci --no-audit --no-fund --loglevel=error
 
 build: deps
 	$(CARGO) build --release --locked
@@ -20,9 +27,16 @@ run: build
 	./target/release/mcu serve $(ARGS)
 
 ## Every test. End-to-end tests run one at a time: each is a whole conference on a 2-core machine.
-test: deps
+test: test-deps
 	$(CARGO) build --locked --all-targets
+	$(MAKE) test-rust test-browser
+
+test-rust:
 	$(CARGO) test --locked -- --test-threads=1
+
+## Headless Chromium through the web client (screenshots land in target/browser-artifacts/).
+test-browser:
+	cd tests/browser && MCU_BIN=$(CURDIR)/target/debug/mcu npm test
 
 lint: deps
 	$(CARGO) fmt --all -- --check

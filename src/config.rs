@@ -2,7 +2,8 @@
 //! The command line (main.rs) fills it; everything else reads it.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::protocol::IceServer;
@@ -108,6 +109,100 @@ impl Default for MediaConfig {
     }
 }
 
+/// Where the server's media (ICE/DTLS/SRTP) sockets live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpPolicy {
+    /// A fresh ephemeral port per peer connection (the OS picks).
+    Ephemeral,
+    /// Every peer connection multiplexed on this one port: one firewall rule, one Docker mapping.
+    Muxed(u16),
+    /// Ports for peer connections are taken from this inclusive range.
+    Range(u16, u16),
+}
+
+/// How the HTTPS certificate is obtained.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsConfig {
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+    },
+    /// Generated at start-up for these host names and IP addresses.
+    SelfSigned {
+        hosts: Vec<String>,
+    },
+}
+
+/// The WebRTC side of the server's network settings.
+#[derive(Debug, Clone)]
+pub struct RtcOptions {
+    pub ice_servers: Vec<IceServer>,
+    /// The address clients reach the server at, when it sits behind 1:1 NAT (a cloud VM).
+    pub public_ip: Option<IpAddr>,
+    pub udp: UdpPolicy,
+}
+
+impl Default for RtcOptions {
+    fn default() -> Self {
+        RtcOptions {
+            ice_servers: Vec::new(),
+            public_ip: None,
+            udp: UdpPolicy::Ephemeral,
+        }
+    }
+}
+
+/// Reads `URL[,username,credential]`, as `--ice-server` takes it.
+pub fn parse_ice_server(text: &str) -> Result<IceServer, String> {
+    let mut parts = text.split(',').map(str::trim);
+    let url = parts
+        .next()
+        .filter(|u| !u.is_empty())
+        .ok_or("empty ICE server")?;
+    if !["stun:", "stuns:", "turn:", "turns:"]
+        .iter()
+        .any(|scheme| url.starts_with(scheme))
+    {
+        return Err(format!(
+            "{url:?} is not a stun:, stuns:, turn: or turns: URL"
+        ));
+    }
+    let username = parts.next().map(str::to_string);
+    let credential = parts.next().map(str::to_string);
+    if parts.next().is_some() {
+        return Err(format!("{text:?}: expected URL[,username,credential]"));
+    }
+    if url.starts_with("turn") && (username.is_none() || credential.is_none()) {
+        return Err(format!(
+            "{url}: a TURN server needs a username and a credential"
+        ));
+    }
+    Ok(IceServer {
+        urls: vec![url.to_string()],
+        username,
+        credential,
+    })
+}
+
+/// Reads `MIN-MAX`, as `--udp-port-range` takes it.
+pub fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
+    let (a, b) = text
+        .split_once('-')
+        .ok_or_else(|| format!("{text:?}: expected MIN-MAX"))?;
+    let min: u16 = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("{a:?} is not a port"))?;
+    let max: u16 = b
+        .trim()
+        .parse()
+        .map_err(|_| format!("{b:?} is not a port"))?;
+    if min == 0 || min > max {
+        return Err(format!("{text:?}: need 0 < MIN <= MAX"));
+    }
+    Ok((min, max))
+}
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
@@ -118,7 +213,10 @@ pub struct ServerConfig {
     pub room_codecs: HashMap<String, VideoCodec>,
     pub media_timeout: Duration,
     pub max_participants: usize,
-    pub ice_servers: Vec<IceServer>,
+    pub rtc: RtcOptions,
+    pub tls: Option<TlsConfig>,
+    /// Serve the web client from this directory instead of the copy built into the binary.
+    pub web_dir: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -132,7 +230,9 @@ impl Default for ServerConfig {
             room_codecs: HashMap::new(),
             media_timeout: DEFAULT_MEDIA_TIMEOUT,
             max_participants: DEFAULT_MAX_PARTICIPANTS,
-            ice_servers: Vec::new(),
+            rtc: RtcOptions::default(),
+            tls: None,
+            web_dir: None,
         }
     }
 }
@@ -143,5 +243,36 @@ impl ServerConfig {
             .get(room)
             .copied()
             .unwrap_or(self.video_codec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ice_servers_read_url_username_and_credential() {
+        let stun = parse_ice_server("stun:stun.example.org:3478").unwrap();
+        assert_eq!(stun.urls, vec!["stun:stun.example.org:3478"]);
+        assert_eq!(stun.username, None);
+        let turn =
+            parse_ice_server("turn:turn.example.org:3478?transport=udp,alice,s3cret").unwrap();
+        assert_eq!(turn.username.as_deref(), Some("alice"));
+        assert_eq!(turn.credential.as_deref(), Some("s3cret"));
+        assert!(
+            parse_ice_server("turn:turn.example.org").is_err(),
+            "TURN needs credentials"
+        );
+        assert!(parse_ice_server("http://example.org").is_err());
+        assert!(parse_ice_server("").is_err());
+        assert!(parse_ice_server("stun:a,b,c,d").is_err());
+    }
+
+    #[test]
+    fn port_ranges_are_ordered_and_nonzero() {
+        assert_eq!(parse_port_range("50000-50100"), Ok((50000, 50100)));
+        assert!(parse_port_range("50100-50000").is_err());
+        assert!(parse_port_range("0-10").is_err());
+        assert!(parse_port_range("5000").is_err());
     }
 }

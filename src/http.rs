@@ -2,6 +2,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,10 +18,53 @@ const WS_TRANSPORT_LIMIT: usize = 16 * MAX_MESSAGE_BYTES;
 /// /healthz fails if a room takes longer than this to answer: its actor is stuck.
 const HEALTH_DEADLINE: Duration = Duration::from_secs(2);
 
-const INDEX_HTML: &str = include_str!("../web/index.html");
+/// The web client, built into the binary so one file serves the page. `--web-dir` serves the
+/// same files from disk instead, for editing them without rebuilding.
+const EMBEDDED: [(&str, &str, &str); 3] = [
+    (
+        "index.html",
+        "text/html; charset=utf-8",
+        include_str!("../web/index.html"),
+    ),
+    (
+        "app.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../web/app.js"),
+    ),
+    (
+        "style.css",
+        "text/css; charset=utf-8",
+        include_str!("../web/style.css"),
+    ),
+];
+
+/// One web client file, from disk when `web_dir` is set, else from the binary.
+async fn asset(
+    file: &str,
+    web_dir: Option<PathBuf>,
+) -> Result<warp::reply::Response, warp::Rejection> {
+    use warp::Reply;
+    // Only the known file names are served, so no path from the URL ever reaches the disk.
+    let Some((name, kind, embedded)) = EMBEDDED.iter().find(|(name, _, _)| *name == file) else {
+        return Err(warp::reject::not_found());
+    };
+    let body = match web_dir {
+        Some(dir) => tokio::fs::read(dir.join(name))
+            .await
+            .map_err(|_| warp::reject::not_found())?,
+        None => embedded.as_bytes().to_vec(),
+    };
+    let mut response = warp::reply::with_header(body, "content-type", *kind).into_response();
+    response.headers_mut().insert(
+        "cache-control",
+        warp::http::HeaderValue::from_static("no-cache"),
+    );
+    Ok(response)
+}
 
 pub fn routes(
     ctx: Arc<SessionContext>,
+    web_dir: Option<PathBuf>,
 ) -> impl Filter<Extract = (impl warp::Reply,), Error = Infallible> + Clone {
     let with_ctx = {
         let ctx = ctx.clone();
@@ -67,12 +111,24 @@ pub fn routes(
                 StatusCode::OK,
             )
         });
-    let index = warp::path::end()
+    let with_dir = warp::any().map(move || web_dir.clone());
+    // The landing page and every room link load the same page; the script reads the path.
+    let page = warp::path::end()
+        .or(warp::path!("r" / String)
+            .map(|_room: String| ())
+            .untuple_one())
+        .unify()
         .and(warp::get())
-        .map(|| warp::reply::html(INDEX_HTML));
+        .and(with_dir.clone())
+        .and_then(|dir: Option<PathBuf>| async move { asset("index.html", dir).await });
+    let files = warp::path!("static" / String)
+        .and(warp::get())
+        .and(with_dir)
+        .and_then(|file: String, dir: Option<PathBuf>| async move { asset(&file, dir).await });
     ws.or(health)
         .or(rooms)
-        .or(index)
+        .or(page)
+        .or(files)
         .recover(|_rejection: warp::Rejection| async move {
             Ok::<_, Infallible>(warp::reply::with_status(
                 warp::reply::json(&serde_json::json!({"error": {"code": "not_found", "message": "no such route"}})),

@@ -13,3 +13,4 @@ pub mod rtc;
 pub mod server;
 pub mod session;
 pub mod signalling;
+pub mod tls;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use mcu::config::{self, MediaConfig, ServerConfig, VideoCodec};
 
 #[derive(Parser)]
@@ -31,6 +31,10 @@ enum Command {
 
 #[derive(Args)]
 struct ServeArgs {
+    /// A TOML file of settings, keyed by flag name (e.g. `udp-port = 50000`). Flags and
+    /// environment variables override it.
+    #[arg(long, env = "MCU_CONFIG")]
+    config: Option<PathBuf>,
     /// Address for HTTP and WebSocket signalling (port 0 picks a free port).
     #[arg(long, env = "MCU_LISTEN", default_value = config::DEFAULT_LISTEN)]
     listen: SocketAddr,
@@ -58,6 +62,33 @@ struct ServeArgs {
     /// Most participants in one room (at most 25, the largest grid).
     #[arg(long, env = "MCU_MAX_PARTICIPANTS", default_value_t = config::DEFAULT_MAX_PARTICIPANTS)]
     max_participants: usize,
+    /// HTTPS certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "MCU_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// HTTPS private key (PEM); needs --tls-cert.
+    #[arg(long, env = "MCU_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve HTTPS with a certificate generated at start-up for these host names/IPs
+    /// (comma-separated; bare flag: localhost, 127.0.0.1 and --public-ip).
+    #[arg(long, env = "MCU_TLS_SELF_SIGNED", num_args = 0..=1, require_equals = true,
+          default_missing_value = "localhost", value_delimiter = ',', conflicts_with = "tls_cert")]
+    tls_self_signed: Option<Vec<String>>,
+    /// The address clients reach this server at, advertised in ICE candidates (1:1 NAT, cloud VMs).
+    #[arg(long, env = "MCU_PUBLIC_IP")]
+    public_ip: Option<std::net::IpAddr>,
+    /// A STUN/TURN server for clients, as URL[,username,credential] (repeatable; `;` between
+    /// servers in the environment variable).
+    #[arg(long = "ice-server", env = "MCU_ICE_SERVERS", value_delimiter = ';')]
+    ice_servers: Vec<String>,
+    /// Multiplex every peer connection's media on this one UDP port.
+    #[arg(long, env = "MCU_UDP_PORT", conflicts_with = "udp_port_range")]
+    udp_port: Option<u16>,
+    /// Take media ports from this range instead, as MIN-MAX.
+    #[arg(long, env = "MCU_UDP_PORT_RANGE")]
+    udp_port_range: Option<String>,
+    /// Serve the web client from this directory (for development) instead of the built-in copy.
+    #[arg(long, env = "MCU_WEB_DIR")]
+    web_dir: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -86,6 +117,19 @@ struct ProbeArgs {
     /// Write the JSON report here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Also check that participant ID (from outside this probe, e.g. a browser) shows this
+    /// colour: ID=#RRGGBB (repeatable).
+    #[arg(long, value_parser = parse_expectation)]
+    expect: Vec<(String, mcu::probe::analysis::Rgb)>,
+}
+
+fn parse_expectation(text: &str) -> Result<(String, mcu::probe::analysis::Rgb), String> {
+    let (id, colour) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: expected ID=#RRGGBB"))?;
+    let colour = mcu::probe::analysis::Rgb::parse_hex(colour)
+        .ok_or_else(|| format!("{colour:?} is not a #RRGGBB colour"))?;
+    Ok((id.to_string(), colour))
 }
 
 fn server_config(args: ServeArgs) -> Result<ServerConfig> {
@@ -119,6 +163,40 @@ fn server_config(args: ServeArgs) -> Result<ServerConfig> {
     if !(args.media_timeout_secs.is_finite() && args.media_timeout_secs > 0.0) {
         bail!("--media-timeout-secs must be a positive number");
     }
+    let ice_servers = args
+        .ice_servers
+        .iter()
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| config::parse_ice_server(s).map_err(|e| anyhow::anyhow!("--ice-server: {e}")))
+        .collect::<Result<Vec<_>>>()?;
+    let udp = match (args.udp_port, &args.udp_port_range) {
+        (Some(port), _) => config::UdpPolicy::Muxed(port),
+        (None, Some(range)) => {
+            let (min, max) = config::parse_port_range(range)
+                .map_err(|e| anyhow::anyhow!("--udp-port-range: {e}"))?;
+            config::UdpPolicy::Range(min, max)
+        }
+        (None, None) => config::UdpPolicy::Ephemeral,
+    };
+    let tls = match (&args.tls_cert, &args.tls_key, &args.tls_self_signed) {
+        (Some(cert), Some(key), _) => Some(config::TlsConfig::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        (_, _, Some(hosts)) => {
+            let mut hosts: Vec<String> = hosts.iter().filter(|h| !h.is_empty()).cloned().collect();
+            for default in ["localhost", "127.0.0.1"] {
+                if !hosts.iter().any(|h| h == default) {
+                    hosts.push(default.to_string());
+                }
+            }
+            if let Some(ip) = args.public_ip {
+                hosts.push(ip.to_string());
+            }
+            Some(config::TlsConfig::SelfSigned { hosts })
+        }
+        _ => None,
+    };
     Ok(ServerConfig {
         listen: args.listen,
         media: MediaConfig {
@@ -132,7 +210,13 @@ fn server_config(args: ServeArgs) -> Result<ServerConfig> {
         room_codecs,
         media_timeout: Duration::from_secs_f64(args.media_timeout_secs),
         max_participants: args.max_participants,
-        ice_servers: Vec::new(),
+        rtc: config::RtcOptions {
+            ice_servers,
+            public_ip: args.public_ip,
+            udp,
+        },
+        tls,
+        web_dir: args.web_dir,
     })
 }
 
@@ -145,8 +229,78 @@ fn init_logging() {
         .init();
 }
 
+/// Parses the command line; for `serve --config FILE`, settings from the file fill in every flag
+/// that neither the command line nor the environment set (flags > environment > file > default).
+fn parse_cli() -> Result<Cli> {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let matches = Cli::command().get_matches_from(&argv);
+    let Some(("serve", serve)) = matches.subcommand() else {
+        return Ok(Cli::from_arg_matches(&matches)?);
+    };
+    let Some(path) = serve.get_one::<PathBuf>("config") else {
+        return Ok(Cli::from_arg_matches(&matches)?);
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the config file {}", path.display()))?;
+    let table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let serve_command = Cli::command();
+    let serve_command = serve_command
+        .find_subcommand("serve")
+        .context("the serve subcommand exists")?;
+    let mut extra: Vec<std::ffi::OsString> = Vec::new();
+    for (key, value) in &table {
+        let arg = serve_command
+            .get_arguments()
+            .find(|a| a.get_long() == Some(key.as_str()))
+            .with_context(|| format!("{}: unknown setting {key:?}", path.display()))?;
+        let id = arg.get_id().as_str();
+        let set_elsewhere = !matches!(
+            serve.value_source(id),
+            None | Some(clap::parser::ValueSource::DefaultValue)
+        );
+        if set_elsewhere {
+            continue;
+        }
+        let values: Vec<String> = match value {
+            toml::Value::Array(items) => items.iter().map(toml_scalar).collect::<Result<_>>()?,
+            toml::Value::Boolean(true) => vec![String::new()],
+            toml::Value::Boolean(false) => continue,
+            other => vec![toml_scalar(other)?],
+        };
+        for v in values {
+            if v.is_empty() {
+                extra.push(format!("--{key}").into());
+            } else {
+                extra.push(format!("--{key}={v}").into());
+            }
+        }
+    }
+    let mut full = argv;
+    full.extend(extra);
+    Ok(Cli::from_arg_matches(
+        &Cli::command().try_get_matches_from(full)?,
+    )?)
+}
+
+fn toml_scalar(value: &toml::Value) -> Result<String> {
+    Ok(match value {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Integer(i) => i.to_string(),
+        toml::Value::Float(f) => f.to_string(),
+        toml::Value::Boolean(b) => b.to_string(),
+        other => bail!("unsupported value in the config file: {other}"),
+    })
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_cli() {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     init_logging();
     if let Err(e) = gstreamer::init() {
         eprintln!("error: GStreamer could not start: {e}");
@@ -172,6 +326,7 @@ fn main() -> ExitCode {
                     camera: !args.no_camera,
                     min_fps: args.min_fps,
                     json: args.json,
+                    expect: args.expect,
                 };
                 let report = mcu::probe::run(&config).await?;
                 print!("{}", mcu::probe::summary(&report));

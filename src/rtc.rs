@@ -12,6 +12,9 @@ use webrtc::api::media_engine::{MediaEngine, MIME_TYPE_H264, MIME_TYPE_OPUS, MIM
 use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::{APIBuilder, API};
 use webrtc::ice::mdns::MulticastDnsMode;
+use webrtc::ice::udp_mux::{UDPMuxDefault, UDPMuxParams};
+use webrtc::ice::udp_network::{EphemeralUDP, UDPNetwork};
+use webrtc::ice_transport::ice_candidate_type::RTCIceCandidateType;
 use webrtc::ice_transport::ice_server::RTCIceServer;
 use webrtc::interceptor::registry::Registry;
 use webrtc::peer_connection::configuration::RTCConfiguration;
@@ -23,7 +26,7 @@ use webrtc::rtp_transceiver::RTCPFeedback;
 use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
 use webrtc::track::track_local::{TrackLocal, TrackLocalWriter};
 
-use crate::config::VideoCodec;
+use crate::config::{RtcOptions, UdpPolicy, VideoCodec};
 use crate::protocol::IceServer;
 
 /// Payload types we offer. They only have to be consistent within one SDP; these are the numbers
@@ -99,7 +102,9 @@ pub struct RtcFactory {
 }
 
 impl RtcFactory {
-    pub fn new(ice_servers: Vec<IceServer>) -> Result<Self> {
+    /// Builds the factory. With `UdpPolicy::Muxed` this binds the media port now, so it must run
+    /// inside the tokio runtime, and a port in use is reported at start-up, not at the first call.
+    pub fn new(options: RtcOptions) -> Result<Self> {
         let mut media = MediaEngine::default();
         for (capability, payload_type, kind) in [
             (
@@ -134,12 +139,36 @@ impl RtcFactory {
         // mDNS candidates are for browsers hiding their addresses; a server has nothing to hide,
         // and answering mDNS queries would need multicast that containers rarely have.
         settings.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
+        if let Some(ip) = options.public_ip {
+            // Behind 1:1 NAT (a cloud VM): advertise the public address in host candidates.
+            settings.set_nat_1to1_ips(vec![ip.to_string()], RTCIceCandidateType::Host);
+        }
+        match options.udp {
+            UdpPolicy::Ephemeral => {}
+            UdpPolicy::Muxed(port) => {
+                let socket = std::net::UdpSocket::bind(("0.0.0.0", port))
+                    .with_context(|| format!("binding the media port udp/{port}"))?;
+                socket.set_nonblocking(true)?;
+                let socket = tokio::net::UdpSocket::from_std(socket)
+                    .context("handing the media socket to tokio")?;
+                let mux = UDPMuxDefault::new(UDPMuxParams::new(socket));
+                settings.set_udp_network(UDPNetwork::Muxed(mux));
+            }
+            UdpPolicy::Range(min, max) => {
+                let ports = EphemeralUDP::new(min, max)
+                    .map_err(|e| anyhow::anyhow!("UDP port range {min}-{max}: {e}"))?;
+                settings.set_udp_network(UDPNetwork::Ephemeral(ports));
+            }
+        }
         let api = APIBuilder::new()
             .with_media_engine(media)
             .with_interceptor_registry(interceptors)
             .with_setting_engine(settings)
             .build();
-        Ok(RtcFactory { api, ice_servers })
+        Ok(RtcFactory {
+            api,
+            ice_servers: options.ice_servers,
+        })
     }
 
     pub fn ice_servers(&self) -> &[IceServer] {

@@ -14,15 +14,32 @@ pub async fn run(config: ServerConfig) -> Result<()> {
     let config = Arc::new(config);
     let ctx = Arc::new(SessionContext {
         registry: Registry::new(config.clone()),
-        rtc: Arc::new(RtcFactory::new(config.ice_servers.clone())?),
+        rtc: Arc::new(RtcFactory::new(config.rtc.clone())?),
     });
-    let (local, serving) = warp::serve(crate::http::routes(ctx))
-        .try_bind_with_graceful_shutdown(config.listen, shutdown_signal())
-        .with_context(|| format!("listening on {}", config.listen))?;
+    let routes = crate::http::routes(ctx, config.web_dir.clone());
     // Printed on stdout, alone on its line, so scripts and tests can find the port (`--listen :0`).
-    println!("listening on http://{local}");
-    tracing::info!(%local, "serving");
-    serving.await;
+    match &config.tls {
+        None => {
+            let (local, serving) = warp::serve(routes)
+                .try_bind_with_graceful_shutdown(config.listen, shutdown_signal())
+                .with_context(|| format!("listening on {}", config.listen))?;
+            println!("listening on http://{local}");
+            tracing::info!(%local, "serving HTTP");
+            serving.await;
+        }
+        Some(tls) => {
+            let pem = crate::tls::load(tls)?;
+            let (local, serving) = warp::serve(routes)
+                .tls()
+                .cert(pem.cert)
+                .key(pem.key)
+                .try_bind_with_graceful_shutdown(config.listen, shutdown_signal())
+                .with_context(|| format!("listening on {} with TLS", config.listen))?;
+            println!("listening on https://{local}");
+            tracing::info!(%local, "serving HTTPS");
+            serving.await;
+        }
+    }
     Ok(())
 }
 

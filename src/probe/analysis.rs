@@ -15,6 +15,16 @@ impl Rgb {
         0xff00_0000 | (u32::from(self.0) << 16) | (u32::from(self.1) << 8) | u32::from(self.2)
     }
 
+    /// Reads `#rrggbb`.
+    pub fn parse_hex(text: &str) -> Option<Rgb> {
+        let hex = text.strip_prefix('#').unwrap_or(text);
+        if hex.len() != 6 {
+            return None;
+        }
+        let byte = |i: usize| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok();
+        Some(Rgb(byte(0)?, byte(2)?, byte(4)?))
+    }
+
     fn distance2(&self, other: &Rgb) -> u32 {
         let d = |a: u8, b: u8| (i32::from(a) - i32::from(b)).pow(2) as u32;
         d(self.0, other.0) + d(self.1, other.1) + d(self.2, other.2)
@@ -73,8 +83,16 @@ pub fn nearest<'a>(seen: Rgb, candidates: impl IntoIterator<Item = &'a Rgb>) -> 
 }
 
 /// True when `seen` is closer to `expected` than to any other participant colour or server colour.
+/// A colour from outside the palette (a browser's camera) is judged against the same candidates,
+/// with itself added.
 pub fn shows(seen: Rgb, expected: Rgb) -> bool {
-    nearest(seen, PALETTE.iter().chain(SERVER_COLOURS.iter())) == Some(expected)
+    nearest(
+        seen,
+        PALETTE
+            .iter()
+            .chain(SERVER_COLOURS.iter())
+            .chain(std::iter::once(&expected)),
+    ) == Some(expected)
 }
 
 /// The average colour of an I420 frame around (cx, cy), over a square of `half`*2 pixels.
@@ -264,6 +282,14 @@ mod tests {
             let seen = yuv_to_rgb(y as u8, u as u8, v as u8);
             assert!(shows(seen, c), "{} seen as {}", c.hex(), seen.hex());
         }
+    }
+
+    #[test]
+    fn hex_colours_parse() {
+        assert_eq!(Rgb::parse_hex("#e61e1e"), Some(Rgb(230, 30, 30)));
+        assert_eq!(Rgb::parse_hex("e61e1e"), Some(Rgb(230, 30, 30)));
+        assert_eq!(Rgb::parse_hex("#e61e1"), None);
+        assert_eq!(Rgb::parse_hex("#gg0000"), None);
     }
 
     #[test]

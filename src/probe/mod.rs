@@ -40,6 +40,8 @@ pub struct ProbeConfig {
     pub camera: bool,
     pub min_fps: f64,
     pub json: Option<PathBuf>,
+    /// Participants from outside this probe (e.g. a browser) and the colour their tile must show.
+    pub expect: Vec<(String, analysis::Rgb)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -161,7 +163,10 @@ pub fn evaluate(
 
     let mut tones = Vec::new();
     for (id, expected) in roster {
-        let share = tone_share(&obs.audio, 48_000.0, expected.tone_hz);
+        let Some(tone_hz) = expected.tone_hz else {
+            continue;
+        };
+        let share = tone_share(&obs.audio, 48_000.0, tone_hz);
         let expect_present = *id != obs.id;
         let pass = if expect_present {
             share >= TONE_PRESENT
@@ -171,7 +176,7 @@ pub fn evaluate(
         ok &= pass;
         tones.push(ToneCheck {
             participant: id.clone(),
-            hz: expected.tone_hz,
+            hz: tone_hz,
             share,
             expect_present,
             ok: pass,
@@ -184,7 +189,7 @@ pub fn evaluate(
         id: obs.id.clone(),
         name: own.name.clone(),
         colour: own.colour.hex(),
-        tone_hz: own.tone_hz,
+        tone_hz: own.tone_hz.unwrap_or_default(),
         ok,
         frames: obs.frame_times.len(),
         fps,
@@ -219,7 +224,7 @@ impl Crowd {
         Ok(Crowd {
             url: url.to_string(),
             room: room.to_string(),
-            rtc: RtcFactory::new(Vec::new())?,
+            rtc: RtcFactory::new(crate::config::RtcOptions::default())?,
             roster: Arc::new(RwLock::new(HashMap::new())),
             members: Vec::new(),
             next_index: 0,
@@ -275,7 +280,7 @@ impl Crowd {
                 let own = Expected {
                     name: p.spec.name.clone(),
                     colour: p.colour,
-                    tone_hz: p.tone_hz,
+                    tone_hz: Some(p.tone_hz),
                     camera: p.spec.camera,
                 };
                 evaluate(&p.observe(), &own, &roster, window, min_fps)
@@ -292,6 +297,21 @@ impl Crowd {
 
 pub async fn run(config: &ProbeConfig) -> Result<Report> {
     let mut crowd = Crowd::new(&config.url, &config.room)?;
+    for (id, colour) in &config.expect {
+        crowd
+            .roster
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                id.clone(),
+                Expected {
+                    name: id.clone(),
+                    colour: *colour,
+                    tone_hz: None,
+                    camera: true,
+                },
+            );
+    }
     for i in 0..config.participants {
         if i > 0 {
             tokio::time::sleep(JOIN_SPACING).await;
@@ -442,7 +462,7 @@ mod tests {
         Expected {
             name: "probe-1".into(),
             colour: colour_for(0),
-            tone_hz: tone_for(0),
+            tone_hz: Some(tone_for(0)),
             camera: true,
         }
     }
@@ -455,7 +475,7 @@ mod tests {
                     Expected {
                         name: format!("probe-{}", i + 1),
                         colour: colour_for(i),
-                        tone_hz: tone_for(i),
+                        tone_hz: Some(tone_for(i)),
                         camera: true,
                     },
                 )

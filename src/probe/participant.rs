@@ -45,7 +45,8 @@ const SEND_HEIGHT: u32 = 180;
 pub struct Expected {
     pub name: String,
     pub colour: Rgb,
-    pub tone_hz: f64,
+    /// None when the tone is not known (a participant from outside this probe).
+    pub tone_hz: Option<f64>,
     pub camera: bool,
 }
 
@@ -294,7 +295,7 @@ impl Participant {
             Expected {
                 name: spec.name.clone(),
                 colour,
-                tone_hz,
+                tone_hz: Some(tone_hz),
                 camera: spec.camera,
             },
         );

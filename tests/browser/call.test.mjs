@@ -1,0 +1,125 @@
+// Real headless Chromium joining through the page, with fake devices fed from files of known
+// content. Assertions look at what the browser decodes (getStats) and at the pixels of a
+// screenshot of the composite. Run by `make test` (node --test, one test at a time).
+
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import {
+  ARTIFACTS, MCU, colourAt, compositeShot, fakeMedia, joinRoom, launchBrowser, layout, near,
+  startServer, stats, waitFor,
+} from "./harness.mjs";
+
+const RED = [230, 30, 30];
+const BLUE = [40, 60, 230];
+const SETTLE_MS = 30000;
+
+/** Waits until the page decodes the composite at its full size and hears audio. */
+async function decoding(page, who) {
+  const first = await waitFor(`${who} to decode the composite`, SETTLE_MS, async () => {
+    const s = await stats(page);
+    return s?.video?.framesDecoded > 10 && s?.audio?.packetsReceived > 10 ? s : null;
+  });
+  assert.equal(first.video.frameWidth, 1280, `${who}: composite width`);
+  assert.equal(first.video.frameHeight, 720, `${who}: composite height`);
+  // Still rising: the stream flows, it did not just deliver a few frames.
+  const later = await waitFor(`${who}'s frame count to rise`, 5000, async () => {
+    const s = await stats(page);
+    return s.video.framesDecoded > first.video.framesDecoded + 15 ? s : null;
+  });
+  assert.ok(later.audio.packetsReceived > first.audio.packetsReceived, `${who}: audio keeps arriving`);
+  return later;
+}
+
+/** Waits until a screenshot of `page` shows each expected colour in its participant's tile. */
+async function showsTiles(page, expected, file) {
+  return waitFor(`${file}: the colours in their tiles`, SETTLE_MS, async () => {
+    const l = await layout(page);
+    if (!l || l.tiles.length !== expected.length) return null;
+    const shot = await compositeShot(page, file);
+    const seen = l.tiles.map((t) => colourAt(shot, l.width, l.height, t.x + t.width / 2, t.y + t.height / 2));
+    return expected.every((colour, i) => near(seen[i], colour)) ? { layout: l, seen } : null;
+  });
+}
+
+test("two browsers see both colours, hear each other, and one leaving leaves one tile", async () => {
+  const server = await startServer();
+  const red = await launchBrowser(fakeMedia("red", RED, 440));
+  const blue = await launchBrowser(fakeMedia("blue", BLUE, 660));
+  try {
+    const a = await joinRoom(red, server.url, "browsers", "Red");
+    const b = await joinRoom(blue, server.url, "browsers", "Blue");
+    const statsA = await decoding(a, "red");
+    const statsB = await decoding(b, "blue");
+    assert.ok(statsA.audio.totalAudioEnergy > 0 && statsB.audio.totalAudioEnergy > 0, "sound, not silence");
+    // Join order is tile order: red left, blue right, in both composites.
+    await showsTiles(a, [RED, BLUE], "two-browsers-red.png");
+    await showsTiles(b, [RED, BLUE], "two-browsers-blue.png");
+    const people = await a.locator("#people li").allTextContents();
+    assert.deepEqual(people.sort(), ["Blue", "Red (you)"]);
+
+    await b.getByRole("button", { name: "Leave" }).click();
+    const alone = await showsTiles(a, [RED], "one-left.png");
+    assert.deepEqual(
+      [alone.layout.tiles[0].width, alone.layout.tiles[0].height],
+      [1280, 720],
+      "the one who stayed fills the frame",
+    );
+  } finally {
+    await red.close();
+    await blue.close();
+    await server.stop();
+  }
+});
+
+test("a browser and a synthetic participant see each other", async () => {
+  const server = await startServer();
+  const red = await launchBrowser(fakeMedia("red", RED, 440));
+  try {
+    const page = await joinRoom(red, server.url, "mixed", "Red");
+    await decoding(page, "browser");
+    // The probe joins second (participant p2: the palette's green) and must see the browser (p1)
+    // in red.
+    const report = join(ARTIFACTS, "mixed-probe.json");
+    const probe = spawn(MCU, [
+      "probe", "--url", server.url, "--room", "mixed", "--participants", "1", "--seconds", "6",
+      "--expect", "p1=#e61e1e", "--json", report,
+    ], { stdio: "inherit" });
+    await showsTiles(page, [RED, [30, 200, 30]], "mixed-browser.png");
+    const code = await new Promise((r) => probe.once("exit", r));
+    const result = JSON.parse(readFileSync(report, "utf8"));
+    const probeView = result.per_participant[0];
+    const browserTile = probeView.tiles.find((t) => t.participant === "p1");
+    assert.ok(browserTile?.ok, `the probe saw the browser's red tile: ${JSON.stringify(browserTile)}`);
+    assert.equal(code, 0, `probe report: ${JSON.stringify(probeView)}`);
+  } finally {
+    await red.close();
+    await server.stop();
+  }
+});
+
+test("over self-signed HTTPS with all media on one UDP port", async () => {
+  const port = 40000 + Math.floor(Math.random() * 10000);
+  const server = await startServer(["--tls-self-signed", "--udp-port", String(port)], { https: true });
+  assert.match(server.url, /^https:/);
+  const red = await launchBrowser(fakeMedia("red", RED, 440), ["--ignore-certificate-errors"]);
+  try {
+    const page = await joinRoom(red, server.url, "secure", "Red");
+    assert.equal(await page.evaluate(() => window.isSecureContext), true);
+    await decoding(page, "browser over HTTPS");
+    await showsTiles(page, [RED], "https-udp-port.png");
+    // The media path the browser chose ends on the server's one port.
+    const remotePort = await page.evaluate(async () => {
+      const report = await window.mcu.call.pc.getStats();
+      const all = [...report.values()];
+      const pair = all.find((s) => s.type === "candidate-pair" && s.state === "succeeded" && s.nominated);
+      return all.find((s) => s.id === pair?.remoteCandidateId)?.port;
+    });
+    assert.equal(remotePort, port);
+  } finally {
+    await red.close();
+    await server.stop();
+  }
+});

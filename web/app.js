@@ -1,0 +1,326 @@
+// The browser client: pick a room, check camera and microphone, join, and watch the one composited
+// stream the server sends. Speaks the protocol in docs/protocol.md. No build step, no dependencies.
+
+const $ = (id) => document.getElementById(id);
+const NAME_KEY = "mcu.displayName";
+const ROOM_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
+// Reconnect after a dropped socket or failed ICE: quickly at first, then less often.
+const RECONNECT_DELAYS_MS = [500, 1000, 2000, 4000, 8000];
+
+function show(section) {
+  for (const id of ["landing", "prejoin", "call", "left"]) $(id).hidden = id !== section;
+}
+
+function roomFromPath() {
+  const match = location.pathname.match(/^\/r\/([^/]+)\/?$/);
+  if (!match) return null;
+  const room = decodeURIComponent(match[1]);
+  return ROOM_PATTERN.test(room) ? room : null;
+}
+
+// ---- Landing ----
+
+function landing() {
+  show("landing");
+  $("room-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const room = $("room-input").value.trim();
+    if (ROOM_PATTERN.test(room)) location.assign(`/r/${encodeURIComponent(room)}`);
+  });
+  $("room-input").focus();
+}
+
+// ---- Prejoin: local media ----
+
+let localStream = new MediaStream();
+
+function mediaMessage(text) {
+  const box = $("media-message");
+  box.textContent = text;
+  box.hidden = !text;
+}
+
+async function acquireMedia() {
+  if (!window.isSecureContext || !navigator.mediaDevices?.getUserMedia) {
+    mediaMessage(
+      "The camera needs HTTPS or localhost. This page was opened over plain HTTP from another " +
+        "machine, so you can only watch. To send your camera, start the server with " +
+        "--tls-self-signed (or --tls-cert/--tls-key) and open the https:// address.",
+    );
+    return new MediaStream();
+  }
+  const cameraId = $("camera-select").value;
+  const micId = $("mic-select").value;
+  const video = cameraId ? { deviceId: { exact: cameraId } } : true;
+  const audio = micId ? { deviceId: { exact: micId } } : true;
+  try {
+    return await navigator.mediaDevices.getUserMedia({ video, audio });
+  } catch (error) {
+    if (error.name === "NotAllowedError") {
+      mediaMessage(
+        "The browser denied the camera and microphone. You can still join to watch and listen, " +
+          "or allow them in the address bar's site settings and reload.",
+      );
+      return new MediaStream();
+    }
+    // No camera (or it is busy): try the microphone alone.
+    try {
+      const stream = await navigator.mediaDevices.getUserMedia({ audio });
+      mediaMessage("No camera was found; you will join with your microphone only.");
+      return stream;
+    } catch {
+      mediaMessage("No camera or microphone was found; you will join to watch and listen only.");
+      return new MediaStream();
+    }
+  }
+}
+
+async function fillDeviceLists() {
+  if (!navigator.mediaDevices?.enumerateDevices) return;
+  const devices = await navigator.mediaDevices.enumerateDevices();
+  for (const [selectId, kind, trackKind] of [
+    ["camera-select", "videoinput", "video"],
+    ["mic-select", "audioinput", "audio"],
+  ]) {
+    const select = $(selectId);
+    const current = localStream.getTracks().find((t) => t.kind === trackKind)?.getSettings().deviceId;
+    select.replaceChildren();
+    const list = devices.filter((d) => d.kind === kind);
+    for (const [i, device] of list.entries()) {
+      const option = new Option(device.label || `${trackKind === "video" ? "Camera" : "Microphone"} ${i + 1}`, device.deviceId);
+      option.selected = device.deviceId === current;
+      select.append(option);
+    }
+    if (list.length === 0) select.append(new Option("None found", ""));
+    select.disabled = list.length === 0;
+  }
+}
+
+async function refreshPreview() {
+  for (const track of localStream.getTracks()) track.stop();
+  localStream = await acquireMedia();
+  $("preview").srcObject = localStream;
+  await fillDeviceLists();
+}
+
+async function prejoin(room) {
+  show("prejoin");
+  document.title = `${room} — MCU`;
+  $("prejoin-room").textContent = room;
+  $("name-input").value = localStorage.getItem(NAME_KEY) || "";
+  $("camera-select").addEventListener("change", refreshPreview);
+  $("mic-select").addEventListener("change", refreshPreview);
+  await refreshPreview();
+  $("join-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const name = $("name-input").value.trim();
+    if (!name) return;
+    localStorage.setItem(NAME_KEY, name);
+    startCall(room, name);
+  });
+}
+
+// ---- The call ----
+
+let call = null;
+
+function setStatus(text, state) {
+  const status = $("status");
+  status.textContent = text;
+  status.dataset.state = state;
+}
+
+function renderPeople(people) {
+  $("people-count").textContent = String(people.size);
+  $("people").replaceChildren(
+    ...[...people.values()].map((p) => {
+      const li = document.createElement("li");
+      li.textContent = p.self ? `${p.name} (you)` : p.name; // text, never HTML
+      return li;
+    }),
+  );
+}
+
+class Call {
+  constructor(room, name) {
+    this.room = room;
+    this.name = name;
+    this.people = new Map();
+    this.attempt = 0;
+    this.closed = false;
+    this.remote = new MediaStream();
+    $("composite").srcObject = this.remote;
+  }
+
+  connect() {
+    if (this.closed) return;
+    setStatus(this.attempt === 0 ? "Connecting…" : "Reconnecting…", "connecting");
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    const ws = new WebSocket(`${scheme}://${location.host}/ws/${encodeURIComponent(this.room)}`);
+    this.ws = ws;
+    ws.onopen = () => this.send({ type: "join", name: this.name });
+    ws.onmessage = (event) => this.onMessage(JSON.parse(event.data));
+    ws.onclose = () => {
+      if (this.ws === ws) this.retry("The connection to the server dropped.");
+    };
+  }
+
+  send(message) {
+    if (this.ws?.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(message));
+  }
+
+  async onMessage(message) {
+    switch (message.type) {
+      case "joined":
+        this.attempt = 0;
+        this.people = new Map([[message.participant_id, { name: this.name, self: true }]]);
+        for (const p of message.participants) this.people.set(p.id, { name: p.name });
+        renderPeople(this.people);
+        await this.negotiate(message.ice_servers);
+        break;
+      case "answer":
+        await this.pc?.setRemoteDescription({ type: "answer", sdp: message.sdp });
+        break;
+      case "offer":
+        // The server renegotiates: answer it.
+        await this.pc?.setRemoteDescription({ type: "offer", sdp: message.sdp });
+        await this.pc?.setLocalDescription(await this.pc.createAnswer());
+        this.send({ type: "answer", sdp: this.pc.localDescription.sdp });
+        break;
+      case "candidate":
+        if (message.candidate) await this.pc?.addIceCandidate(message.candidate).catch(() => {});
+        break;
+      case "participant_joined":
+        this.people.set(message.participant.id, { name: message.participant.name });
+        renderPeople(this.people);
+        break;
+      case "participant_left":
+        this.people.delete(message.participant_id);
+        renderPeople(this.people);
+        break;
+      case "layout":
+        this.layout = message;
+        break;
+      case "error":
+        console.warn(`server: ${message.code}: ${message.message}`);
+        if (message.code === "room_full" || message.code === "invalid_room_name") {
+          this.closed = true;
+          setStatus(message.message, "failed");
+        }
+        break;
+    }
+  }
+
+  async negotiate(iceServers) {
+    this.pc?.close();
+    const pc = new RTCPeerConnection({ iceServers });
+    this.pc = pc;
+    const tracks = localStream.getTracks();
+    for (const track of tracks) pc.addTrack(track, localStream);
+    // Always receive the composite and the mix, even without a camera or microphone.
+    for (const kind of ["video", "audio"]) {
+      if (!tracks.some((t) => t.kind === kind)) pc.addTransceiver(kind, { direction: "recvonly" });
+    }
+    pc.onicecandidate = (event) =>
+      this.send({ type: "candidate", candidate: event.candidate ? event.candidate.toJSON() : null });
+    pc.ontrack = (event) => {
+      for (const old of this.remote.getTracks().filter((t) => t.kind === event.track.kind)) {
+        this.remote.removeTrack(old);
+      }
+      this.remote.addTrack(event.track);
+      $("composite").play().catch(() => {});
+    };
+    pc.onconnectionstatechange = () => {
+      if (pc !== this.pc) return;
+      const state = pc.connectionState;
+      if (state === "connected") setStatus("Connected", "connected");
+      else if (state === "failed") this.retry("The media connection failed.");
+      else if (state === "disconnected") setStatus("Connection unstable…", "connecting");
+    };
+    await pc.setLocalDescription(await pc.createOffer());
+    this.send({ type: "offer", sdp: pc.localDescription.sdp });
+  }
+
+  retry(reason) {
+    if (this.closed) return;
+    const ws = this.ws;
+    this.ws = null;
+    ws?.close();
+    this.pc?.close();
+    this.pc = null;
+    const delay = RECONNECT_DELAYS_MS[Math.min(this.attempt, RECONNECT_DELAYS_MS.length - 1)];
+    this.attempt += 1;
+    setStatus(`${reason} Reconnecting in ${Math.round(delay / 1000) || 1} s…`, "failed");
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.connect(), delay);
+  }
+
+  leave() {
+    this.closed = true;
+    clearTimeout(this.timer);
+    this.send({ type: "leave" });
+    const ws = this.ws;
+    this.ws = null;
+    ws?.close();
+    this.pc?.close();
+    this.pc = null;
+  }
+
+  // For tests and diagnostics: what the browser decodes and hears.
+  async stats() {
+    const report = { video: null, audio: null, connectionState: this.pc?.connectionState ?? "none" };
+    if (!this.pc) return report;
+    for (const s of (await this.pc.getStats()).values()) {
+      if (s.type !== "inbound-rtp") continue;
+      if (s.kind === "video") {
+        report.video = {
+          framesDecoded: s.framesDecoded ?? 0,
+          frameWidth: s.frameWidth ?? 0,
+          frameHeight: s.frameHeight ?? 0,
+        };
+      } else if (s.kind === "audio") {
+        report.audio = {
+          packetsReceived: s.packetsReceived ?? 0,
+          totalAudioEnergy: s.totalAudioEnergy ?? 0,
+        };
+      }
+    }
+    return report;
+  }
+}
+
+function startCall(room, name) {
+  show("call");
+  call = new Call(room, name);
+  window.mcu.call = call;
+  call.connect();
+}
+
+function setupCallControls() {
+  $("mic-button").addEventListener("click", (event) => {
+    const muted = event.currentTarget.getAttribute("aria-pressed") !== "true";
+    for (const t of localStream.getAudioTracks()) t.enabled = !muted;
+    event.currentTarget.setAttribute("aria-pressed", String(muted));
+    event.currentTarget.textContent = muted ? "Unmute" : "Mute";
+  });
+  $("camera-button").addEventListener("click", (event) => {
+    const off = event.currentTarget.getAttribute("aria-pressed") !== "true";
+    for (const t of localStream.getVideoTracks()) t.enabled = !off;
+    event.currentTarget.setAttribute("aria-pressed", String(off));
+    event.currentTarget.textContent = off ? "Camera on" : "Camera off";
+  });
+  $("leave-button").addEventListener("click", () => {
+    call?.leave();
+    show("left");
+  });
+  $("rejoin-button").addEventListener("click", () => {
+    if (call) startCall(call.room, call.name);
+  });
+  window.addEventListener("pagehide", () => call?.leave());
+}
+
+window.mcu = { call: null };
+setupCallControls();
+const room = roomFromPath();
+if (room) prejoin(room);
+else landing();
