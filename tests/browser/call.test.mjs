@@ -123,3 +123,27 @@ test("over self-signed HTTPS with all media on one UDP port", async () => {
     await server.stop();
   }
 });
+
+test("a dropped connection reconnects by itself and the person reappears", async () => {
+  const server = await startServer();
+  const red = await launchBrowser(fakeMedia("red", RED, 440));
+  try {
+    const page = await joinRoom(red, server.url, "flaky", "Red");
+    await decoding(page, "browser");
+    // The socket drops (a network blip): the page must rejoin without a reload.
+    await page.evaluate(() => window.mcu.call.ws.close());
+    await waitFor("the status to show the reconnect", 5000, () =>
+      page.evaluate(() => /Reconnect/.test(document.getElementById("status").textContent)),
+    );
+    await waitFor("the new connection", SETTLE_MS, () =>
+      page.evaluate(() => window.mcu.call.pc?.connectionState === "connected"),
+    );
+    await decoding(page, "browser after reconnecting");
+    await showsTiles(page, [RED], "reconnected.png");
+    const people = await page.locator("#people li").allTextContents();
+    assert.deepEqual(people, ["Red (you)"], "the old session left; only the new one is in the room");
+  } finally {
+    await red.close();
+    await server.stop();
+  }
+});
