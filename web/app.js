@@ -99,7 +99,8 @@ async function fillDeviceLists() {
 async function refreshPreview() {
   for (const track of localStream.getTracks()) track.stop();
   localStream = await acquireMedia();
-  $("preview").srcObject = localStream;
+  // An empty stream on an autoplay <video> would hold the page's load event forever.
+  $("preview").srcObject = localStream.getTracks().length ? localStream : null;
   await fillDeviceLists();
 }
 

@@ -6,6 +6,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
+import { chromium } from "playwright-core";
 import { join } from "node:path";
 import {
   ARTIFACTS, MCU, colourAt, compositeShot, fakeMedia, joinRoom, launchBrowser, layout, near,
@@ -143,6 +144,57 @@ test("a dropped connection reconnects by itself and the person reappears", async
     const people = await page.locator("#people li").allTextContents();
     assert.deepEqual(people, ["Red (you)"], "the old session left; only the new one is in the room");
   } finally {
+    await red.close();
+    await server.stop();
+  }
+});
+
+test("without camera access the page says why, and the person can still join to watch", async () => {
+  const server = await startServer();
+  // Camera permission refused: no --use-fake-ui-for-media-stream, so the request is denied.
+  const denied = await chromium.launch({
+    executablePath: "/usr/bin/chromium",
+    headless: true,
+    args: [
+      "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
+      "--use-fake-device-for-media-stream",
+    ],
+  });
+  const red = await launchBrowser(fakeMedia("red", RED, 440));
+  try {
+    const watcher = await (await denied.newContext()).newPage();
+    await watcher.goto(`${server.url}/r/watch`);
+    await waitFor("the denied-camera message", 10000, () =>
+      watcher.evaluate(() => /denied/.test(document.getElementById("media-message").textContent)),
+    );
+    // Every address a test may use is loopback, which browsers treat as secure; so present the
+    // page as it would be seen over plain HTTP from another machine.
+    const insecure = await (await denied.newContext()).newPage();
+    await insecure.addInitScript(() => Object.defineProperty(window, "isSecureContext", { value: false }));
+    await insecure.goto(`${server.url}/r/watch`);
+    await waitFor("the secure-context message", 10000, () =>
+      insecure.evaluate(() => /HTTPS or localhost/.test(document.getElementById("media-message").textContent)),
+    );
+
+    // Join to watch: the camera-less page still receives the composite, showing the sender.
+    const sender = await joinRoom(red, server.url, "watch", "Red");
+    await decoding(sender, "sender");
+    await watcher.getByLabel("Your name").fill("Watcher");
+    await watcher.getByRole("button", { name: "Join" }).click();
+    await decoding(watcher, "watch-only browser");
+    // The sender's tile is red; the watcher's own tile is its placeholder: dark grey, with its
+    // name across the middle (so look above the name).
+    await waitFor("the sender's colour and the watcher's placeholder", SETTLE_MS, async () => {
+      const l = await layout(watcher);
+      if (!l || l.tiles.length !== 2) return null;
+      const shot = await compositeShot(watcher, "watch-only.png");
+      const [s, w] = l.tiles;
+      const senderColour = colourAt(shot, l.width, l.height, s.x + s.width / 2, s.y + s.height / 2);
+      const placeholder = colourAt(shot, l.width, l.height, w.x + w.width / 2, w.y + w.height / 8);
+      return near(senderColour, RED) && near(placeholder, [0x3c, 0x40, 0x43], 20);
+    });
+  } finally {
+    await denied.close();
     await red.close();
     await server.stop();
   }
