@@ -272,3 +272,36 @@ async fn a_viewers_pli_yields_a_keyframe() {
     }
     crowd.leave_all().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_ports_come_from_the_configured_range_and_candidates_carry_the_public_ip() {
+    common::init();
+    // 127.0.0.1 stands in for a VM's public address: every host candidate is rewritten to it,
+    // and since it is loopback the call still connects here.
+    let server = Server::start(
+        "port_range",
+        &[
+            "--udp-port-range",
+            "47000-47099",
+            "--public-ip",
+            "127.0.0.1",
+        ],
+    );
+    let mut crowd = crowd_of(&server, "ranged", 2).await;
+    settle(&crowd, "both participants over the ranged ports").await;
+    for p in &crowd.members {
+        let candidates = p.observe().server_candidates;
+        assert!(!candidates.is_empty());
+        for c in &candidates {
+            // candidate:<foundation> <component> <transport> <priority> <address> <port> typ ...
+            let fields: Vec<&str> = c.split_whitespace().collect();
+            let (address, port) = (fields[4], fields[5].parse::<u16>().expect("a port"));
+            // The mapping is per address family: an IPv4 public address rewrites IPv4 candidates.
+            if !address.contains(':') {
+                assert_eq!(address, "127.0.0.1", "{c}");
+            }
+            assert!((47000..=47099).contains(&port), "{c}");
+        }
+    }
+    crowd.leave_all().await;
+}

@@ -449,6 +449,7 @@ mod tests {
             keyframes: vec![],
             errors: vec![],
             layout: None,
+            server_candidates: vec![],
         }
     }
 

@@ -83,6 +83,7 @@ struct Received {
     keyframes: Vec<Instant>,
     errors: Vec<String>,
     layout: Option<Layout>,
+    server_candidates: Vec<String>,
 }
 
 struct Shared {
@@ -109,6 +110,8 @@ pub struct Observation {
     pub keyframes: Vec<Instant>,
     pub errors: Vec<String>,
     pub layout: Option<Layout>,
+    /// The ICE candidates the server sent, as SDP candidate lines.
+    pub server_candidates: Vec<String>,
 }
 
 pub struct Participant {
@@ -243,6 +246,7 @@ impl Participant {
                             }
                         }
                         ServerMessage::Candidate { candidate: Some(c) } => {
+                            shared.lock().server_candidates.push(c.candidate.clone());
                             let init = RTCIceCandidateInit {
                                 candidate: c.candidate,
                                 sdp_mid: c.sdp_mid,
@@ -390,6 +394,7 @@ impl Participant {
             keyframes: r.keyframes.clone(),
             errors: r.errors.clone(),
             layout: r.layout.clone(),
+            server_candidates: r.server_candidates.clone(),
         }
     }
 
