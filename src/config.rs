@@ -140,6 +140,10 @@ pub struct RtcOptions {
     /// The address clients reach the server at, when it sits behind 1:1 NAT (a cloud VM).
     pub public_ip: Option<IpAddr>,
     pub udp: UdpPolicy,
+    /// Gather loopback candidates only: for a participant on the server's own host (`mcu probe`
+    /// against 127.0.0.1), where pairs between loopback and other local addresses only add noise
+    /// (a wildcard-bound media port answers them from the other address, and ICE discards that).
+    pub loopback_only: bool,
 }
 
 impl Default for RtcOptions {
@@ -148,6 +152,7 @@ impl Default for RtcOptions {
             ice_servers: Vec::new(),
             public_ip: None,
             udp: UdpPolicy::Ephemeral,
+            loopback_only: false,
         }
     }
 }

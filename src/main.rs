@@ -214,6 +214,7 @@ fn server_config(args: ServeArgs) -> Result<ServerConfig> {
             ice_servers,
             public_ip: args.public_ip,
             udp,
+            loopback_only: false,
         },
         tls,
         web_dir: args.web_dir,

@@ -12,6 +12,7 @@ use webrtc::api::media_engine::{MediaEngine, MIME_TYPE_H264, MIME_TYPE_OPUS, MIM
 use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::{APIBuilder, API};
 use webrtc::ice::mdns::MulticastDnsMode;
+use webrtc::ice::network_type::NetworkType;
 use webrtc::ice::udp_mux::{UDPMuxDefault, UDPMuxParams};
 use webrtc::ice::udp_network::{EphemeralUDP, UDPNetwork};
 use webrtc::ice_transport::ice_candidate_type::RTCIceCandidateType;
@@ -95,10 +96,23 @@ pub fn is_opus(mime_type: &str) -> bool {
     mime_type.eq_ignore_ascii_case(MIME_TYPE_OPUS)
 }
 
+/// True when an SDP candidate line's address is a loopback address. A participant on the
+/// server's own host skips the others: a check from 127.0.0.1 to another local address is
+/// answered from 127.0.0.1, which ICE rejects as a mismatch and accepts only a second later as
+/// peer-reflexive.
+pub fn is_loopback_candidate(candidate: &str) -> bool {
+    candidate
+        .split_whitespace()
+        .nth(4)
+        .and_then(|a| a.parse::<std::net::IpAddr>().ok())
+        .is_some_and(|ip| ip.is_loopback())
+}
+
 /// Builds peer connections that all share one configuration.
 pub struct RtcFactory {
     api: API,
     ice_servers: Vec<IceServer>,
+    loopback_only: bool,
 }
 
 impl RtcFactory {
@@ -139,6 +153,9 @@ impl RtcFactory {
         // mDNS candidates are for browsers hiding their addresses; a server has nothing to hide,
         // and answering mDNS queries would need multicast that containers rarely have.
         settings.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
+        if options.loopback_only {
+            settings.set_ip_filter(Box::new(|ip: std::net::IpAddr| ip.is_loopback()));
+        }
         if let Some(ip) = options.public_ip {
             // Behind 1:1 NAT (a cloud VM): advertise the public address in host candidates.
             settings.set_nat_1to1_ips(vec![ip.to_string()], RTCIceCandidateType::Host);
@@ -153,6 +170,9 @@ impl RtcFactory {
                     .context("handing the media socket to tokio")?;
                 let mux = UDPMuxDefault::new(UDPMuxParams::new(socket));
                 settings.set_udp_network(UDPNetwork::Muxed(mux));
+                // The socket is IPv4: advertising IPv6 candidates on the same port would make ICE
+                // file every incoming check under the wrong candidate, and no pair ever forms.
+                settings.set_network_types(vec![NetworkType::Udp4]);
             }
             UdpPolicy::Range(min, max) => {
                 let ports = EphemeralUDP::new(min, max)
@@ -168,11 +188,17 @@ impl RtcFactory {
         Ok(RtcFactory {
             api,
             ice_servers: options.ice_servers,
+            loopback_only: options.loopback_only,
         })
     }
 
     pub fn ice_servers(&self) -> &[IceServer] {
         &self.ice_servers
+    }
+
+    /// True when only loopback candidates are wanted (see `RtcOptions::loopback_only`).
+    pub fn loopback_only(&self) -> bool {
+        self.loopback_only
     }
 
     pub async fn peer_connection(&self) -> Result<Arc<RTCPeerConnection>> {

@@ -89,5 +89,8 @@ async fn room_pipelines_with_every_branch_reach_playing_and_release_their_pads()
         assert_eq!(after.listener_mix_pads, 0);
         assert_eq!(after.pipeline_children, empty.pipeline_children);
         until_playing(&room, "the room after everyone left").await;
+        // Adding and removing branches never took the room out of PLAYING (which would freeze
+        // every picture until the new branch prerolled).
+        assert_eq!(room.stats().lost_playing, 0);
     }
 }

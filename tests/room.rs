@@ -305,3 +305,46 @@ async fn media_ports_come_from_the_configured_range_and_candidates_carry_the_pub
     }
     crowd.leave_all().await;
 }
+
+/// The ports in the server's ICE candidates, as one participant received them.
+fn candidate_ports(p: &mcu::probe::Participant) -> Vec<u16> {
+    p.observe()
+        .server_candidates
+        .iter()
+        .filter_map(|c| c.split_whitespace().nth(5)?.parse().ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_file_sets_the_media_port_and_the_environment_overrides_it() {
+    common::init();
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let file = dir.join("mcu-test.toml");
+    std::fs::write(&file, "udp-port = 47311\nmax-participants = 4\n").expect("writing the config");
+    let file = file.to_string_lossy().to_string();
+
+    let server = Server::start("config_file", &["--config", &file]);
+    let mut crowd = crowd_of(&server, "configured", 1).await;
+    settle(&crowd, "media through the configured port").await;
+    let ports = candidate_ports(&crowd.members[0]);
+    assert!(
+        !ports.is_empty() && ports.iter().all(|p| *p == 47311),
+        "{ports:?}"
+    );
+    crowd.leave_all().await;
+    drop(server);
+
+    let server = Server::start_with_env(
+        "config_env",
+        &["--config", &file],
+        &[("MCU_UDP_PORT", "47312")],
+    );
+    let mut crowd = crowd_of(&server, "configured", 1).await;
+    settle(&crowd, "media through the environment's port").await;
+    let ports = candidate_ports(&crowd.members[0]);
+    assert!(
+        !ports.is_empty() && ports.iter().all(|p| *p == 47312),
+        "{ports:?}"
+    );
+    crowd.leave_all().await;
+}

@@ -2,6 +2,9 @@
 //! latency changes, and turns errors into events for the room actor: an error inside one
 //! participant's branch concerns that participant only; any other error ends the room.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use anyhow::{Context, Result};
 use futures_util::StreamExt;
 use gst::prelude::*;
@@ -14,9 +17,12 @@ use crate::ids::ParticipantId;
 /// Branch bins are named `<kind>-<participant>`; these are the kinds (see media/video.rs, audio.rs).
 const BRANCH_PREFIXES: [&str; 4] = ["video-", "audio-", "listener-", "placeholder-"];
 
+/// Watches the bus. `lost_playing` counts the times the pipeline fell from PLAYING back to PAUSED,
+/// which freezes every participant's picture (a branch that prerolls would cause it).
 pub fn watch(
     pipeline: &gst::Pipeline,
     events: mpsc::UnboundedSender<PipelineEvent>,
+    lost_playing: Arc<AtomicU64>,
 ) -> Result<tokio::task::JoinHandle<()>> {
     let bus = pipeline.bus().context("a pipeline always has a bus")?;
     let weak = pipeline.downgrade();
@@ -46,6 +52,16 @@ pub fn watch(
                 }
                 MessageView::Warning(w) => {
                     tracing::warn!(pipeline = %name, source = ?w.src().map(|s| s.path_string()), "{} ({:?})", w.error(), w.debug());
+                }
+                // On the way to NULL (the room closing) leaving PLAYING is expected.
+                MessageView::StateChanged(change)
+                    if change.src().map(|s| s.name() == name).unwrap_or(false)
+                        && change.old() == gst::State::Playing
+                        && change.current() != gst::State::Playing
+                        && !matches!(change.pending(), gst::State::Null | gst::State::Ready) =>
+                {
+                    lost_playing.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(pipeline = %name, "the pipeline left PLAYING");
                 }
                 MessageView::Latency(_) => {
                     if let Some(pipeline) = weak.upgrade() {

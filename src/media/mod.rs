@@ -69,6 +69,8 @@ pub struct PipelineStats {
     pub composite_frames: u64,
     pub composite_stalls: u64,
     pub longest_composite_gap_ms: u64,
+    /// Times the whole pipeline fell back from PLAYING (every picture freezes); should stay 0.
+    pub lost_playing: u64,
 }
 
 /// A bin feeding the compositor through one of its request pads.
@@ -90,6 +92,7 @@ pub struct RoomPipeline {
     audio: audio::AudioGraph,
     video_counters: Arc<PacketCounters>,
     pace: Arc<pace::Pace>,
+    lost_playing: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl RoomPipeline {
@@ -144,7 +147,8 @@ impl RoomPipeline {
         let video_counters = Arc::new(PacketCounters::default());
         let packets = sink::packets_from(&element("video_out")?, video_counters.clone())?;
 
-        let bus_task = bus::watch(&pipeline, events.clone())?;
+        let lost_playing = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let bus_task = bus::watch(&pipeline, events.clone(), lost_playing.clone())?;
         let pace = Arc::new(pace::Pace::new(media.fps));
         pace::watch(&compositor, pace.clone(), name)?;
         let room = RoomPipeline {
@@ -160,6 +164,7 @@ impl RoomPipeline {
             videos: HashMap::new(),
             video_counters,
             pace,
+            lost_playing,
         };
         room.pipeline
             .set_state(gst::State::Playing)
@@ -278,6 +283,7 @@ impl RoomPipeline {
             composite_frames: self.pace.frames(),
             composite_stalls: self.pace.stalls(),
             longest_composite_gap_ms: self.pace.longest_gap_ms(),
+            lost_playing: self.lost_playing.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 

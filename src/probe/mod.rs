@@ -201,6 +201,20 @@ pub fn evaluate(
     }
 }
 
+/// True when `url`'s host is this machine's loopback (127.0.0.0/8, ::1 or localhost).
+pub fn is_loopback_url(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or("");
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 pub fn spec_for(index: usize, codec: VideoCodec) -> Spec {
     Spec {
         name: format!("probe-{}", index + 1),
@@ -224,7 +238,10 @@ impl Crowd {
         Ok(Crowd {
             url: url.to_string(),
             room: room.to_string(),
-            rtc: RtcFactory::new(crate::config::RtcOptions::default())?,
+            rtc: RtcFactory::new(crate::config::RtcOptions {
+                loopback_only: is_loopback_url(url),
+                ..Default::default()
+            })?,
             roster: Arc::new(RwLock::new(HashMap::new())),
             members: Vec::new(),
             next_index: 0,
@@ -482,6 +499,15 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn loopback_urls_are_recognised() {
+        assert!(is_loopback_url("http://127.0.0.1:8080"));
+        assert!(is_loopback_url("http://localhost:8080/"));
+        assert!(is_loopback_url("https://[::1]:8443"));
+        assert!(!is_loopback_url("http://203.0.113.7:8080"));
+        assert!(!is_loopback_url("https://vm.example.org"));
     }
 
     #[test]

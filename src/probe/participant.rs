@@ -217,6 +217,7 @@ impl Participant {
             let shared = shared.clone();
             let pc = pc.clone();
             let mut joined_tx = Some(joined_tx);
+            let loopback_only = rtc.loopback_only();
             tasks.push(tokio::spawn(async move {
                 while let Some(Ok(frame)) = ws_stream.next().await {
                     let Message::Text(text) = frame else { continue };
@@ -247,6 +248,9 @@ impl Participant {
                         }
                         ServerMessage::Candidate { candidate: Some(c) } => {
                             shared.lock().server_candidates.push(c.candidate.clone());
+                            if loopback_only && !rtc::is_loopback_candidate(&c.candidate) {
+                                continue;
+                            }
                             let init = RTCIceCandidateInit {
                                 candidate: c.candidate,
                                 sdp_mid: c.sdp_mid,

@@ -21,6 +21,11 @@ impl Server {
     /// Starts `mcu serve` on a free loopback port with `extra` arguments; its log goes to
     /// target/test-logs/<name>.log.
     pub fn start(name: &str, extra: &[&str]) -> Server {
+        Self::start_with_env(name, extra, &[])
+    }
+
+    /// As `start`, with extra environment variables for the server.
+    pub fn start_with_env(name: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let logs = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("test-logs");
         std::fs::create_dir_all(&logs).expect("creating the test log directory");
         let log = logs.join(format!("{name}.log"));
@@ -29,6 +34,7 @@ impl Server {
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(extra)
             .env("RUST_LOG", "info,webrtc=error,webrtc_ice=error")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file))
             .spawn()
