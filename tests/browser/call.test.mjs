@@ -4,8 +4,8 @@
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { execFileSync, spawn } from "node:child_process";
+import { mkdirSync, readFileSync } from "node:fs";
 import { chromium } from "playwright-core";
 import { join } from "node:path";
 import {
@@ -103,7 +103,10 @@ test("a browser and a synthetic participant see each other", async () => {
 
 test("over self-signed HTTPS with all media on one UDP port", async () => {
   const port = 40000 + Math.floor(Math.random() * 10000);
-  const server = await startServer(["--tls-self-signed", "--udp-port", String(port)], { https: true });
+  const server = await startServer(
+    ["--tls-self-signed", "--udp-port", String(port), "--ice-server", "stun:127.0.0.1:3478"],
+    { https: true },
+  );
   assert.match(server.url, /^https:/);
   const red = await launchBrowser(fakeMedia("red", RED, 440), ["--ignore-certificate-errors"]);
   try {
@@ -119,6 +122,9 @@ test("over self-signed HTTPS with all media on one UDP port", async () => {
       return all.find((s) => s.id === pair?.remoteCandidateId)?.port;
     });
     assert.equal(remotePort, port);
+    // The STUN server given to the server was handed on to the browser.
+    const iceServers = await page.evaluate(() => window.mcu.call.pc.getConfiguration().iceServers);
+    assert.deepEqual(iceServers.map((s) => s.urls).flat(), ["stun:127.0.0.1:3478"]);
   } finally {
     await red.close();
     await server.stop();
@@ -195,6 +201,28 @@ test("without camera access the page says why, and the person can still join to 
     });
   } finally {
     await denied.close();
+    await red.close();
+    await server.stop();
+  }
+});
+
+test("HTTPS with a certificate and key from files", async () => {
+  const dir = join(ARTIFACTS, "tls");
+  mkdirSync(dir, { recursive: true });
+  const cert = join(dir, "cert.pem");
+  const key = join(dir, "key.pem");
+  execFileSync("openssl", [
+    "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+    "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=localhost",
+    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+  ], { stdio: "ignore" });
+  const server = await startServer(["--tls-cert", cert, "--tls-key", key], { https: true });
+  const red = await launchBrowser(fakeMedia("red", RED, 440), ["--ignore-certificate-errors"]);
+  try {
+    const page = await joinRoom(red, server.url, "files", "Red");
+    assert.equal(await page.evaluate(() => location.protocol), "https:");
+    await decoding(page, "browser over HTTPS from files");
+  } finally {
     await red.close();
     await server.stop();
   }
