@@ -4,6 +4,7 @@
 //! it took to see themselves.
 
 pub mod analysis;
+mod media;
 pub mod participant;
 
 use std::collections::HashMap;

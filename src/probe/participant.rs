@@ -1,7 +1,7 @@
 //! One synthetic participant: joins through the real signalling, sends a solid colour and a sine
 //! tone of its own, receives the composite and its audio mix, and keeps what it saw and heard.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
@@ -10,7 +10,6 @@ use anyhow::{bail, Context, Result};
 use futures_util::{SinkExt, StreamExt};
 use gst::prelude::*;
 use gstreamer as gst;
-use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -21,10 +20,10 @@ use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
-use webrtc::track::track_remote::TrackRemote;
-use webrtc::util::Marshal;
 
-use super::analysis::{self, Rgb, I420};
+use super::analysis::{self, Rgb};
+use super::media::{receive, send_pipeline, Received, Shared};
+pub use super::media::{FrameSample, AUDIO_WINDOW};
 use crate::config::VideoCodec;
 use crate::ids::ParticipantId;
 use crate::protocol::{ClientMessage, IceCandidate, Layout, ServerMessage};
@@ -32,13 +31,6 @@ use crate::rtc::{self, RtcFactory, SharedTrack};
 
 /// How long to wait for the server's `joined` reply.
 const JOIN_DEADLINE: Duration = Duration::from_secs(10);
-/// Decoded frames whose tile colours are kept for the checks (one second at 30 fps).
-const RECENT_FRAMES: usize = 30;
-/// Received audio kept for the tone analysis: one second at 48 kHz.
-pub const AUDIO_WINDOW: usize = 48_000;
-/// The probe's camera: small, because the server scales it into a tile anyway, and cheap to encode.
-const SEND_WIDTH: u32 = 320;
-const SEND_HEIGHT: u32 = 180;
 
 /// What a probe participant sends, so every other probe participant knows what to look for.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -60,43 +52,6 @@ pub struct Spec {
     /// False for a participant without a camera: it sends audio only, and the others expect its
     /// placeholder tile.
     pub camera: bool,
-}
-
-/// The colours found at the centre of each tile of one decoded composite frame.
-#[derive(Debug, Clone)]
-pub struct FrameSample {
-    pub at: Instant,
-    pub width: u32,
-    pub height: u32,
-    pub tiles: Vec<(String, Rgb)>,
-    /// The colour an eighth of the way down each tile: the participant's colour when its video
-    /// fills the tile, black when it is letterboxed, the placeholder's grey before any video.
-    pub tops: Vec<(String, Rgb)>,
-}
-
-#[derive(Default)]
-struct Received {
-    frame_times: Vec<Instant>,
-    recent: VecDeque<FrameSample>,
-    first_self_frame: Option<Instant>,
-    audio: VecDeque<f32>,
-    keyframes: Vec<Instant>,
-    errors: Vec<String>,
-    layout: Option<Layout>,
-    server_candidates: Vec<String>,
-}
-
-struct Shared {
-    started: Instant,
-    own_id: Mutex<Option<String>>,
-    own_colour: OnceLock<Rgb>,
-    received: Mutex<Received>,
-}
-
-impl Shared {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Received> {
-        self.received.lock().unwrap_or_else(|p| p.into_inner())
-    }
 }
 
 /// A snapshot of what the participant has received so far.
@@ -464,224 +419,4 @@ impl Drop for Participant {
 
 fn to_text(m: &ClientMessage) -> String {
     serde_json::to_string(m).expect("client messages always serialise")
-}
-
-/// The probe's microphone (a sine tone) and, given a codec and colour, its camera (a solid colour).
-fn send_pipeline(camera: Option<(VideoCodec, Rgb)>, tone_hz: f64) -> Result<gst::Pipeline> {
-    let video = match camera {
-        None => String::new(),
-        Some((codec, colour)) => {
-            let encoder = match codec {
-                VideoCodec::Vp8 => {
-                    "vp8enc name=encoder deadline=1 cpu-used=16 threads=1 \
-                     target-bitrate=300000 keyframe-max-dist=150 lag-in-frames=0 \
-                     ! rtpvp8pay pt=96 mtu=1200 picture-id-mode=15-bit"
-                }
-                VideoCodec::H264 => {
-                    "x264enc name=encoder tune=zerolatency speed-preset=ultrafast \
-                     threads=1 bitrate=300 key-int-max=150 \
-                     ! video/x-h264,profile=constrained-baseline \
-                     ! rtph264pay pt=102 mtu=1200 config-interval=-1 aggregate-mode=zero-latency"
-                }
-            };
-            format!(
-                "videotestsrc is-live=true pattern=solid-color foreground-color={argb} \
-                   ! video/x-raw,format=I420,width={SEND_WIDTH},height={SEND_HEIGHT},framerate=30/1 \
-                   ! {encoder} ! appsink name=video_sink sync=false ",
-                argb = colour.argb()
-            )
-        }
-    };
-    let description = format!(
-        "{video}audiotestsrc is-live=true wave=sine freq={tone_hz} volume=0.3 samplesperbuffer=960 \
-           ! audio/x-raw,format=S16LE,rate=48000,channels=1 \
-           ! opusenc bitrate=32000 frame-size=20 ! rtpopuspay pt=111 mtu=1200 \
-           ! appsink name=audio_sink sync=false"
-    );
-    gst::parse::launch(&description)
-        .context("building the probe's send pipeline")?
-        .downcast::<gst::Pipeline>()
-        .ok()
-        .context("the probe's send pipeline is not a pipeline")
-}
-
-/// Builds a pipeline that decodes one incoming track and records what it shows or sounds like.
-fn receive(track: Arc<TrackRemote>, shared: Arc<Shared>) -> Result<gst::Pipeline> {
-    let codec = track.codec();
-    let mime = codec.capability.mime_type.clone();
-    let pt = i32::from(track.payload_type());
-    let (caps, chain, h264) = match track.kind() {
-        RTPCodecType::Video => match rtc::video_codec_of(&mime) {
-            Some(VideoCodec::Vp8) => (
-                format!("application/x-rtp,media=video,clock-rate=90000,encoding-name=VP8,payload={pt}"),
-                "rtpvp8depay wait-for-keyframe=true ! vp8dec threads=1",
-                false,
-            ),
-            Some(VideoCodec::H264) => (
-                format!("application/x-rtp,media=video,clock-rate=90000,encoding-name=H264,payload={pt}"),
-                "rtph264depay ! h264parse ! avdec_h264 max-threads=1",
-                true,
-            ),
-            None => bail!("unexpected video codec {mime}"),
-        },
-        RTPCodecType::Audio => (
-            format!("application/x-rtp,media=audio,clock-rate=48000,encoding-name=OPUS,payload={pt}"),
-            "rtpopusdepay ! opusdec",
-            false,
-        ),
-        other => bail!("unexpected {other} track"),
-    };
-    let is_video = track.kind() == RTPCodecType::Video;
-    let tail = if is_video {
-        "videoconvert ! video/x-raw,format=I420 ! appsink name=sink sync=false max-buffers=2 drop=true"
-    } else {
-        "audioconvert ! audioresample ! audio/x-raw,format=F32LE,rate=48000,channels=1 \
-         ! appsink name=sink sync=false max-buffers=50 drop=true"
-    };
-    let description = format!(
-        "appsrc name=src format=time is-live=true do-timestamp=true caps=\"{caps}\" \
-         ! rtpjitterbuffer latency=50 ! {chain} ! {tail}"
-    );
-    let pipeline = gst::parse::launch(&description)
-        .context("building a receive pipeline")?
-        .downcast::<gst::Pipeline>()
-        .ok()
-        .context("the receive pipeline is not a pipeline")?;
-    let appsrc = pipeline
-        .by_name("src")
-        .and_then(|e| e.dynamic_cast::<gst_app::AppSrc>().ok())
-        .context("receive pipeline has no appsrc")?;
-    let appsink = pipeline
-        .by_name("sink")
-        .and_then(|e| e.dynamic_cast::<gst_app::AppSink>().ok())
-        .context("receive pipeline has no appsink")?;
-    let callback_shared = shared.clone();
-    appsink.set_callbacks(
-        gst_app::AppSinkCallbacks::builder()
-            .new_sample(move |sink| {
-                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                if is_video {
-                    on_video_frame(&sample, &callback_shared);
-                } else {
-                    on_audio(&sample, &callback_shared);
-                }
-                Ok(gst::FlowSuccess::Ok)
-            })
-            .build(),
-    );
-    pipeline
-        .set_state(gst::State::Playing)
-        .context("starting a receive pipeline")?;
-    tokio::spawn(async move {
-        while let Ok((packet, _)) = track.read_rtp().await {
-            if is_video && analysis::starts_keyframe(&packet.payload, h264) {
-                shared.lock().keyframes.push(Instant::now());
-            }
-            let Ok(bytes) = packet.marshal() else {
-                continue;
-            };
-            if appsrc.push_buffer(gst::Buffer::from_slice(bytes)).is_err() {
-                break;
-            }
-        }
-    });
-    Ok(pipeline)
-}
-
-fn on_video_frame(sample: &gst::Sample, shared: &Shared) {
-    let now = Instant::now();
-    let (Some(buffer), Some(caps)) = (sample.buffer(), sample.caps()) else {
-        return;
-    };
-    let Ok(info) = gst_video::VideoInfo::from_caps(caps) else {
-        return;
-    };
-    let Ok(frame) = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, &info) else {
-        return;
-    };
-    let plane = |i: u32| frame.plane_data(i).ok();
-    let (Some(y), Some(u), Some(v)) = (plane(0), plane(1), plane(2)) else {
-        return;
-    };
-    let strides = info.stride();
-    let image = I420 {
-        width: info.width() as usize,
-        height: info.height() as usize,
-        y,
-        y_stride: strides[0] as usize,
-        u,
-        u_stride: strides[1] as usize,
-        v,
-        v_stride: strides[2] as usize,
-    };
-    let own_id = shared
-        .own_id
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    let mut r = shared.lock();
-    let Some(layout) = r.layout.clone() else {
-        r.frame_times.push(now);
-        return;
-    };
-    let sx = image.width as f64 / f64::from(layout.width.max(1));
-    let sy = image.height as f64 / f64::from(layout.height.max(1));
-    let sample = |fraction_down: f64| -> Vec<(String, Rgb)> {
-        layout
-            .tiles
-            .iter()
-            .filter_map(|t| {
-                let cx = ((f64::from(t.x) + f64::from(t.width) / 2.0) * sx) as usize;
-                let cy = ((f64::from(t.y) + f64::from(t.height) * fraction_down) * sy) as usize;
-                let half = ((f64::from(t.width.min(t.height)) * sx) as usize / 16).clamp(1, 8);
-                image
-                    .average(cx, cy, half)
-                    .map(|c| (t.participant_id.clone(), c))
-            })
-            .collect()
-    };
-    let tiles = sample(0.5);
-    let tops = sample(0.125);
-    if r.first_self_frame.is_none() {
-        if let Some(own) = own_id {
-            let shows_self = tiles.iter().any(|(p, c)| {
-                *p == own
-                    && shared
-                        .own_colour
-                        .get()
-                        .is_some_and(|own_colour| analysis::shows(*c, *own_colour))
-            });
-            if shows_self {
-                r.first_self_frame = Some(now);
-            }
-        }
-    }
-    r.frame_times.push(now);
-    r.recent.push_back(FrameSample {
-        at: now,
-        width: info.width(),
-        height: info.height(),
-        tiles,
-        tops,
-    });
-    while r.recent.len() > RECENT_FRAMES {
-        r.recent.pop_front();
-    }
-}
-
-fn on_audio(sample: &gst::Sample, shared: &Shared) {
-    let Some(buffer) = sample.buffer() else {
-        return;
-    };
-    let Ok(map) = buffer.map_readable() else {
-        return;
-    };
-    let mut r = shared.lock();
-    for chunk in map.as_slice().chunks_exact(4) {
-        r.audio
-            .push_back(f32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]));
-    }
-    while r.audio.len() > AUDIO_WINDOW {
-        r.audio.pop_front();
-    }
 }
