@@ -43,6 +43,9 @@ pub const AUDIO_BRANCH_EXTRA_LATENCY_MS: u32 = 20;
 /// catch a live participant, and it frees a tile soon enough that the room does not stare at a
 /// frozen face.
 pub const DEFAULT_MEDIA_TIMEOUT: Duration = Duration::from_secs(10);
+/// Recordings go next to where the server runs unless told otherwise; the container sets
+/// `MCU_RECORDINGS_DIR` to its volume.
+pub const DEFAULT_RECORDINGS_DIR: &str = "recordings";
 /// A 5×5 grid is the largest that stays legible at 1280×720 (see room::layout::MAX_TILES).
 pub const DEFAULT_MAX_PARTICIPANTS: usize = crate::room::layout::MAX_TILES;
 
@@ -222,6 +225,13 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     /// Serve the web client from this directory instead of the copy built into the binary.
     pub web_dir: Option<PathBuf>,
+    pub recordings_dir: PathBuf,
+    /// Record every room from its creation until it empties.
+    pub auto_record: bool,
+    /// Bearer token for the admin API; without one, the API answers on loopback only.
+    pub admin_token: Option<crate::auth::Secret>,
+    /// With a secret, joining requires an HS256 token signed with it; without, rooms are open.
+    pub jwt_secret: Option<crate::auth::Secret>,
 }
 
 impl Default for ServerConfig {
@@ -238,6 +248,10 @@ impl Default for ServerConfig {
             rtc: RtcOptions::default(),
             tls: None,
             web_dir: None,
+            recordings_dir: PathBuf::from(DEFAULT_RECORDINGS_DIR),
+            auto_record: false,
+            admin_token: None,
+            jwt_secret: None,
         }
     }
 }

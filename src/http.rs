@@ -1,7 +1,6 @@
-//! HTTP routes: the WebSocket signalling endpoint, health, the read-only room view, and the page.
+//! HTTP routes: the WebSocket signalling endpoint, health, the admin API, and the page.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -93,24 +92,29 @@ pub fn routes(
                 ),
             }
         });
-    let rooms = warp::path!("api" / "v1" / "rooms")
-        .and(warp::get())
+    // The admin API routes its own paths (see admin/mod.rs) and never rejects.
+    let api = warp::path!("api" / "v1" / ..)
+        .and(warp::method())
+        .and(warp::path::tail())
         .and(warp::addr::remote())
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::header::optional::<String>("range"))
         .and(with_ctx)
-        .then(|peer: Option<SocketAddr>, ctx: Arc<SessionContext>| async move {
-            // Until the admin API has its token (a later issue), room details stay on loopback.
-            if !peer.is_some_and(|p| p.ip().is_loopback()) {
-                return warp::reply::with_status(
-                    warp::reply::json(&serde_json::json!({"error": {"code": "forbidden", "message": "the room view answers on loopback only"}})),
-                    StatusCode::FORBIDDEN,
-                );
-            }
-            let rooms = ctx.registry.snapshots().await;
-            warp::reply::with_status(
-                warp::reply::json(&serde_json::json!({"rooms": rooms})),
-                StatusCode::OK,
-            )
-        });
+        .then(
+            |method, tail: warp::path::Tail, peer, authorization, range, ctx| async move {
+                crate::admin::handle(
+                    ctx,
+                    crate::admin::ApiRequest {
+                        method,
+                        path: tail.as_str().to_string(),
+                        peer,
+                        authorization,
+                        range,
+                    },
+                )
+                .await
+            },
+        );
     let with_dir = warp::any().map(move || web_dir.clone());
     // The landing page and every room link load the same page; the script reads the path.
     let page = warp::path::end()
@@ -126,7 +130,7 @@ pub fn routes(
         .and(with_dir)
         .and_then(|file: String, dir: Option<PathBuf>| async move { asset(&file, dir).await });
     ws.or(health)
-        .or(rooms)
+        .or(api)
         .or(page)
         .or(files)
         .recover(|_rejection: warp::Rejection| async move {

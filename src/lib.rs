@@ -2,12 +2,15 @@
 //! once, and sends it to every participant with a mix-minus audio mix. See README.md for the
 //! architecture and ../shared/STYLE.md for the design habits.
 
+pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod http;
 pub mod ids;
 pub mod media;
 pub mod probe;
 pub mod protocol;
+pub mod recordings;
 pub mod room;
 pub mod rtc;
 pub mod server;

@@ -1,4 +1,5 @@
-//! The `mcu` binary: `serve` runs the conference server, `probe` joins synthetic participants.
+//! The `mcu` binary: `serve` runs the conference server, `probe` joins synthetic participants,
+//! `token` mints join tokens, and `rooms`/`record`/`recordings` drive the admin API.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -9,6 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use mcu::config::{self, MediaConfig, ServerConfig, VideoCodec};
+use warp::http::Method;
 
 #[derive(Parser)]
 #[command(
@@ -27,6 +29,61 @@ enum Command {
     Serve(ServeArgs),
     /// Join synthetic participants to a room and check what they see and hear.
     Probe(ProbeArgs),
+    /// Mint a join token (for a server started with --jwt-secret).
+    Token(TokenArgs),
+    /// List the rooms (admin API).
+    Rooms(AdminArgs),
+    /// Start or stop a room's recording (admin API).
+    Record(RecordArgs),
+    /// List the recordings (admin API).
+    Recordings(AdminArgs),
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// The server's JWT secret.
+    #[arg(long, env = "MCU_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: String,
+    /// The room the token admits to.
+    #[arg(long)]
+    room: String,
+    /// The display name its holder joins under.
+    #[arg(long)]
+    name: String,
+    /// How long it stays valid: 90s, 30m, 1h, 2d.
+    #[arg(long, default_value = "8h", value_parser = mcu::auth::parse_ttl)]
+    ttl: Duration,
+    /// Its holder may start and stop the room's recording.
+    #[arg(long)]
+    record: bool,
+    /// Also print the join link on this server (e.g. https://meet.example.org).
+    #[arg(long)]
+    url: Option<String>,
+}
+
+#[derive(Args)]
+struct AdminArgs {
+    /// The server's base URL (plain HTTP; for HTTPS use curl, see docs/api.md).
+    #[arg(long, env = "MCU_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// The admin token, if the server has one.
+    #[arg(long, env = "MCU_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+}
+
+#[derive(Args)]
+struct RecordArgs {
+    #[arg(value_enum)]
+    action: RecordCommand,
+    room: String,
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RecordCommand {
+    Start,
+    Stop,
 }
 
 #[derive(Args)]
@@ -89,6 +146,19 @@ struct ServeArgs {
     /// Serve the web client from this directory (for development) instead of the built-in copy.
     #[arg(long, env = "MCU_WEB_DIR")]
     web_dir: Option<PathBuf>,
+    /// Where recordings are written (created if missing).
+    #[arg(long, env = "MCU_RECORDINGS_DIR", default_value = config::DEFAULT_RECORDINGS_DIR)]
+    recordings_dir: PathBuf,
+    /// Record every room from its first participant until it empties.
+    #[arg(long, env = "MCU_AUTO_RECORD", value_parser = clap::builder::FalseyValueParser::new())]
+    auto_record: bool,
+    /// Bearer token for the admin API (/api/v1); without one it answers on loopback only.
+    #[arg(long, env = "MCU_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Require join tokens signed with this secret (HS256, at least 32 bytes; see `mcu token`).
+    /// Without it, rooms are open to anyone who reaches the server.
+    #[arg(long, env = "MCU_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
 }
 
 #[derive(Args)]
@@ -121,6 +191,9 @@ struct ProbeArgs {
     /// colour: ID=#RRGGBB (repeatable).
     #[arg(long, value_parser = parse_expectation)]
     expect: Vec<(String, mcu::probe::analysis::Rgb)>,
+    /// A join token every participant presents (see `mcu token`).
+    #[arg(long, env = "MCU_JOIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 fn parse_expectation(text: &str) -> Result<(String, mcu::probe::analysis::Rgb), String> {
@@ -197,6 +270,14 @@ fn server_config(args: ServeArgs) -> Result<ServerConfig> {
         }
         _ => None,
     };
+    let jwt_secret = args.jwt_secret.map(mcu::auth::Secret::new);
+    if let Some(secret) = &jwt_secret {
+        mcu::auth::check_secret(secret).map_err(|e| anyhow::anyhow!("--jwt-secret: {e}"))?;
+    }
+    let admin_token = args
+        .admin_token
+        .filter(|t| !t.is_empty())
+        .map(mcu::auth::Secret::new);
     Ok(ServerConfig {
         listen: args.listen,
         media: MediaConfig {
@@ -218,7 +299,47 @@ fn server_config(args: ServeArgs) -> Result<ServerConfig> {
         },
         tls,
         web_dir: args.web_dir,
+        recordings_dir: args.recordings_dir,
+        auto_record: args.auto_record,
+        admin_token,
+        jwt_secret,
     })
+}
+
+fn mint_token(args: TokenArgs) -> Result<()> {
+    let secret = mcu::auth::Secret::new(args.jwt_secret);
+    mcu::auth::check_secret(&secret).map_err(|e| anyhow::anyhow!("--jwt-secret: {e}"))?;
+    mcu::protocol::validate_room_name(&args.room).map_err(|e| anyhow::anyhow!("room name {e}"))?;
+    let name = mcu::protocol::validate_display_name(&args.name)
+        .map_err(|e| anyhow::anyhow!("display name {e}"))?;
+    let token = mcu::auth::mint(
+        &secret,
+        &args.room,
+        &name,
+        args.record,
+        args.ttl,
+        std::time::SystemTime::now(),
+    )?;
+    println!("{token}");
+    if let Some(url) = args.url {
+        println!(
+            "{}/r/{}?token={token}",
+            url.trim_end_matches('/'),
+            args.room
+        );
+    }
+    Ok(())
+}
+
+async fn admin_call(args: &AdminArgs, method: Method, path: &str) -> Result<bool> {
+    let token = args
+        .admin_token
+        .clone()
+        .filter(|t| !t.is_empty())
+        .map(mcu::auth::Secret::new);
+    let client = mcu::admin::client::AdminClient::new(&args.url, token)?;
+    let answer = client.call(method, path).await?;
+    Ok(mcu::admin::client::print(&answer))
 }
 
 fn init_logging() {
@@ -328,10 +449,28 @@ fn main() -> ExitCode {
                     min_fps: args.min_fps,
                     json: args.json,
                     expect: args.expect,
+                    token: args.token.map(mcu::auth::Secret::new),
                 };
                 let report = mcu::probe::run(&config).await?;
                 print!("{}", mcu::probe::summary(&report));
                 Ok(report.ok)
+            }
+            Command::Token(args) => mint_token(args).map(|_| true),
+            Command::Rooms(args) => admin_call(&args, Method::GET, "rooms").await,
+            Command::Recordings(args) => admin_call(&args, Method::GET, "recordings").await,
+            Command::Record(args) => {
+                mcu::protocol::validate_room_name(&args.room)
+                    .map_err(|e| anyhow::anyhow!("room name {e}"))?;
+                let method = match args.action {
+                    RecordCommand::Start => Method::POST,
+                    RecordCommand::Stop => Method::DELETE,
+                };
+                admin_call(
+                    &args.admin,
+                    method,
+                    &format!("rooms/{}/recording", args.room),
+                )
+                .await
             }
         }
     });

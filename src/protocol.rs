@@ -5,6 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::Secret;
+
 /// Longest room name accepted: long enough for a readable slug, short enough for a file name.
 pub const MAX_ROOM_NAME_LEN: usize = 64;
 /// Longest display name, in characters: it is drawn on a tile, so a sentence is already too long.
@@ -19,8 +21,13 @@ pub const CLOSE_MESSAGE_TOO_BIG: u16 = 1009;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientMessage {
-    /// Enter the room named in the WebSocket path under a display name.
-    Join { name: String },
+    /// Enter the room named in the WebSocket path under a display name. On a server that requires
+    /// join tokens, `token` is one for this room, and the name it carries is the one used.
+    Join {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<Secret>,
+    },
     /// An SDP offer (the client starts or renegotiates the session).
     Offer { sdp: String },
     /// An SDP answer to an offer the server sent.
@@ -29,8 +36,27 @@ pub enum ClientMessage {
     Candidate { candidate: Option<IceCandidate> },
     /// Leave the room; the server closes the socket after this.
     Leave {},
+    /// Start or stop the room's recording (if the join allowed it: see `joined.can_record`).
+    Record { action: RecordAction },
     /// Keep-alive; answered with `pong`.
     Ping {},
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordAction {
+    Start,
+    Stop,
+}
+
+/// What happened to the room's recording, as participants are told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordingState {
+    Started,
+    Stopped,
+    /// The recording stopped on an error (e.g. the server's disk is full); the call goes on.
+    Failed,
 }
 
 /// A message from the server to a client.
@@ -43,6 +69,12 @@ pub enum ServerMessage {
         room: String,
         participants: Vec<ParticipantInfo>,
         ice_servers: Vec<IceServer>,
+        /// Whether this participant may start and stop the recording.
+        #[serde(default)]
+        can_record: bool,
+        /// Whether the room is being recorded right now.
+        #[serde(default)]
+        recording: bool,
     },
     Offer {
         sdp: String,
@@ -61,6 +93,22 @@ pub enum ServerMessage {
     },
     /// Where each participant is drawn in the composite; sent on join and after every change.
     Layout(Layout),
+    /// The room's recording started, stopped or failed (`message` says why it failed).
+    Recording {
+        state: RecordingState,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+    },
+    /// A moderator took this participant's audio out of the mix (or put it back).
+    ParticipantMuted {
+        participant_id: String,
+        muted: bool,
+    },
+    /// You were removed from the room (by a moderator, or because the room was closed); the
+    /// server closes the socket next. Do not reconnect on your own.
+    Removed {
+        reason: String,
+    },
     Pong,
     Error {
         code: ErrorCode,
@@ -128,6 +176,12 @@ pub enum ErrorCode {
     /// The SDP could not be applied (unparsable, or nothing we can receive or send).
     BadSdp,
     BadCandidate,
+    /// A join token is required, or the one given was refused (the message says why).
+    Unauthorized,
+    /// The participant may not do this (e.g. record without a token that allows it).
+    Forbidden,
+    /// The request clashes with the room's state (e.g. starting a recording that already runs).
+    Conflict,
     /// The server could not do what was asked for a reason of its own; the message says which.
     Internal,
 }
@@ -209,7 +263,32 @@ mod tests {
     #[test]
     fn join_reads_from_the_documented_json() {
         let m = parse_client_message(r#"{"type":"join","name":"Ada"}"#).unwrap();
-        assert_eq!(m, ClientMessage::Join { name: "Ada".into() });
+        assert_eq!(
+            m,
+            ClientMessage::Join {
+                name: "Ada".into(),
+                token: None
+            }
+        );
+    }
+
+    #[test]
+    fn a_join_token_reads_from_json_but_never_shows_in_debug_output() {
+        let m = parse_client_message(
+            r#"{"type":"join","name":"Ada","token":"eyJhbGciOiJIUzI1NiJ9.e30.c2lnbmF0dXJl"}"#,
+        )
+        .unwrap();
+        match &m {
+            ClientMessage::Join { token: Some(t), .. } => assert!(t.expose().starts_with("eyJ")),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(!format!("{m:?}").contains("eyJ"));
+        assert_eq!(
+            parse_client_message(r#"{"type":"record","action":"start"}"#).unwrap(),
+            ClientMessage::Record {
+                action: RecordAction::Start
+            }
+        );
     }
 
     #[test]
@@ -321,6 +400,19 @@ mod tests {
                     username: None,
                     credential: None,
                 }],
+                can_record: true,
+                recording: false,
+            },
+            ServerMessage::Recording {
+                state: RecordingState::Failed,
+                message: Some("disk full".into()),
+            },
+            ServerMessage::ParticipantMuted {
+                participant_id: "p2".into(),
+                muted: true,
+            },
+            ServerMessage::Removed {
+                reason: "removed by a moderator".into(),
             },
             ServerMessage::Offer { sdp: "v=0".into() },
             ServerMessage::Answer { sdp: "v=0".into() },

@@ -1,22 +1,38 @@
-//! `mcu serve`: wires the registry, the WebRTC factory and the HTTP routes, and runs until
-//! SIGINT/SIGTERM.
+//! `mcu serve`: wires the recordings, the registry, the WebRTC factory and the HTTP routes, and
+//! runs until SIGINT/SIGTERM.
 
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
 use crate::config::ServerConfig;
+use crate::recordings::RecordingStore;
 use crate::room::registry::Registry;
 use crate::rtc::RtcFactory;
 use crate::session::SessionContext;
 
 pub async fn run(config: ServerConfig) -> Result<()> {
     let config = Arc::new(config);
+    let store = Arc::new(RecordingStore::open(&config.recordings_dir)?);
+    if config.jwt_secret.is_none() {
+        tracing::warn!("no --jwt-secret: rooms are open to anyone who can reach this server");
+    }
+    let registry = Registry::new(config.clone(), store);
     let ctx = Arc::new(SessionContext {
-        registry: Registry::new(config.clone()),
+        registry: registry.clone(),
         rtc: Arc::new(RtcFactory::new(config.rtc.clone())?),
     });
     let routes = crate::http::routes(ctx, config.web_dir.clone());
+    // On SIGINT/SIGTERM every room closes first (recordings get their index and duration), then
+    // the listener stops.
+    let shutdown_signal = move || {
+        let registry = registry.clone();
+        async move {
+            shutdown_signal().await;
+            registry.close_all("the server is shutting down").await;
+            tracing::info!("every room closed");
+        }
+    };
     // Printed on stdout, alone on its line, so scripts and tests can find the port (`--listen :0`).
     match &config.tls {
         None => {

@@ -23,13 +23,15 @@ use webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
 use webrtc::track::track_remote::TrackRemote;
 use webrtc::util::Marshal;
 
+use crate::auth::Secret;
 use crate::ids::{ParticipantId, RoomId};
 use crate::media::{InputHandle, InputSignals};
 use crate::protocol::{
-    parse_client_message, ErrorCode, IceCandidate, ServerMessage, CLOSE_MESSAGE_TOO_BIG,
-    MAX_MESSAGE_BYTES,
+    parse_client_message, validate_display_name, ErrorCode, IceCandidate, RecordAction,
+    ServerMessage, CLOSE_MESSAGE_TOO_BIG, MAX_MESSAGE_BYTES,
 };
 use crate::room::registry::Registry;
+use crate::room::RecordError;
 use crate::room::{RoomHandle, TrackKind, EVENT_QUEUE};
 use crate::rtc::{self, RtcFactory, SharedTrack};
 use crate::signalling::{Action, Signalling};
@@ -44,6 +46,9 @@ const LOSS_PLI_MIN_INTERVAL: Duration = Duration::from_millis(300);
 const LIVENESS_CHECK: Duration = Duration::from_millis(500);
 /// How long a session waits for its peer connection to be set up before giving up on an answer.
 const SDP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Close code for a participant a moderator removed (4000–4999 are the application's own):
+/// the web client does not reconnect after it.
+pub const CLOSE_REMOVED: u16 = 4001;
 
 /// Shared state needed to serve a WebSocket.
 pub struct SessionContext {
@@ -87,6 +92,8 @@ struct Membership {
     room: RoomHandle,
     id: ParticipantId,
     pc: Arc<RTCPeerConnection>,
+    /// Granted by the join token (or by an open server): may start and stop the recording.
+    can_record: bool,
 }
 
 pub async fn serve(socket: WebSocket, room_name: String, ctx: Arc<SessionContext>) {
@@ -136,6 +143,7 @@ pub async fn serve(socket: WebSocket, room_name: String, ctx: Arc<SessionContext
         }
     };
 
+    let (removed_tx, mut removed_rx) = mpsc::channel::<String>(1);
     let mut session = Session {
         ctx,
         room,
@@ -144,6 +152,7 @@ pub async fn serve(socket: WebSocket, room_name: String, ctx: Arc<SessionContext
         member: None,
         activity: Activity::new(),
         tasks: Vec::new(),
+        removed_tx,
     };
     let (peer_tx, mut peer_rx) = mpsc::channel::<PeerEvent>(64);
     let mut liveness = tokio::time::interval(LIVENESS_CHECK);
@@ -180,6 +189,11 @@ pub async fn serve(socket: WebSocket, room_name: String, ctx: Arc<SessionContext
                     break (1000, "peer connection ended");
                 }
             }
+            Some(reason) = removed_rx.recv() => {
+                // The room already told the client why (a `removed` message) and forgot them.
+                tracing::info!(room = %session.room, "participant removed: {reason}");
+                break (CLOSE_REMOVED, "removed");
+            }
             _ = liveness.tick() => {
                 let timeout = session.ctx.registry.config().media_timeout;
                 if session.member.is_some() && session.activity.idle() > timeout {
@@ -203,6 +217,8 @@ struct Session {
     member: Option<Membership>,
     activity: Arc<Activity>,
     tasks: Vec<JoinHandle<()>>,
+    /// The room's notice that this participant was removed is forwarded here.
+    removed_tx: mpsc::Sender<String>,
 }
 
 impl Session {
@@ -227,19 +243,54 @@ impl Session {
             }
         };
         match action {
-            Action::Join { name } => self.join(name, peer_tx).await?,
+            Action::Join { name, token } => self.join(name, token, peer_tx).await?,
             Action::ApplyOffer { sdp } => self.apply_offer(sdp).await,
             Action::ApplyAnswer { sdp } => self.apply_answer(sdp).await,
             Action::AddCandidate(c) => self.add_candidate(c).await,
             Action::EndOfCandidates | Action::Buffered => {}
             Action::Leave => return Ok(false),
+            Action::Record(action) => self.record(action).await,
             Action::Reply(m) => self.reply(m).await,
         }
         Ok(true)
     }
 
-    async fn join(&mut self, name: String, peer_tx: &mpsc::Sender<PeerEvent>) -> Result<()> {
-        let (room, joined) = match self
+    /// With a JWT secret configured, the token decides: the name it carries, and whether its
+    /// holder may record. Without one, rooms are open and anyone may record.
+    fn admit(&self, name: String, token: Option<Secret>) -> Result<(String, bool), ServerMessage> {
+        let Some(secret) = &self.ctx.registry.config().jwt_secret else {
+            return Ok((name, true));
+        };
+        let refuse = |e: crate::auth::TokenError| {
+            tracing::info!(room = %self.room, "join refused: {e}");
+            ServerMessage::error(ErrorCode::Unauthorized, e.to_string())
+        };
+        let token = token.ok_or_else(|| refuse(crate::auth::TokenError::Missing))?;
+        let claims =
+            crate::auth::verify(secret, token.expose(), self.room.as_str()).map_err(refuse)?;
+        let name = validate_display_name(&claims.name).map_err(|e| {
+            ServerMessage::error(
+                ErrorCode::InvalidDisplayName,
+                format!("the token's display name {e}"),
+            )
+        })?;
+        Ok((name, claims.record))
+    }
+
+    async fn join(
+        &mut self,
+        name: String,
+        token: Option<Secret>,
+        peer_tx: &mpsc::Sender<PeerEvent>,
+    ) -> Result<()> {
+        let (name, can_record) = match self.admit(name, token) {
+            Ok(admitted) => admitted,
+            Err(refusal) => {
+                self.reply(refusal).await;
+                return Ok(());
+            }
+        };
+        let (room, joined, removed) = match self
             .ctx
             .registry
             .join(&self.room, &name, self.outbox.clone())
@@ -265,8 +316,15 @@ impl Session {
             room: room.clone(),
             id,
             pc: pc.clone(),
+            can_record,
         });
         self.signalling.joined();
+        let removed_tx = self.removed_tx.clone();
+        self.tasks.push(tokio::spawn(async move {
+            if let Ok(reason) = removed.await {
+                let _ = removed_tx.send(reason).await;
+            }
+        }));
 
         // Our tracks go in before any remote offer is applied, or webrtc-rs 0.17 puts them on
         // transceivers outside the answer and the browser never receives them.
@@ -298,10 +356,36 @@ impl Session {
             room: self.room.to_string(),
             participants: joined.participants,
             ice_servers: self.ctx.rtc.ice_servers().to_vec(),
+            can_record,
+            recording: joined.recording,
         })
         .await;
         tracing::info!(room = %self.room, participant = %id, codec = ?joined.video_codec, "session joined");
         Ok(())
+    }
+
+    async fn record(&mut self, action: RecordAction) {
+        let Some(member) = &self.member else { return };
+        if !member.can_record {
+            self.reply(ServerMessage::error(
+                ErrorCode::Forbidden,
+                "your join token does not allow recording",
+            ))
+            .await;
+            return;
+        }
+        let result = match action {
+            RecordAction::Start => member.room.start_recording().await.map(|_| ()),
+            RecordAction::Stop => member.room.stop_recording().await.map(|_| ()),
+        };
+        // Success is announced to the whole room by the room itself.
+        if let Err(e) = result {
+            let code = match e {
+                RecordError::AlreadyRecording | RecordError::NotRecording => ErrorCode::Conflict,
+                RecordError::Failed(_) | RecordError::RoomClosed => ErrorCode::Internal,
+            };
+            self.reply(ServerMessage::error(code, e.to_string())).await;
+        }
     }
 
     async fn apply_offer(&mut self, sdp: String) {

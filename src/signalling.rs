@@ -2,8 +2,9 @@
 //! client message and says what the session should do, or which error to send back. The session
 //! task does the I/O; this module decides, so every ordering rule is tested without a socket.
 
+use crate::auth::Secret;
 use crate::protocol::{
-    validate_display_name, ClientMessage, ErrorCode, IceCandidate, ServerMessage,
+    validate_display_name, ClientMessage, ErrorCode, IceCandidate, RecordAction, ServerMessage,
 };
 
 /// Candidates that arrive before the offer they belong to are held until it is applied. Browsers
@@ -30,6 +31,7 @@ enum Negotiation {
 pub enum Action {
     Join {
         name: String,
+        token: Option<Secret>,
     },
     ApplyOffer {
         sdp: String,
@@ -43,6 +45,7 @@ pub enum Action {
     /// The candidate was kept for later; nothing to do now.
     Buffered,
     Leave,
+    Record(RecordAction),
     Reply(ServerMessage),
 }
 
@@ -81,11 +84,11 @@ impl Signalling {
         match (self.phase, message) {
             (_, M::Ping {}) => Ok(Action::Reply(ServerMessage::Pong)),
             (Phase::Left, _) => Err(out_of_order("this session has left the room")),
-            (Phase::AwaitingJoin, M::Join { name }) => {
+            (Phase::AwaitingJoin, M::Join { name, token }) => {
                 let name = validate_display_name(&name).map_err(|e| {
                     ServerMessage::error(ErrorCode::InvalidDisplayName, format!("display name {e}"))
                 })?;
-                Ok(Action::Join { name })
+                Ok(Action::Join { name, token })
             }
             (Phase::AwaitingJoin, M::Leave {}) => {
                 self.phase = Phase::Left;
@@ -121,6 +124,7 @@ impl Signalling {
                 self.phase = Phase::Left;
                 Ok(Action::Leave)
             }
+            (Phase::Joined, M::Record { action }) => Ok(Action::Record(action)),
         }
     }
 
@@ -160,6 +164,13 @@ mod tests {
         }
     }
 
+    fn join(name: &str) -> ClientMessage {
+        ClientMessage::Join {
+            name: name.into(),
+            token: None,
+        }
+    }
+
     fn code(r: Result<Action, ServerMessage>) -> ErrorCode {
         match r {
             Err(ServerMessage::Error { code, .. }) => code,
@@ -175,6 +186,12 @@ mod tests {
             ErrorCode::OutOfOrder
         );
         assert_eq!(
+            code(s.on_message(ClientMessage::Record {
+                action: RecordAction::Start
+            })),
+            ErrorCode::OutOfOrder
+        );
+        assert_eq!(
             code(s.on_message(ClientMessage::Candidate {
                 candidate: Some(candidate(1))
             })),
@@ -185,33 +202,26 @@ mod tests {
             Ok(Action::Reply(ServerMessage::Pong))
         );
         assert_eq!(
-            s.on_message(ClientMessage::Join {
-                name: " Ada ".into()
-            }),
-            Ok(Action::Join { name: "Ada".into() })
+            s.on_message(join(" Ada ")),
+            Ok(Action::Join {
+                name: "Ada".into(),
+                token: None
+            })
         );
     }
 
     #[test]
     fn a_bad_display_name_is_refused_and_the_session_may_try_again() {
         let mut s = Signalling::new();
-        assert_eq!(
-            code(s.on_message(ClientMessage::Join { name: "".into() })),
-            ErrorCode::InvalidDisplayName
-        );
-        assert!(s
-            .on_message(ClientMessage::Join { name: "Ada".into() })
-            .is_ok());
+        assert_eq!(code(s.on_message(join(""))), ErrorCode::InvalidDisplayName);
+        assert!(s.on_message(join("Ada")).is_ok());
     }
 
     #[test]
     fn joining_twice_is_out_of_order() {
         let mut s = Signalling::new();
         s.joined();
-        assert_eq!(
-            code(s.on_message(ClientMessage::Join { name: "Ada".into() })),
-            ErrorCode::OutOfOrder
-        );
+        assert_eq!(code(s.on_message(join("Ada"))), ErrorCode::OutOfOrder);
     }
 
     #[test]

@@ -6,8 +6,24 @@ use std::time::{Duration, Instant};
 
 use mcu::config::{MediaConfig, VideoCodec};
 use mcu::ids::ParticipantId;
-use mcu::media::{pipelines, InputSignals, RoomPipeline};
+use mcu::media::{pipelines, InputSignals, PipelineEvent, RoomPipeline};
 use mcu::room::layout::grid;
+
+/// Waits until the recorder has written a second of video; returns the frame count.
+async fn wait_for_recorded_frames(room: &RoomPipeline) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (frames, audio) = room.recording_counts().expect("a recording runs");
+        if frames >= 30 && audio > 0 {
+            return frames;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the recorder got {frames} frames and {audio} audio buffers"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
 
 async fn until_playing(room: &RoomPipeline, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -77,6 +93,32 @@ async fn room_pipelines_with_every_branch_reach_playing_and_release_their_pads()
             "each hears silence + the other"
         );
 
+        // Server-side mute: a's pads in the full mix and in b's mix.
+        room.set_muted(a, true);
+        assert_eq!(room.stats().muted_mix_pads, 2);
+        room.set_muted(a, false);
+        assert_eq!(room.stats().muted_mix_pads, 0);
+
+        // A recording taps the encoded composite and the full mix, then gives its taps back.
+        let file = std::env::temp_dir().join(format!(
+            "mcu-pipelines-test-{}-{codec:?}.mkv",
+            std::process::id()
+        ));
+        room.start_recording(&file, 1)
+            .expect("the recording starts");
+        assert!(room.start_recording(&file, 2).is_err(), "one at a time");
+        assert_eq!(room.stats().pipeline_children, full.pipeline_children + 2);
+        until_playing(&room, "a room being recorded").await;
+        let recorded = wait_for_recorded_frames(&room).await;
+        room.stop_recording()
+            .expect("a recording to stop")
+            .await
+            .expect("the file is finished");
+        assert_eq!(room.stats().pipeline_children, full.pipeline_children);
+        let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+        let _ = std::fs::remove_file(&file);
+        assert!(size > 1000, "{recorded} frames recorded into {size} bytes");
+
         room.remove_participant(b);
         let one = room.stats();
         assert_eq!(one.compositor_pads, 1 + 2);
@@ -93,4 +135,52 @@ async fn room_pipelines_with_every_branch_reach_playing_and_release_their_pads()
         // every picture until the new branch prerolled).
         assert_eq!(room.stats().lost_playing, 0);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_the_recording_and_not_the_room() {
+    gstreamer::init().expect("GStreamer initialises");
+    let (events, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (mut room, _packets) =
+        RoomPipeline::start("full", &MediaConfig::default(), VideoCodec::Vp8, events)
+            .expect("the room pipeline builds");
+    until_playing(&room, "the room").await;
+    let baseline = room.stats().pipeline_children;
+    // Every write to /dev/full fails with ENOSPC, as on a full disk.
+    room.start_recording(std::path::Path::new("/dev/full"), 7)
+        .expect("/dev/full opens like any file");
+    let failure = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events_rx.recv().await {
+                Some(PipelineEvent::RecorderFailed { recording, error }) => {
+                    return (recording, error)
+                }
+                Some(PipelineEvent::Failed(e)) => panic!("the room failed with its recorder: {e}"),
+                Some(_) => {}
+                None => panic!("the event channel closed"),
+            }
+        }
+    })
+    .await
+    .expect("the recorder reports the full disk");
+    assert_eq!(failure.0, 7, "the failure names its recording");
+    println!("recorder failure: {}", failure.1);
+    room.abort_recording();
+    assert_eq!(
+        room.stats().pipeline_children,
+        baseline,
+        "the taps are gone"
+    );
+    // The call goes on: the composite keeps being produced and the room keeps playing.
+    let frames = room.stats().composite_frames;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while room.stats().composite_frames < frames + 30 {
+        assert!(
+            Instant::now() < deadline,
+            "the composite stopped after the recorder failed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    until_playing(&room, "the room after its recorder failed").await;
+    assert_eq!(room.stats().lost_playing, 0);
 }

@@ -5,15 +5,12 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{wait_for, Server};
+use common::{wait_for, Server, MIN_FPS, SETTLE};
 use futures_util::{SinkExt, StreamExt};
 use mcu::config::VideoCodec;
 use mcu::probe::Crowd;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
-
-const SETTLE: Duration = Duration::from_secs(15);
-const MIN_FPS: f64 = 20.0;
 
 /// A hundred messages a broken or hostile client might send, each of which must get an error.
 fn malformed_messages() -> Vec<Message> {

@@ -5,50 +5,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{wait_for, Server};
+use common::{all_ok, crowd_of, settle, wait_for, Server, SETTLE};
 use mcu::config::VideoCodec;
-use mcu::probe::{analysis, Crowd, ParticipantReport};
+use mcu::probe::{analysis, Crowd};
 
-/// How long to wait for a conference to settle (everyone connected, first keyframes decoded).
-const SETTLE: Duration = Duration::from_secs(15);
 /// Frames further apart than this are a stall a person would notice.
 const STALL: Duration = Duration::from_millis(700);
-const MIN_FPS: f64 = 20.0;
-
-/// Everyone's checks over the last second, once every check passes; `None` while any fails.
-fn all_ok(crowd: &Crowd) -> Option<Vec<ParticipantReport>> {
-    let now = Instant::now();
-    let reports = crowd.evaluate((now - Duration::from_secs(1), now), MIN_FPS);
-    let tiles_expected = crowd.members.len();
-    let complete = reports
-        .iter()
-        .all(|r| r.ok && r.tiles.len() == tiles_expected && r.tones.len() == tiles_expected);
-    complete.then_some(reports)
-}
-
-/// Waits until every check passes for everyone; on timeout, fails with the last reports.
-async fn settle(crowd: &Crowd, what: &str) -> Vec<ParticipantReport> {
-    let deadline = Instant::now() + SETTLE;
-    loop {
-        if let Some(reports) = all_ok(crowd) {
-            return reports;
-        }
-        if Instant::now() > deadline {
-            let now = Instant::now();
-            let reports = crowd.evaluate((now - Duration::from_secs(1), now), MIN_FPS);
-            panic!("timed out waiting for {what}: {reports:#?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn crowd_of(server: &Server, room: &str, n: usize) -> Crowd {
-    let mut crowd = Crowd::new(&server.url(), room).expect("creating the probe crowd");
-    for _ in 0..n {
-        crowd.join(VideoCodec::Vp8).await.expect("joining");
-    }
-    crowd
-}
 
 fn largest_gap(times: &[Instant], from: Instant, to: Instant) -> Duration {
     let mut previous = from;

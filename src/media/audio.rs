@@ -44,6 +44,8 @@ pub struct AudioGraph {
     inputs: HashMap<ParticipantId, gst::Bin>,
     listeners: HashMap<ParticipantId, gst::Bin>,
     links: HashMap<(ParticipantId, MixTarget), AudioLink>,
+    /// Speakers muted by the server: their pads in every mixer stay muted, new ones included.
+    muted: std::collections::HashSet<ParticipantId>,
 }
 
 impl AudioGraph {
@@ -55,6 +57,7 @@ impl AudioGraph {
             inputs: HashMap::new(),
             listeners: HashMap::new(),
             links: HashMap::new(),
+            muted: std::collections::HashSet::new(),
         }
     }
 
@@ -151,6 +154,30 @@ impl AudioGraph {
     pub fn remove_participant(&mut self, who: ParticipantId) {
         self.remove_input(who);
         self.remove_listener(who);
+        self.muted.remove(&who);
+    }
+
+    /// Takes `who`'s microphone out of every mix (or puts it back), without renegotiating
+    /// anything: their mixer pads are muted, so the room hears silence from them.
+    pub fn set_muted(&mut self, who: ParticipantId, muted: bool) {
+        if muted {
+            self.muted.insert(who);
+        } else {
+            self.muted.remove(&who);
+        }
+        for ((speaker, _), link) in &self.links {
+            if *speaker == who {
+                link.mixer_pad.set_property("mute", muted);
+            }
+        }
+    }
+
+    /// Mixer pads currently muted, over every mix: what the tests check server-side mute by.
+    pub fn muted_pads(&self) -> usize {
+        self.links
+            .values()
+            .filter(|l| l.mixer_pad.property::<bool>("mute"))
+            .count()
     }
 
     pub fn listener_mix_pads(&self) -> usize {
@@ -231,6 +258,9 @@ impl AudioGraph {
         let mixer_pad = mixer
             .request_pad_simple("sink_%u")
             .context("audiomixer gave no pad")?;
+        if self.muted.contains(&speaker) {
+            mixer_pad.set_property("mute", true);
+        }
         let listener_ghost = match listener_bin {
             Some(bin) => {
                 let g = ghost(&bin, &mixer_pad)?;

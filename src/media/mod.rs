@@ -8,6 +8,7 @@ mod audio;
 mod bus;
 mod pace;
 pub mod pipelines;
+pub mod recorder;
 pub mod sink;
 mod video;
 
@@ -47,6 +48,8 @@ pub enum PipelineEvent {
         participant: ParticipantId,
         error: String,
     },
+    /// The recorder numbered `recording` failed (e.g. the disk is full); the call goes on.
+    RecorderFailed { recording: u64, error: String },
     /// The shared part of the graph failed: the room cannot go on.
     Failed(String),
 }
@@ -71,6 +74,8 @@ pub struct PipelineStats {
     pub longest_composite_gap_ms: u64,
     /// Times the whole pipeline fell back from PLAYING (every picture freezes); should stay 0.
     pub lost_playing: u64,
+    /// Mixer pads muted by the server (a muted speaker has one in each mix they feed).
+    pub muted_mix_pads: usize,
 }
 
 /// A bin feeding the compositor through one of its request pads.
@@ -84,6 +89,7 @@ pub struct RoomPipeline {
     compositor: gst::Element,
     encoder: gst::Element,
     fullmix: gst::Element,
+    codec: VideoCodec,
     media: MediaConfig,
     events: mpsc::UnboundedSender<PipelineEvent>,
     bus_task: tokio::task::JoinHandle<()>,
@@ -93,6 +99,7 @@ pub struct RoomPipeline {
     video_counters: Arc<PacketCounters>,
     pace: Arc<pace::Pace>,
     lost_playing: Arc<std::sync::atomic::AtomicU64>,
+    recorder: Option<recorder::Recorder>,
 }
 
 impl RoomPipeline {
@@ -157,6 +164,7 @@ impl RoomPipeline {
             compositor,
             encoder,
             fullmix,
+            codec,
             media: media.clone(),
             events,
             bus_task,
@@ -165,6 +173,7 @@ impl RoomPipeline {
             video_counters,
             pace,
             lost_playing,
+            recorder: None,
         };
         room.pipeline
             .set_state(gst::State::Playing)
@@ -232,6 +241,11 @@ impl RoomPipeline {
         self.audio.add_listener(who)
     }
 
+    /// Server-side mute: `who`'s audio leaves (or rejoins) every mix.
+    pub fn set_muted(&mut self, who: ParticipantId, muted: bool) {
+        self.audio.set_muted(who, muted);
+    }
+
     /// Releases everything the participant held in the graph.
     pub fn remove_participant(&mut self, who: ParticipantId) {
         self.remove_placeholder(who);
@@ -266,6 +280,48 @@ impl RoomPipeline {
         }
     }
 
+    /// Starts recording the composite and the full mix into `path` (see media/recorder.rs), from
+    /// a keyframe forced now. `recording` numbers it in later `RecorderFailed` events.
+    pub fn start_recording(&mut self, path: &std::path::Path, recording: u64) -> Result<()> {
+        anyhow::ensure!(self.recorder.is_none(), "this room is already recording");
+        let recorder = recorder::Recorder::start(
+            &self.pipeline,
+            self.codec,
+            path,
+            recording,
+            self.events.clone(),
+        )?;
+        self.recorder = Some(recorder);
+        self.force_keyframe();
+        Ok(())
+    }
+
+    /// Stops taking media into the recording and returns what completes its file (see
+    /// `Recorder::finish`); `None` when nothing was recording.
+    pub fn stop_recording(
+        &mut self,
+    ) -> Option<impl std::future::Future<Output = Result<()>> + Send + 'static> {
+        self.recorder.take().map(recorder::Recorder::finish)
+    }
+
+    /// Drops a failed recorder without finishing its file.
+    pub fn abort_recording(&mut self) {
+        if let Some(recorder) = self.recorder.take() {
+            recorder.abort();
+        }
+    }
+
+    /// Video frames and audio buffers written to the current recording so far.
+    pub fn recording_counts(&self) -> Option<(u64, u64)> {
+        self.recorder.as_ref().map(|r| {
+            let c = r.counters();
+            (
+                c.video_frames.load(std::sync::atomic::Ordering::Relaxed),
+                c.audio_buffers.load(std::sync::atomic::Ordering::Relaxed),
+            )
+        })
+    }
+
     pub fn stats(&self) -> PipelineStats {
         PipelineStats {
             compositor_pads: self.compositor.sink_pads().len(),
@@ -284,6 +340,7 @@ impl RoomPipeline {
             composite_stalls: self.pace.stalls(),
             longest_composite_gap_ms: self.pace.longest_gap_ms(),
             lost_playing: self.lost_playing.load(std::sync::atomic::Ordering::Relaxed),
+            muted_mix_pads: self.audio.muted_pads(),
         }
     }
 
@@ -347,6 +404,8 @@ impl RoomPipeline {
 
 impl Drop for RoomPipeline {
     fn drop(&mut self) {
+        // The recorder's taps live in the room pipeline: out first.
+        self.abort_recording();
         // Dropping a pipeline that is not in NULL aborts the process (g_mutex_clear on a held lock).
         let _ = self.pipeline.set_state(gst::State::Null);
         self.bus_task.abort();

@@ -31,8 +31,10 @@ pub const VIDEO_INPUT_H264: Template = template!("video-input-h264.txt");
 pub const AUDIO_INPUT: Template = template!("audio-input.txt");
 pub const LISTENER_AUDIO: Template = template!("listener-audio.txt");
 pub const PLACEHOLDER: Template = template!("placeholder.txt");
+pub const RECORDER_VP8: Template = template!("recorder-vp8.txt");
+pub const RECORDER_H264: Template = template!("recorder-h264.txt");
 
-pub const ALL: [Template; 8] = [
+pub const ALL: [Template; 10] = [
     ROOM,
     ENCODER_VP8,
     ENCODER_H264,
@@ -41,6 +43,8 @@ pub const ALL: [Template; 8] = [
     AUDIO_INPUT,
     LISTENER_AUDIO,
     PLACEHOLDER,
+    RECORDER_VP8,
+    RECORDER_H264,
 ];
 
 impl Template {

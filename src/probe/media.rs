@@ -49,6 +49,7 @@ pub(super) struct Received {
     pub(super) errors: Vec<String>,
     pub(super) layout: Option<Layout>,
     pub(super) server_candidates: Vec<String>,
+    pub(super) notices: Vec<crate::protocol::ServerMessage>,
 }
 
 pub(super) struct Shared {

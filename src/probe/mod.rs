@@ -43,6 +43,8 @@ pub struct ProbeConfig {
     pub json: Option<PathBuf>,
     /// Participants from outside this probe (e.g. a browser) and the colour their tile must show.
     pub expect: Vec<(String, analysis::Rgb)>,
+    /// A join token every participant presents (see `mcu token`).
+    pub token: Option<crate::auth::Secret>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -221,6 +223,7 @@ pub fn spec_for(index: usize, codec: VideoCodec) -> Spec {
         name: format!("probe-{}", index + 1),
         codec,
         camera: true,
+        token: None,
     }
 }
 
@@ -336,6 +339,7 @@ pub async fn run(config: &ProbeConfig) -> Result<Report> {
         }
         let mut spec = spec_for(i, config.codec);
         spec.camera = config.camera;
+        spec.token = config.token.clone();
         crowd
             .join_with(spec)
             .await
@@ -468,6 +472,7 @@ mod tests {
             errors: vec![],
             layout: None,
             server_candidates: vec![],
+            notices: vec![],
         }
     }
 

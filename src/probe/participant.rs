@@ -52,6 +52,8 @@ pub struct Spec {
     /// False for a participant without a camera: it sends audio only, and the others expect its
     /// placeholder tile.
     pub camera: bool,
+    /// A join token, for a server that requires one.
+    pub token: Option<crate::auth::Secret>,
 }
 
 /// A snapshot of what the participant has received so far.
@@ -67,6 +69,8 @@ pub struct Observation {
     pub layout: Option<Layout>,
     /// The ICE candidates the server sent, as SDP candidate lines.
     pub server_candidates: Vec<String>,
+    /// Room notices received: recording, mute and removal messages, in order.
+    pub notices: Vec<ServerMessage>,
 }
 
 pub struct Participant {
@@ -217,6 +221,9 @@ impl Participant {
                             }
                         }
                         ServerMessage::Layout(layout) => shared.lock().layout = Some(layout),
+                        notice @ (ServerMessage::Recording { .. }
+                        | ServerMessage::ParticipantMuted { .. }
+                        | ServerMessage::Removed { .. }) => shared.lock().notices.push(notice),
                         ServerMessage::Error { code, message } => {
                             let text = format!("{code:?}: {message}");
                             match joined_tx.take() {
@@ -235,6 +242,7 @@ impl Participant {
         ws_out
             .send(to_text(&ClientMessage::Join {
                 name: spec.name.clone(),
+                token: spec.token.clone(),
             }))
             .await
             .context("sending join")?;
@@ -354,6 +362,7 @@ impl Participant {
             errors: r.errors.clone(),
             layout: r.layout.clone(),
             server_candidates: r.server_candidates.clone(),
+            notices: r.notices.clone(),
         }
     }
 

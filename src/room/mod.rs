@@ -4,6 +4,7 @@
 
 pub mod keyframe;
 pub mod layout;
+pub mod recording;
 pub mod registry;
 
 use std::sync::{Arc, Weak};
@@ -18,8 +19,11 @@ use crate::config::{ServerConfig, VideoCodec};
 use crate::ids::{ParticipantId, RoomId};
 use crate::media::{InputSignals, PipelineEvent, PipelineStats, RoomPipeline};
 use crate::protocol::{ErrorCode, Layout, ParticipantInfo, ServerMessage, Tile};
+use crate::recordings::{RecordingInfo, RecordingStore};
 use crate::rtc::SharedTrack;
 use keyframe::{Decision, KeyframeThrottle, DEFAULT_MIN_KEYFRAME_INTERVAL};
+pub use recording::RecordError;
+use recording::{ActiveRecording, StopReply};
 use registry::Registry;
 
 /// Commands queued for one room. Sessions wait at most this long for room answers, so a stuck
@@ -61,6 +65,8 @@ pub struct Joined {
     pub video_codec: VideoCodec,
     /// This participant's mix-minus audio, as Opus RTP packets.
     pub audio_packets: mpsc::Receiver<Bytes>,
+    /// Whether the room is being recorded as they join.
+    pub recording: bool,
 }
 
 /// A participant's incoming track, as the room needs to know it.
@@ -74,6 +80,8 @@ pub enum RoomCommand {
     Join {
         name: String,
         events: mpsc::Sender<ServerMessage>,
+        /// Fired with the reason when a moderator removes the participant: the session ends.
+        removed: oneshot::Sender<String>,
         reply: oneshot::Sender<Result<Joined, JoinError>>,
     },
     AddTrack {
@@ -89,15 +97,50 @@ pub enum RoomCommand {
     Snapshot {
         reply: oneshot::Sender<RoomSnapshot>,
     },
+    StartRecording {
+        reply: oneshot::Sender<Result<RecordingInfo, RecordError>>,
+    },
+    /// Answered once the file is complete.
+    StopRecording {
+        reply: StopReply,
+    },
+    /// Removes a participant; answers whether they were here.
+    Remove {
+        who: ParticipantId,
+        reason: String,
+        reply: oneshot::Sender<bool>,
+    },
+    /// Server-side mute: the participant's audio leaves every mix. Answers whether they were here.
+    Mute {
+        who: ParticipantId,
+        muted: bool,
+        reply: oneshot::Sender<bool>,
+    },
+    /// Ends the room: everyone is removed, the recording is finished.
+    Close {
+        reason: String,
+    },
 }
 
 /// The room as the admin view and the tests see it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RoomSnapshot {
     pub room: String,
-    pub participants: Vec<ParticipantInfo>,
+    pub codec: VideoCodec,
+    pub participants: Vec<ParticipantView>,
     pub layout: Layout,
+    /// The recording being written now, if any.
+    pub recording: Option<RecordingInfo>,
     pub pipeline: PipelineStats,
+}
+
+/// A participant as the admin view shows them.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ParticipantView {
+    pub id: String,
+    pub name: String,
+    /// Muted by a moderator (their audio is out of every mix).
+    pub muted: bool,
 }
 
 #[derive(Clone)]
@@ -115,12 +158,14 @@ impl RoomHandle {
         &self,
         name: String,
         events: mpsc::Sender<ServerMessage>,
+        removed: oneshot::Sender<String>,
     ) -> Result<Joined, JoinError> {
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(RoomCommand::Join {
                 name,
                 events,
+                removed,
                 reply,
             })
             .await
@@ -168,12 +213,66 @@ impl RoomHandle {
             .ok()?;
         answer.await.ok()
     }
+
+    pub async fn start_recording(&self) -> Result<RecordingInfo, RecordError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(RoomCommand::StartRecording { reply })
+            .await
+            .map_err(|_| RecordError::RoomClosed)?;
+        answer.await.map_err(|_| RecordError::RoomClosed)?
+    }
+
+    /// Returns once the file is complete.
+    pub async fn stop_recording(&self) -> Result<RecordingInfo, RecordError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(RoomCommand::StopRecording { reply })
+            .await
+            .map_err(|_| RecordError::RoomClosed)?;
+        answer.await.map_err(|_| RecordError::RoomClosed)?
+    }
+
+    /// Removes a participant; false if they are not in the room.
+    pub async fn remove(&self, who: ParticipantId, reason: &str) -> bool {
+        let (reply, answer) = oneshot::channel();
+        let command = RoomCommand::Remove {
+            who,
+            reason: reason.to_string(),
+            reply,
+        };
+        self.commands.send(command).await.is_ok() && answer.await.unwrap_or(false)
+    }
+
+    /// Mutes (or unmutes) a participant server-side; false if they are not in the room.
+    pub async fn mute(&self, who: ParticipantId, muted: bool) -> bool {
+        let (reply, answer) = oneshot::channel();
+        let command = RoomCommand::Mute { who, muted, reply };
+        self.commands.send(command).await.is_ok() && answer.await.unwrap_or(false)
+    }
+
+    /// Asks the room to close; `closed` waits until it has.
+    pub async fn close(&self, reason: &str) {
+        let _ = self
+            .commands
+            .send(RoomCommand::Close {
+                reason: reason.to_string(),
+            })
+            .await;
+    }
+
+    /// Resolves when the room's actor has finished (its recording included).
+    pub async fn closed(&self) {
+        self.commands.closed().await
+    }
 }
 
 struct Participant {
     id: ParticipantId,
     name: String,
     events: mpsc::Sender<ServerMessage>,
+    removed: Option<oneshot::Sender<String>>,
+    muted: bool,
 }
 
 struct Room {
@@ -186,12 +285,18 @@ struct Room {
     participants: Vec<Participant>,
     next_id: u64,
     throttle: KeyframeThrottle,
+    store: Arc<RecordingStore>,
+    recording: Option<ActiveRecording>,
+    recordings_started: u64,
+    /// Recordings whose files are still being finished.
+    finishing: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// Starts a room actor. The room removes itself from `registry` when its last participant leaves.
 pub(crate) fn spawn(
     id: RoomId,
     config: Arc<ServerConfig>,
+    store: Arc<RecordingStore>,
     registry: Weak<Registry>,
     generation: u64,
 ) -> Result<RoomHandle> {
@@ -202,7 +307,8 @@ pub(crate) fn spawn(
     let video_track = SharedTrack::video(codec, "composite", &format!("mcu-{id}"));
     let writer = tokio::spawn(video_track.clone().write_all(composite_packets));
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-    let room = Room {
+    let auto_record = config.auto_record;
+    let mut room = Room {
         id: id.clone(),
         config,
         codec,
@@ -211,7 +317,15 @@ pub(crate) fn spawn(
         participants: Vec::new(),
         next_id: 1,
         throttle: KeyframeThrottle::new(DEFAULT_MIN_KEYFRAME_INTERVAL),
+        store,
+        recording: None,
+        recordings_started: 0,
+        finishing: Vec::new(),
     };
+    if auto_record {
+        // A room that cannot record still serves its call; the failure is logged and sidecar'd.
+        let _ = room.start_recording();
+    }
     tokio::spawn(room.run(rx, pipeline_rx, registry, generation, writer));
     Ok(RoomHandle { id, commands: tx })
 }
@@ -226,6 +340,7 @@ impl Room {
         writer: tokio::task::JoinHandle<()>,
     ) {
         tracing::info!(room = %self.id, codec = ?self.codec, "room opened");
+        let mut close_reason = None;
         loop {
             let keyframe_due = self.throttle.pending_at();
             tokio::select! {
@@ -233,6 +348,10 @@ impl Room {
                     let Some(command) = command else { break };
                     let started = Instant::now();
                     let what = command_name(&command);
+                    if let RoomCommand::Close { reason } = command {
+                        close_reason = Some(reason);
+                        break;
+                    }
                     self.handle(command);
                     if started.elapsed() > SLOW_COMMAND {
                         tracing::warn!(room = %self.id, command = what, elapsed_ms = started.elapsed().as_millis() as u64, "slow room command");
@@ -261,6 +380,8 @@ impl Room {
         if let Some(registry) = registry.upgrade() {
             registry.forget(&self.id, generation);
         }
+        // The recording ends with the room; its file is complete before the room says it closed.
+        self.finish_recordings().await;
         commands.close();
         while let Some(command) = commands.recv().await {
             match command {
@@ -270,14 +391,23 @@ impl Room {
                 RoomCommand::AddTrack { reply, .. } => {
                     let _ = reply.send(Err("the room has closed".into()));
                 }
+                RoomCommand::StartRecording { reply } => {
+                    let _ = reply.send(Err(RecordError::RoomClosed));
+                }
+                RoomCommand::StopRecording { reply } => {
+                    let _ = reply.send(Err(RecordError::RoomClosed));
+                }
                 _ => {}
             }
         }
+        let reason = close_reason.unwrap_or_else(|| "the room was closed".to_string());
         for p in self.participants.drain(..) {
-            let _ = p.events.try_send(ServerMessage::error(
-                ErrorCode::Internal,
-                "the room was closed",
-            ));
+            let _ = p.events.try_send(ServerMessage::Removed {
+                reason: reason.clone(),
+            });
+            if let Some(removed) = p.removed {
+                let _ = removed.send(reason.clone());
+            }
         }
         // Dropping the pipeline sets it to NULL and drops its appsinks, which ends the writer.
         drop(self.pipeline);
@@ -290,9 +420,10 @@ impl Room {
             RoomCommand::Join {
                 name,
                 events,
+                removed,
                 reply,
             } => {
-                let result = self.join(name, events);
+                let result = self.join(name, events, removed);
                 let _ = reply.send(result);
             }
             RoomCommand::AddTrack {
@@ -309,13 +440,55 @@ impl Room {
             RoomCommand::Snapshot { reply } => {
                 let _ = reply.send(self.snapshot());
             }
+            RoomCommand::StartRecording { reply } => {
+                let _ = reply.send(self.start_recording());
+            }
+            RoomCommand::StopRecording { reply } => self.stop_recording(Some(reply)),
+            RoomCommand::Remove { who, reason, reply } => {
+                let _ = reply.send(self.remove(who, reason));
+            }
+            RoomCommand::Mute { who, muted, reply } => {
+                let _ = reply.send(self.mute(who, muted));
+            }
+            // Handled by the run loop, which ends the room.
+            RoomCommand::Close { .. } => {}
         }
+    }
+
+    fn remove(&mut self, who: ParticipantId, reason: String) -> bool {
+        let Some(p) = self.participants.iter_mut().find(|p| p.id == who) else {
+            return false;
+        };
+        let _ = p.events.try_send(ServerMessage::Removed {
+            reason: reason.clone(),
+        });
+        if let Some(removed) = p.removed.take() {
+            let _ = removed.send(reason);
+        }
+        tracing::info!(room = %self.id, participant = %who, "removed by a moderator");
+        self.leave(who);
+        true
+    }
+
+    fn mute(&mut self, who: ParticipantId, muted: bool) -> bool {
+        let Some(p) = self.participants.iter_mut().find(|p| p.id == who) else {
+            return false;
+        };
+        p.muted = muted;
+        self.pipeline.set_muted(who, muted);
+        tracing::info!(room = %self.id, participant = %who, muted, "server-side mute");
+        self.broadcast(ServerMessage::ParticipantMuted {
+            participant_id: who.to_string(),
+            muted,
+        });
+        true
     }
 
     fn join(
         &mut self,
         name: String,
         events: mpsc::Sender<ServerMessage>,
+        removed: oneshot::Sender<String>,
     ) -> Result<Joined, JoinError> {
         if self.participants.len() >= self.config.max_participants {
             return Err(JoinError::Full(self.config.max_participants));
@@ -336,6 +509,8 @@ impl Room {
             id,
             name: name.clone(),
             events,
+            removed: Some(removed),
+            muted: false,
         });
         let tiles = self.tiles();
         let tile = tiles
@@ -355,6 +530,7 @@ impl Room {
             video_track: self.video_track.clone(),
             video_codec: self.codec,
             audio_packets,
+            recording: self.recording.is_some(),
         })
     }
 
@@ -423,6 +599,10 @@ impl Room {
                     }
                     self.leave(participant);
                 }
+                true
+            }
+            PipelineEvent::RecorderFailed { recording, error } => {
+                self.on_recorder_failed(recording, error);
                 true
             }
             PipelineEvent::Failed(error) => {
@@ -497,8 +677,18 @@ impl Room {
     fn snapshot(&self) -> RoomSnapshot {
         RoomSnapshot {
             room: self.id.to_string(),
-            participants: self.participant_infos(),
+            codec: self.codec,
+            participants: self
+                .participants
+                .iter()
+                .map(|p| ParticipantView {
+                    id: p.id.to_string(),
+                    name: p.name.clone(),
+                    muted: p.muted,
+                })
+                .collect(),
             layout: self.layout_message(&self.tiles()),
+            recording: self.recording_view(),
             pipeline: self.pipeline.stats(),
         }
     }
@@ -511,6 +701,11 @@ fn command_name(c: &RoomCommand) -> &'static str {
         RoomCommand::Leave { .. } => "leave",
         RoomCommand::RequestKeyframe => "request_keyframe",
         RoomCommand::Snapshot { .. } => "snapshot",
+        RoomCommand::StartRecording { .. } => "start_recording",
+        RoomCommand::StopRecording { .. } => "stop_recording",
+        RoomCommand::Remove { .. } => "remove",
+        RoomCommand::Mute { .. } => "mute",
+        RoomCommand::Close { .. } => "close",
     }
 }
 

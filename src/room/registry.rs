@@ -7,27 +7,33 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{JoinError, Joined, RoomHandle, RoomSnapshot};
 use crate::config::ServerConfig;
 use crate::ids::RoomId;
 use crate::protocol::ServerMessage;
+use crate::recordings::RecordingStore;
 
 /// A join that meets a closing room retries with a fresh one; twice is plenty, since a fresh
 /// room cannot be closing before its first join arrives.
 const JOIN_ATTEMPTS: usize = 3;
+/// Rounds of closing at shutdown: people joining while the server shuts down get a room that is
+/// closed in the next round.
+const CLOSE_ROUNDS: usize = 3;
 
 pub struct Registry {
     config: Arc<ServerConfig>,
+    store: Arc<RecordingStore>,
     rooms: Mutex<HashMap<RoomId, (RoomHandle, u64)>>,
     next_generation: AtomicU64,
 }
 
 impl Registry {
-    pub fn new(config: Arc<ServerConfig>) -> Arc<Self> {
+    pub fn new(config: Arc<ServerConfig>, store: Arc<RecordingStore>) -> Arc<Self> {
         Arc::new(Registry {
             config,
+            store,
             rooms: Mutex::new(HashMap::new()),
             next_generation: AtomicU64::new(1),
         })
@@ -37,20 +43,25 @@ impl Registry {
         &self.config
     }
 
+    pub fn store(&self) -> &Arc<RecordingStore> {
+        &self.store
+    }
+
     /// Joins `room`, creating it if needed.
     pub async fn join(
         self: &Arc<Self>,
         room: &RoomId,
         name: &str,
         events: mpsc::Sender<ServerMessage>,
-    ) -> Result<(RoomHandle, Joined), JoinError> {
+    ) -> Result<(RoomHandle, Joined, oneshot::Receiver<String>), JoinError> {
         let mut last = JoinError::Closing;
         for _ in 0..JOIN_ATTEMPTS {
             let handle = self
                 .get_or_create(room)
                 .map_err(|e| JoinError::Media(format!("{e:#}")))?;
-            match handle.join(name.to_string(), events.clone()).await {
-                Ok(joined) => return Ok((handle, joined)),
+            let (removed, removed_rx) = oneshot::channel();
+            match handle.join(name.to_string(), events.clone(), removed).await {
+                Ok(joined) => return Ok((handle, joined, removed_rx)),
                 Err(JoinError::Closing) => last = JoinError::Closing,
                 Err(e) => return Err(e),
             }
@@ -67,6 +78,7 @@ impl Registry {
         let handle = super::spawn(
             room.clone(),
             self.config.clone(),
+            self.store.clone(),
             Arc::downgrade(self),
             generation,
         )?;
@@ -91,11 +103,31 @@ impl Registry {
         self.rooms.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
+    fn handles(&self) -> Vec<RoomHandle> {
+        let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        rooms.values().map(|(h, _)| h.clone()).collect()
+    }
+
+    /// Closes every room and waits until each has finished (recordings completed), for a clean
+    /// shutdown. Rooms created meanwhile are closed too, a few rounds at most (the listener is
+    /// still open while this runs).
+    pub async fn close_all(&self, reason: &str) {
+        for _ in 0..CLOSE_ROUNDS {
+            let handles = self.handles();
+            if handles.is_empty() {
+                return;
+            }
+            for h in &handles {
+                h.close(reason).await;
+            }
+            for h in &handles {
+                h.closed().await;
+            }
+        }
+    }
+
     pub async fn snapshots(&self) -> Vec<RoomSnapshot> {
-        let handles: Vec<RoomHandle> = {
-            let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
-            rooms.values().map(|(h, _)| h.clone()).collect()
-        };
+        let handles = self.handles();
         let mut out = Vec::new();
         for h in handles {
             if let Some(s) = h.snapshot().await {

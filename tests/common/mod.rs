@@ -9,12 +9,45 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use mcu::config::VideoCodec;
+use mcu::probe::{Crowd, ParticipantReport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub mod recording;
 
 pub struct Server {
     child: Child,
     pub addr: SocketAddr,
     pub log: PathBuf,
+    /// This server's recordings directory (fresh for each test, under target/).
+    pub recordings: PathBuf,
+}
+
+/// An HTTP answer.
+pub struct Reply {
+    pub status: u16,
+    pub headers: warp::http::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "status {}: body is not JSON ({e}): {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    /// The `error.code` of a JSON error answer.
+    pub fn error_code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
 }
 
 impl Server {
@@ -30,10 +63,16 @@ impl Server {
         std::fs::create_dir_all(&logs).expect("creating the test log directory");
         let log = logs.join(format!("{name}.log"));
         let log_file = std::fs::File::create(&log).expect("creating the server log");
+        let recordings = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join("test-recordings")
+            .join(name);
+        let _ = std::fs::remove_dir_all(&recordings);
         let mut child = Command::new(env!("CARGO_BIN_EXE_mcu"))
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(extra)
             .env("RUST_LOG", "info,webrtc=error,webrtc_ice=error")
+            // Never the repository's own ./recordings; a test's own setting overrides this.
+            .env("MCU_RECORDINGS_DIR", &recordings)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file))
@@ -50,7 +89,61 @@ impl Server {
             .unwrap_or_else(|| panic!("unexpected first line {line:?}; see {}", log.display()))
             .parse()
             .expect("the server prints its address");
-        Server { child, addr, log }
+        Server {
+            child,
+            addr,
+            log,
+            recordings,
+        }
+    }
+
+    /// Kills the server with SIGKILL: no chance to finish anything.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Stops the server with SIGTERM and waits for it to exit; returns its exit status.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// Sends an HTTP request with an empty body.
+    pub async fn request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut request = warp::http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.url()));
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let request = request
+            .body(warp::hyper::Body::empty())
+            .expect("a valid request");
+        let response = warp::hyper::Client::new()
+            .request(request)
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = warp::hyper::body::to_bytes(response.into_body())
+            .await
+            .expect("reading the body")
+            .to_vec();
+        Reply {
+            status,
+            headers,
+            body,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -112,6 +205,9 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
@@ -168,4 +264,43 @@ pub async fn wait_for<T>(
 
 pub fn init() {
     gstreamer::init().expect("GStreamer initialises");
+}
+
+/// How long to wait for a conference to settle (everyone connected, first keyframes decoded).
+pub const SETTLE: Duration = Duration::from_secs(15);
+pub const MIN_FPS: f64 = 20.0;
+
+/// Everyone's checks over the last second, once every check passes; `None` while any fails.
+pub fn all_ok(crowd: &Crowd) -> Option<Vec<ParticipantReport>> {
+    let now = Instant::now();
+    let reports = crowd.evaluate((now - Duration::from_secs(1), now), MIN_FPS);
+    let tiles_expected = crowd.members.len();
+    let complete = reports
+        .iter()
+        .all(|r| r.ok && r.tiles.len() == tiles_expected && r.tones.len() == tiles_expected);
+    complete.then_some(reports)
+}
+
+/// Waits until every check passes for everyone; on timeout, fails with the last reports.
+pub async fn settle(crowd: &Crowd, what: &str) -> Vec<ParticipantReport> {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        if let Some(reports) = all_ok(crowd) {
+            return reports;
+        }
+        if Instant::now() > deadline {
+            let now = Instant::now();
+            let reports = crowd.evaluate((now - Duration::from_secs(1), now), MIN_FPS);
+            panic!("timed out waiting for {what}: {reports:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn crowd_of(server: &Server, room: &str, n: usize) -> Crowd {
+    let mut crowd = Crowd::new(&server.url(), room).expect("creating the probe crowd");
+    for _ in 0..n {
+        crowd.join(VideoCodec::Vp8).await.expect("joining");
+    }
+    crowd
 }

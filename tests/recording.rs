@@ -1,0 +1,245 @@
+//! Recording, end to end: a real server records a room of synthetic participants, and the test
+//! decodes the file the way a player would and looks at the picture and listens to the sound.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::recording::decode;
+use common::{crowd_of, settle, wait_for, Server, SETTLE};
+use mcu::probe::analysis;
+
+const FPS: f64 = 30.0;
+
+/// The room's recording as the admin API shows it, once its duration reaches `seconds`.
+async fn wait_until_recorded(server: &Server, room: &str, seconds: f64) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds) + SETTLE;
+    loop {
+        let reply = server
+            .request("GET", &format!("/api/v1/rooms/{room}"), &[])
+            .await;
+        if reply.status == 200 {
+            let recording = reply.json()["recording"].clone();
+            if recording["duration_seconds"].as_f64().unwrap_or(0.0) >= seconds {
+                return recording;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the recording of {room} did not reach {seconds} s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_shows_every_tile_and_carries_every_voice_for_as_long_as_it_ran() {
+    common::init();
+    let server = Server::start("recording-three", &[]);
+    let crowd = crowd_of(&server, "rec3", 3).await;
+    settle(&crowd, "three participants to see and hear each other").await;
+    let room = server.room("rec3").await.expect("the room exists");
+    let layout = room["layout"]["tiles"].clone();
+
+    let started = Instant::now();
+    let start = server
+        .request("POST", "/api/v1/rooms/rec3/recording", &[])
+        .await;
+    assert_eq!(
+        start.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&start.body)
+    );
+    let info = start.json();
+    assert_eq!(info["status"], "recording");
+    // The participants are told.
+    wait_for(
+        "every participant to hear that recording started",
+        SETTLE,
+        || {
+            crowd
+                .members
+                .iter()
+                .all(|m| {
+                    m.observe().notices.iter().any(|n| {
+                        matches!(n, mcu::protocol::ServerMessage::Recording { state, .. }
+                        if *state == mcu::protocol::RecordingState::Started)
+                    })
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    wait_until_recorded(&server, "rec3", 10.0).await;
+    let stop = server
+        .request("DELETE", "/api/v1/rooms/rec3/recording", &[])
+        .await;
+    let recorded_for = started.elapsed();
+    assert_eq!(stop.status, 200, "{}", String::from_utf8_lossy(&stop.body));
+    let info = stop.json();
+    assert_eq!(info["status"], "complete");
+    let file = server
+        .recordings
+        .join(info["file"].as_str().expect("the file is named"));
+
+    let decoded = decode(&file);
+    assert!(decoded.error.is_none(), "decoding: {:?}", decoded.error);
+    let duration = decoded.video_duration(FPS);
+    println!(
+        "recorded for {recorded_for:?} (between the API calls), the file's video lasts {duration:?}"
+    );
+    let off_by = duration.as_secs_f64() - recorded_for.as_secs_f64();
+    assert!(
+        off_by.abs() <= 1.0,
+        "the file lasts {duration:?}, the recording ran {recorded_for:?}"
+    );
+    let first = &decoded.video[0];
+    assert_eq!((first.width, first.height), (1280, 720));
+
+    // A/V sync: both streams start together and end together.
+    let audio_start = decoded.audio_start.expect("the file has audio");
+    let start_offset = audio_start.as_secs_f64() - first.pts.as_secs_f64();
+    let audio_end = audio_start.as_secs_f64() + decoded.audio.len() as f64 / 48_000.0;
+    let end_offset = audio_end - (first.pts + duration).as_secs_f64();
+    println!(
+        "A/V offset: audio starts {:+.0} ms and ends {:+.0} ms from the video",
+        start_offset * 1000.0,
+        end_offset * 1000.0
+    );
+    assert!(start_offset.abs() < 0.2 && end_offset.abs() < 0.2);
+
+    // The picture: at the start, the middle and the end, each participant's colour in its tile.
+    let roster = crowd.roster();
+    for at in [
+        Duration::from_secs(1),
+        duration / 2,
+        duration - Duration::from_secs(1),
+    ] {
+        let frame = decoded
+            .frame_near(first.pts + at)
+            .expect("a kept frame near that time");
+        for tile in layout.as_array().expect("tiles") {
+            let id = tile["participant_id"].as_str().unwrap();
+            let expected = roster[id].colour;
+            let cx = (tile["x"].as_u64().unwrap() + tile["width"].as_u64().unwrap() / 2) as usize;
+            let cy = (tile["y"].as_u64().unwrap() + tile["height"].as_u64().unwrap() / 2) as usize;
+            let seen = frame.average(cx, cy, 8);
+            assert!(
+                analysis::shows(seen, expected),
+                "at {at:?} tile of {id} shows {} instead of {}",
+                seen.hex(),
+                expected.hex()
+            );
+        }
+    }
+
+    // The sound: the full mix, everyone's tone in every second we listen to.
+    for at in [Duration::from_secs(1), duration / 2] {
+        let second = decoded.audio_second(at);
+        for expected in roster.values() {
+            let hz = expected.tone_hz.expect("probe participants send a tone");
+            let share = analysis::tone_share(second, 48_000.0, hz);
+            assert!(
+                share >= analysis::TONE_PRESENT,
+                "{hz} Hz at {at:?} has {share:.3} of the power"
+            );
+        }
+    }
+
+    // And the list says what the file is.
+    let list = server
+        .request("GET", "/api/v1/recordings", &[])
+        .await
+        .json();
+    let listed = &list["recordings"][0];
+    assert_eq!(listed["id"], info["id"]);
+    assert_eq!(listed["room"], "rec3");
+    assert!(listed["size_bytes"].as_u64().unwrap() > 10_000);
+    let listed_seconds = listed["duration_seconds"].as_f64().unwrap();
+    assert!((listed_seconds - recorded_for.as_secs_f64()).abs() <= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_mid_recording_leaves_a_file_that_plays_to_near_the_end() {
+    common::init();
+    let mut server = Server::start("recording-killed", &["--auto-record"]);
+    let crowd = crowd_of(&server, "crash", 1).await;
+    settle(&crowd, "the participant to see itself").await;
+    let recording = wait_until_recorded(&server, "crash", 8.0).await;
+    server.kill();
+    let recordings: PathBuf = server.recordings.clone();
+    let file = recordings.join(recording["file"].as_str().expect("the file is named"));
+
+    let decoded = decode(&file);
+    let duration = decoded.video_duration(FPS);
+    println!(
+        "killed 8 s in: the file decodes to {duration:?} of video, {:.1} s of audio (decoder said: {:?})",
+        decoded.audio.len() as f64 / 48_000.0,
+        decoded.error
+    );
+    assert!(
+        duration >= Duration::from_secs(6),
+        "only {duration:?} survived"
+    );
+    let first = &decoded.video[0];
+    assert_eq!((first.width, first.height), (1280, 720));
+    let colour = crowd
+        .roster()
+        .values()
+        .next()
+        .expect("one participant")
+        .colour;
+    let seen = decoded
+        .frame_near(first.pts + duration / 2)
+        .expect("a frame mid-way")
+        .average(640, 360, 8);
+    assert!(
+        analysis::shows(seen, colour),
+        "the middle shows {}",
+        seen.hex()
+    );
+
+    // A server started on the same directory lists it as interrupted, with its length estimated.
+    let restarted = Server::start_with_env(
+        "recording-killed-restart",
+        &[],
+        &[("MCU_RECORDINGS_DIR", recordings.to_str().unwrap())],
+    );
+    let list = restarted
+        .request("GET", "/api/v1/recordings", &[])
+        .await
+        .json();
+    let listed = &list["recordings"][0];
+    assert_eq!(listed["status"], "interrupted");
+    assert!(listed["duration_seconds"].as_f64().unwrap() >= 6.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_the_recording_before_the_server_exits() {
+    common::init();
+    let mut server = Server::start("recording-sigterm", &["--auto-record"]);
+    let crowd = crowd_of(&server, "term", 1).await;
+    settle(&crowd, "the participant to see itself").await;
+    let recording = wait_until_recorded(&server, "term", 3.0).await;
+    let status = server.terminate().expect("the server exits after SIGTERM");
+    assert!(status.success(), "exit status {status:?}");
+    let sidecar = server
+        .recordings
+        .join(format!("{}.json", recording["id"].as_str().unwrap()));
+    let sidecar: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(sidecar).expect("the sidecar exists"))
+            .expect("the sidecar is JSON");
+    assert_eq!(sidecar["status"], "complete");
+    let decoded = decode(&server.recordings.join(recording["file"].as_str().unwrap()));
+    assert!(decoded.error.is_none(), "decoding: {:?}", decoded.error);
+    let duration = decoded.video_duration(FPS).as_secs_f64();
+    let recorded = sidecar["duration_seconds"]
+        .as_f64()
+        .expect("a finished duration");
+    assert!(
+        recorded >= 3.0 && (duration - recorded).abs() <= 1.0,
+        "the file lasts {duration:.2} s of the {recorded} s recorded"
+    );
+}
