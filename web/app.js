@@ -104,11 +104,42 @@ async function refreshPreview() {
   await fillDeviceLists();
 }
 
+// A join link may carry a token (`/r/room?token=…`, from `mcu token --url`). It is kept in memory
+// for reconnects and taken out of the address bar, so it does not end up in screenshots or history.
+function takeTokenFromUrl() {
+  const params = new URLSearchParams(location.search);
+  const token = params.get("token");
+  if (!token) return null;
+  params.delete("token");
+  const rest = params.toString();
+  history.replaceState(null, "", location.pathname + (rest ? `?${rest}` : ""));
+  return token;
+}
+
+// The display name a token carries (the server uses it, whatever is typed). Only read, never
+// trusted: the server checks the signature.
+function nameInToken(token) {
+  try {
+    const payload = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const claims = JSON.parse(new TextDecoder().decode(Uint8Array.from(atob(payload), (c) => c.charCodeAt(0))));
+    return typeof claims.name === "string" ? claims.name : null;
+  } catch {
+    return null;
+  }
+}
+
 async function prejoin(room) {
   show("prejoin");
   document.title = `${room} — MCU`;
   $("prejoin-room").textContent = room;
   $("name-input").value = localStorage.getItem(NAME_KEY) || "";
+  const tokenName = joinToken ? nameInToken(joinToken) : null;
+  if (tokenName) {
+    $("name-input").value = tokenName;
+    $("name-input").readOnly = true;
+    $("name-input").setAttribute("aria-describedby", "name-help");
+    $("name-help").hidden = false;
+  }
   $("camera-select").addEventListener("change", refreshPreview);
   $("mic-select").addEventListener("change", refreshPreview);
   await refreshPreview();
@@ -136,10 +167,25 @@ function renderPeople(people) {
   $("people").replaceChildren(
     ...[...people.values()].map((p) => {
       const li = document.createElement("li");
-      li.textContent = p.self ? `${p.name} (you)` : p.name; // text, never HTML
+      let text = p.self ? `${p.name} (you)` : p.name;
+      if (p.muted) text += " — muted by a moderator";
+      li.textContent = text; // text, never HTML
       return li;
     }),
   );
+}
+
+function setRecording(recording, note) {
+  $("rec-indicator").hidden = !recording;
+  const button = $("record-button");
+  button.textContent = recording ? "Stop recording" : "Record";
+  button.setAttribute("aria-pressed", String(recording));
+  if (note) setNotice(note);
+}
+
+function setNotice(text) {
+  $("notice").textContent = text;
+  $("notice").hidden = !text;
 }
 
 class Call {
@@ -159,7 +205,11 @@ class Call {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     const ws = new WebSocket(`${scheme}://${location.host}/ws/${encodeURIComponent(this.room)}`);
     this.ws = ws;
-    ws.onopen = () => this.send({ type: "join", name: this.name });
+    ws.onopen = () => {
+      const join = { type: "join", name: this.name };
+      if (joinToken) join.token = joinToken;
+      this.send(join);
+    };
     ws.onmessage = (event) => this.onMessage(JSON.parse(event.data));
     ws.onclose = () => {
       if (this.ws === ws) this.retry("The connection to the server dropped.");
@@ -174,9 +224,13 @@ class Call {
     switch (message.type) {
       case "joined":
         this.attempt = 0;
+        this.id = message.participant_id;
         this.people = new Map([[message.participant_id, { name: this.name, self: true }]]);
         for (const p of message.participants) this.people.set(p.id, { name: p.name });
         renderPeople(this.people);
+        $("record-button").hidden = !message.can_record;
+        this.recording = Boolean(message.recording);
+        setRecording(this.recording);
         await this.negotiate(message.ice_servers);
         break;
       case "answer":
@@ -202,11 +256,36 @@ class Call {
       case "layout":
         this.layout = message;
         break;
+      case "recording":
+        this.recording = message.state === "started";
+        setRecording(
+          this.recording,
+          message.state === "failed" ? `The recording stopped: ${message.message ?? "error"}` : "",
+        );
+        break;
+      case "participant_muted": {
+        const person = this.people.get(message.participant_id);
+        if (person) person.muted = message.muted;
+        renderPeople(this.people);
+        if (message.participant_id === this.id) {
+          setNotice(message.muted ? "A moderator muted you: the room cannot hear you." : "");
+        }
+        break;
+      }
+      case "removed":
+        // Not a network problem: do not come back on our own.
+        this.closed = true;
+        this.pc?.close();
+        setStatus(message.reason, "failed");
+        setNotice(message.reason);
+        break;
       case "error":
         console.warn(`server: ${message.code}: ${message.message}`);
-        if (message.code === "room_full" || message.code === "invalid_room_name") {
+        if (["room_full", "invalid_room_name", "unauthorized", "invalid_display_name"].includes(message.code)) {
           this.closed = true;
           setStatus(message.message, "failed");
+        } else if (message.code === "forbidden" || message.code === "conflict") {
+          setNotice(message.message);
         }
         break;
     }
@@ -310,6 +389,9 @@ function setupCallControls() {
     event.currentTarget.setAttribute("aria-pressed", String(off));
     event.currentTarget.textContent = off ? "Camera on" : "Camera off";
   });
+  $("record-button").addEventListener("click", () => {
+    call?.send({ type: "record", action: call.recording ? "stop" : "start" });
+  });
   $("leave-button").addEventListener("click", () => {
     call?.leave();
     show("left");
@@ -321,6 +403,7 @@ function setupCallControls() {
 }
 
 window.mcu = { call: null };
+const joinToken = takeTokenFromUrl();
 setupCallControls();
 const room = roomFromPath();
 if (room) prejoin(room);

@@ -227,3 +227,65 @@ test("HTTPS with a certificate and key from files", async () => {
     await server.stop();
   }
 });
+
+test("a join link with a token names the person, and only a token that allows it records", async () => {
+  const secret = "browser-test-jwt-secret-0123456789abcdef";
+  const server = await startServer(["--jwt-secret", secret]);
+  const mint = (name, record) =>
+    execFileSync(MCU, ["token", "--jwt-secret", secret, "--room", "tok", "--name", name, ...(record ? ["--record"] : [])])
+      .toString()
+      .trim();
+  const host = await launchBrowser(fakeMedia("red", RED, 440));
+  const guest = await launchBrowser(fakeMedia("blue", BLUE, 660));
+  const stranger = await launchBrowser(fakeMedia("red", RED, 440));
+  try {
+    const open = async (browser, token) => {
+      const page = await (await browser.newContext({ viewport: { width: 1400, height: 1000 } })).newPage();
+      await page.goto(`${server.url}/r/tok${token ? `?token=${token}` : ""}`);
+      return page;
+    };
+    const enter = async (page) => {
+      await waitFor("the camera preview", 10000, () =>
+        page.evaluate(() => document.getElementById("preview").srcObject?.getVideoTracks().length > 0),
+      );
+      await page.getByRole("button", { name: "Join" }).click();
+    };
+    const hostPage = await open(host, mint("Ada Host", true));
+    // The name comes from the token and cannot be changed; the token leaves the address bar.
+    const nameInput = hostPage.getByLabel("Your name");
+    assert.equal(await nameInput.inputValue(), "Ada Host");
+    assert.equal(await nameInput.getAttribute("readonly"), "");
+    assert.ok(!hostPage.url().includes("token="), `the token stays in the URL: ${hostPage.url()}`);
+    await enter(hostPage);
+    const guestPage = await open(guest, mint("Bob Guest", false));
+    await enter(guestPage);
+    await decoding(hostPage, "the host");
+    await decoding(guestPage, "the guest");
+
+    const record = hostPage.getByRole("button", { name: "Record" });
+    assert.ok(await record.isVisible(), "the host may record");
+    assert.ok(!(await guestPage.getByRole("button", { name: "Record" }).isVisible()), "the guest may not");
+    await record.click();
+    for (const [page, who] of [[hostPage, "host"], [guestPage, "guest"]]) {
+      await waitFor(`the ${who} to see the recording indicator`, 10000, () =>
+        page.getByText("this call is being recorded").isVisible(),
+      );
+    }
+    await hostPage.getByRole("button", { name: "Stop recording" }).click();
+    await waitFor("the indicator to go", 10000, async () =>
+      !(await guestPage.getByText("this call is being recorded").isVisible()),
+    );
+
+    // Without a token, the page says why it cannot join and does not loop reconnecting.
+    const strangerPage = await open(stranger, null);
+    await strangerPage.getByLabel("Your name").fill("Eve");
+    await enter(strangerPage);
+    await waitFor("the refusal", 10000, async () =>
+      (await strangerPage.locator("#status").textContent()).includes("requires a join token"),
+    );
+    await hostPage.screenshot({ path: join(ARTIFACTS, "token-host.png") });
+  } finally {
+    await Promise.all([host.close(), guest.close(), stranger.close()]);
+    await server.stop();
+  }
+});

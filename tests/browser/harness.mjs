@@ -29,7 +29,8 @@ export async function waitFor(what, ms, check) {
 /** Starts `mcu serve` on a free loopback port; resolves to { url, process, stop() }. */
 export async function startServer(args = [], { https = false } = {}) {
   const child = spawn(MCU, ["serve", "--listen", "127.0.0.1:0", ...args], {
-    env: { ...process.env, RUST_LOG: "info,webrtc=error,webrtc_ice=error" },
+    // Recordings (if a test makes any) stay under target/, never in the working tree.
+    env: { ...process.env, RUST_LOG: "info,webrtc=error,webrtc_ice=error", MCU_RECORDINGS_DIR: join(ARTIFACTS, "recordings") },
     stdio: ["ignore", "pipe", "pipe"],
   });
   let log = "";
