@@ -217,12 +217,39 @@ async fn a_server_killed_mid_recording_leaves_a_file_that_plays_to_near_the_end(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_finishes_the_recording_before_the_server_exits() {
+async fn a_recording_outlives_comings_and_goings_ends_with_its_room_and_with_sigterm() {
     common::init();
     let mut server = Server::start("recording-sigterm", &["--auto-record"]);
-    let crowd = crowd_of(&server, "term", 1).await;
+
+    // A room that empties ends its recording cleanly.
+    let mut brief = crowd_of(&server, "brief", 1).await;
+    settle(&brief, "the brief participant to see itself").await;
+    let brief_recording = wait_until_recorded(&server, "brief", 1.0).await;
+    brief.leave_all().await;
+    let brief_sidecar = server
+        .recordings
+        .join(format!("{}.json", brief_recording["id"].as_str().unwrap()));
+    wait_for(
+        "the emptied room's recording to be complete",
+        SETTLE,
+        || {
+            let text = std::fs::read_to_string(&brief_sidecar).ok()?;
+            let sidecar: serde_json::Value = serde_json::from_str(&text).ok()?;
+            (sidecar["status"] == "complete").then_some(())
+        },
+    )
+    .await;
+
+    // Someone joins and leaves mid-recording; the recording goes on without a gap.
+    let mut crowd = crowd_of(&server, "term", 1).await;
     settle(&crowd, "the participant to see itself").await;
-    let recording = wait_until_recorded(&server, "term", 3.0).await;
+    crowd
+        .join(mcu::config::VideoCodec::Vp8)
+        .await
+        .expect("a second joins");
+    settle(&crowd, "two participants to see each other").await;
+    crowd.leave(1).await;
+    let recording = wait_until_recorded(&server, "term", 4.0).await;
     let status = server.terminate().expect("the server exits after SIGTERM");
     assert!(status.success(), "exit status {status:?}");
     let sidecar = server
@@ -234,12 +261,23 @@ async fn sigterm_finishes_the_recording_before_the_server_exits() {
     assert_eq!(sidecar["status"], "complete");
     let decoded = decode(&server.recordings.join(recording["file"].as_str().unwrap()));
     assert!(decoded.error.is_none(), "decoding: {:?}", decoded.error);
+    let longest_gap = decoded
+        .video
+        .windows(2)
+        .map(|w| w[1].pts - w[0].pts)
+        .max()
+        .unwrap_or_default();
+    println!("longest gap between recorded frames: {longest_gap:?}");
+    assert!(
+        longest_gap < Duration::from_millis(500),
+        "the recording skipped {longest_gap:?} while people came and went"
+    );
     let duration = decoded.video_duration(FPS).as_secs_f64();
     let recorded = sidecar["duration_seconds"]
         .as_f64()
         .expect("a finished duration");
     assert!(
-        recorded >= 3.0 && (duration - recorded).abs() <= 1.0,
+        recorded >= 4.0 && (duration - recorded).abs() <= 1.0,
         "the file lasts {duration:.2} s of the {recorded} s recorded"
     );
 }
