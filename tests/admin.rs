@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use common::{crowd_of, settle, wait_for, Server, SETTLE};
+use common::{crowd_of, settle, wait_for, was_told, Server, SETTLE};
 use mcu::auth::Secret;
 use mcu::config::VideoCodec;
 use mcu::probe::{analysis, spec_for, Crowd};
@@ -245,8 +245,7 @@ async fn a_moderator_mutes_removes_and_closes_and_the_participants_notice() {
     assert!(hears(&crowd, 2, second_tone) >= analysis::TONE_PRESENT);
     let room = server.request("GET", "/api/v1/rooms/mod", &[]).await.json();
     assert_eq!(room["participants"][0]["muted"], true);
-    let told = crowd.members[1].observe().notices;
-    assert!(told.iter().any(|n| matches!(n,
+    assert!(was_told(&crowd.members[1], |n| matches!(n,
         ServerMessage::ParticipantMuted { participant_id, muted: true } if *participant_id == first)));
     let unmuted = server
         .request(
@@ -279,12 +278,10 @@ async fn a_moderator_mutes_removes_and_closes_and_the_participants_notice() {
         (404, "participant_not_found")
     );
     wait_for("the removed participant to be told", SETTLE, || {
-        crowd.members[2]
-            .observe()
-            .notices
-            .iter()
-            .any(|n| matches!(n, ServerMessage::Removed { .. }))
-            .then_some(())
+        was_told(&crowd.members[2], |n| {
+            matches!(n, ServerMessage::Removed { .. })
+        })
+        .then_some(())
     })
     .await;
     let room = server.request("GET", "/api/v1/rooms/mod", &[]).await.json();
@@ -300,12 +297,7 @@ async fn a_moderator_mutes_removes_and_closes_and_the_participants_notice() {
     wait_for("the others to be told the room closed", SETTLE, || {
         crowd.members[..2]
             .iter()
-            .all(|m| {
-                m.observe()
-                    .notices
-                    .iter()
-                    .any(|n| matches!(n, ServerMessage::Removed { .. }))
-            })
+            .all(|m| was_told(m, |n| matches!(n, ServerMessage::Removed { .. })))
             .then_some(())
     })
     .await;
@@ -464,12 +456,10 @@ async fn only_a_token_that_allows_it_may_record_from_the_call() {
     .await;
     assert!(host.members[0].send_raw(start).await);
     wait_for("the room to be recorded", SETTLE, || {
-        viewer.members[0]
-            .observe()
-            .notices
-            .iter()
-            .any(|n| matches!(n, ServerMessage::Recording { .. }))
-            .then_some(())
+        was_told(&viewer.members[0], |n| {
+            matches!(n, ServerMessage::Recording { .. })
+        })
+        .then_some(())
     })
     .await;
     let room = server.request("GET", "/api/v1/rooms/rec", &[]).await.json();

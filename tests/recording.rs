@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::recording::decode;
-use common::{crowd_of, settle, wait_for, Server, SETTLE};
+use common::{crowd_of, settle, wait_for, was_told, Server, SETTLE};
 use mcu::probe::analysis;
 
 const FPS: f64 = 30.0;
@@ -63,7 +63,7 @@ async fn a_recording_shows_every_tile_and_carries_every_voice_for_as_long_as_it_
                 .members
                 .iter()
                 .all(|m| {
-                    m.observe().notices.iter().any(|n| {
+                    was_told(m, |n| {
                         matches!(n, mcu::protocol::ServerMessage::Recording { state, .. }
                         if *state == mcu::protocol::RecordingState::Started)
                     })

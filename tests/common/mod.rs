@@ -105,10 +105,15 @@ impl Server {
 
     /// Stops the server with SIGTERM and waits for it to exit; returns its exit status.
     pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        self.sigterm_and_wait(Duration::from_secs(15))
+    }
+
+    /// `None` if it has not exited within `grace` (or had exited already and was reaped).
+    fn sigterm_and_wait(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Some(status);
@@ -208,19 +213,20 @@ impl Drop for Server {
         if let Ok(Some(_)) = self.child.try_wait() {
             return;
         }
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if self.sigterm_and_wait(Duration::from_secs(5)).is_some() {
+            return;
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Whether `member` has received a room notice (recording, mute, removal) that `is` describes.
+pub fn was_told(
+    member: &mcu::probe::Participant,
+    is: impl Fn(&mcu::protocol::ServerMessage) -> bool,
+) -> bool {
+    member.observe().notices.iter().any(is)
 }
 
 /// Undoes HTTP/1.1 chunked transfer encoding if the body uses it.
