@@ -136,12 +136,16 @@ impl AudioGraph {
         self.listeners.insert(who, bin.clone());
         let speakers: Vec<ParticipantId> =
             self.inputs.keys().filter(|s| **s != who).copied().collect();
-        let linked = speakers
-            .into_iter()
-            .try_for_each(|speaker| self.link(speaker, MixTarget::Listener(who)))
+        // Started before it is linked: the speakers' tees are already pushing, and a buffer that
+        // meets a pad not yet running comes back FLUSHING, which stops that speaker's audio for
+        // good. The bin's own silence keeps its mixer going while it has no speakers.
+        let linked = bin
+            .sync_state_with_parent()
+            .with_context(|| format!("starting listener-{who}"))
             .and_then(|_| {
-                bin.sync_state_with_parent()
-                    .with_context(|| format!("starting listener-{who}"))
+                speakers
+                    .into_iter()
+                    .try_for_each(|speaker| self.link(speaker, MixTarget::Listener(who)))
             });
         if let Err(e) = linked {
             self.remove_listener(who);

@@ -175,8 +175,7 @@ impl RoomPipeline {
             lost_playing,
             recorder: None,
         };
-        room.pipeline
-            .set_state(gst::State::Playing)
+        start_live(&room.pipeline)
             .with_context(|| format!("starting the pipeline of room {name}"))?;
         Ok((room, packets))
     }
@@ -410,6 +409,27 @@ impl Drop for RoomPipeline {
         let _ = self.pipeline.set_state(gst::State::Null);
         self.bus_task.abort();
     }
+}
+
+/// Starts a live pipeline with its clock and base time in place before anything runs.
+///
+/// Left to itself, a pipeline going to PLAYING hands every element the clock first and its base
+/// time later, one element after another. A live aggregator (the compositor, a mixer) that gets
+/// the clock in between waits for "base time 0 plus its running time", a moment long past, and
+/// so produces seconds of output at once; when its real base time arrives it is that far ahead
+/// and falls silent for as long. Seen on a loaded 2-core machine: the full mix ran 20 s ahead at
+/// start-up and the room's recording got no audio.
+pub fn start_live(pipeline: &gst::Pipeline) -> Result<gst::StateChangeSuccess> {
+    let clock = gst::SystemClock::obtain();
+    pipeline.use_clock(Some(&clock));
+    // No start time: the pipeline keeps the base time set here instead of choosing its own.
+    pipeline.set_start_time(gst::ClockTime::NONE);
+    let base_time = clock.time();
+    pipeline.set_base_time(base_time);
+    for element in pipeline.iterate_recurse().into_iter().flatten() {
+        element.set_base_time(base_time);
+    }
+    Ok(pipeline.set_state(gst::State::Playing)?)
 }
 
 /// Live test sources (the placeholder's videotestsrc, a listener's silence) stamp their buffers

@@ -219,19 +219,23 @@ impl Recorder {
             anyhow::bail!("{tee_name} gave no pad for the recorder");
         };
         let tap = Tap { tee, tee_pad, sink };
+        // Started before it is linked: the tee is already pushing, and a buffer that meets a sink
+        // not yet running comes back FLUSHING, which would stop the room's full mix (or its
+        // encoder) for good. Unlinked, the tee's new pad just reports not-linked meanwhile.
         let linked = tap
             .sink
-            .static_pad("sink")
-            .context("an appsink has a sink pad")
+            .sync_state_with_parent()
+            .with_context(|| format!("starting {sink_name}"))
+            .and_then(|_| {
+                tap.sink
+                    .static_pad("sink")
+                    .context("an appsink has a sink pad")
+            })
             .and_then(|pad| {
                 tap.tee_pad
                     .link(&pad)
+                    .map(|_| ())
                     .map_err(|e| anyhow::anyhow!("linking {tee_name} to {sink_name}: {e:?}"))
-            })
-            .and_then(|_| {
-                tap.sink
-                    .sync_state_with_parent()
-                    .with_context(|| format!("starting {sink_name}"))
             });
         if let Err(e) = linked {
             self.remove_tap(tap);
@@ -261,6 +265,14 @@ impl Recorder {
     /// pipeline is left untouched from here on, so the future may run on any task.
     pub fn finish(mut self) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
         self.detach_taps();
+        let counters = &self.counters;
+        tracing::info!(
+            file = %self.path.display(),
+            video_frames = counters.video_frames.load(Ordering::Relaxed),
+            audio_buffers = counters.audio_buffers.load(Ordering::Relaxed),
+            skipped_before_keyframe = counters.skipped_before_keyframe.load(Ordering::Relaxed),
+            "recorder finishing"
+        );
         let _ = self.video_src.end_of_stream();
         let _ = self.audio_src.end_of_stream();
         let eos = self.eos.take();
