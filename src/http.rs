@@ -17,6 +17,31 @@ const WS_TRANSPORT_LIMIT: usize = 16 * MAX_MESSAGE_BYTES;
 /// /healthz fails if a room takes longer than this to answer: its actor is stuck.
 const HEALTH_DEADLINE: Duration = Duration::from_secs(2);
 
+/// /healthz fails if a room's compositor has produced no frame for this long: its pipeline has
+/// stopped (a frozen call), where a CPU hiccup costs a few frame periods, not 60.
+const HEALTH_MAX_COMPOSITE_IDLE_MS: u64 = 2_000;
+
+/// Healthy when every room answered (the caller's deadline) and every room's pipeline is still
+/// producing pictures.
+fn health_verdict(rooms: &[crate::room::RoomSnapshot]) -> (StatusCode, serde_json::Value) {
+    let stuck: Vec<serde_json::Value> = rooms
+        .iter()
+        .filter(|r| r.pipeline.composite_idle_ms > HEALTH_MAX_COMPOSITE_IDLE_MS)
+        .map(|r| serde_json::json!({"room": r.room, "composite_idle_ms": r.pipeline.composite_idle_ms}))
+        .collect();
+    if stuck.is_empty() {
+        (
+            StatusCode::OK,
+            serde_json::json!({"status": "ok", "rooms": rooms.len()}),
+        )
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"status": "stuck", "reason": "a room's pipeline stopped", "rooms": stuck}),
+        )
+    }
+}
+
 /// The web client, built into the binary so one file serves the page. `--web-dir` serves the
 /// same files from disk instead, for editing them without rebuilding.
 const EMBEDDED: [(&str, &str, &str); 3] = [
@@ -81,16 +106,15 @@ pub fn routes(
         .and(warp::get())
         .and(with_ctx.clone())
         .then(|ctx: Arc<SessionContext>| async move {
-            match tokio::time::timeout(HEALTH_DEADLINE, ctx.registry.snapshots()).await {
-                Ok(rooms) => warp::reply::with_status(
-                    warp::reply::json(&serde_json::json!({"status": "ok", "rooms": rooms.len()})),
-                    StatusCode::OK,
-                ),
-                Err(_) => warp::reply::with_status(
-                    warp::reply::json(&serde_json::json!({"status": "stuck"})),
-                    StatusCode::SERVICE_UNAVAILABLE,
-                ),
-            }
+            let (status, body) =
+                match tokio::time::timeout(HEALTH_DEADLINE, ctx.registry.snapshots()).await {
+                    Ok(rooms) => health_verdict(&rooms),
+                    Err(_) => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        serde_json::json!({"status": "stuck", "reason": "a room did not answer"}),
+                    ),
+                };
+            warp::reply::with_status(warp::reply::json(&body), status)
         });
     // The admin API routes its own paths (see admin/mod.rs) and never rejects.
     let api = warp::path!("api" / "v1" / ..)
@@ -139,4 +163,41 @@ pub fn routes(
                 StatusCode::NOT_FOUND,
             ))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::VideoCodec;
+    use crate::media::PipelineStats;
+    use crate::protocol::Layout;
+    use crate::room::RoomSnapshot;
+
+    fn room(name: &str, composite_idle_ms: u64) -> RoomSnapshot {
+        RoomSnapshot {
+            room: name.into(),
+            codec: VideoCodec::Vp8,
+            participants: Vec::new(),
+            layout: Layout {
+                width: 1280,
+                height: 720,
+                tiles: Vec::new(),
+            },
+            recording: None,
+            pipeline: PipelineStats {
+                composite_idle_ms,
+                ..PipelineStats::default()
+            },
+        }
+    }
+
+    #[test]
+    fn health_fails_when_a_rooms_pipeline_stops_producing_pictures() {
+        let (status, body) = health_verdict(&[room("a", 40), room("b", 33)]);
+        assert_eq!((status, body["rooms"].as_u64()), (StatusCode::OK, Some(2)));
+        let (status, body) = health_verdict(&[room("a", 40), room("frozen", 5_000)]);
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["rooms"][0]["room"], "frozen");
+        assert_eq!(health_verdict(&[]).0, StatusCode::OK);
+    }
 }

@@ -5,6 +5,8 @@
 pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod doctor;
+pub mod health;
 pub mod http;
 pub mod ids;
 pub mod media;

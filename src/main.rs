@@ -1,5 +1,6 @@
 //! The `mcu` binary: `serve` runs the conference server, `probe` joins synthetic participants,
-//! `token` mints join tokens, and `rooms`/`record`/`recordings` drive the admin API.
+//! `token` mints join tokens, `rooms`/`record`/`recordings` drive the admin API, `doctor` checks
+//! the GStreamer installation and `health` asks a running server whether it is alive.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -37,6 +38,17 @@ enum Command {
     Record(RecordArgs),
     /// List the recordings (admin API).
     Recordings(AdminArgs),
+    /// Check that every GStreamer element the server and the probe use is installed.
+    Doctor,
+    /// Ask a running server's /healthz (the container's HEALTHCHECK); exit 0 when healthy.
+    Health(HealthArgs),
+}
+
+#[derive(Args)]
+struct HealthArgs {
+    /// What to ask; by default the server described by MCU_LISTEN and MCU_TLS_* on this machine.
+    #[arg(long)]
+    url: Option<String>,
 }
 
 #[derive(Args)]
@@ -458,6 +470,20 @@ fn main() -> ExitCode {
             Command::Token(args) => mint_token(args).map(|_| true),
             Command::Rooms(args) => admin_call(&args, Method::GET, "rooms").await,
             Command::Recordings(args) => admin_call(&args, Method::GET, "recordings").await,
+            Command::Doctor => {
+                let report = mcu::doctor::examine();
+                print!("{}", mcu::doctor::render(&report));
+                Ok(report.ok())
+            }
+            Command::Health(args) => {
+                let url = match args.url {
+                    Some(url) => url,
+                    None => mcu::health::url_from_env()?,
+                };
+                let answer = mcu::health::check(&url).await?;
+                println!("{} {}", answer.status, answer.body.trim());
+                Ok(answer.healthy())
+            }
             Command::Record(args) => {
                 mcu::protocol::validate_room_name(&args.room)
                     .map_err(|e| anyhow::anyhow!("room name {e}"))?;

@@ -72,6 +72,9 @@ pub struct PipelineStats {
     pub composite_frames: u64,
     pub composite_stalls: u64,
     pub longest_composite_gap_ms: u64,
+    /// Time since the compositor last produced a frame (since the room opened, before the first):
+    /// more than a few frame periods means the room's pipeline has stopped.
+    pub composite_idle_ms: u64,
     /// Times the whole pipeline fell back from PLAYING (every picture freezes); should stay 0.
     pub lost_playing: u64,
     /// Mixer pads muted by the server (a muted speaker has one in each mix they feed).
@@ -338,6 +341,7 @@ impl RoomPipeline {
             composite_frames: self.pace.frames(),
             composite_stalls: self.pace.stalls(),
             longest_composite_gap_ms: self.pace.longest_gap_ms(),
+            composite_idle_ms: self.pace.idle_ms(),
             lost_playing: self.lost_playing.load(std::sync::atomic::Ordering::Relaxed),
             muted_mix_pads: self.audio.muted_pads(),
         }

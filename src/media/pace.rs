@@ -59,6 +59,12 @@ impl Pace {
         self.stalls.load(Ordering::Relaxed)
     }
 
+    /// Milliseconds since the last frame, or since the start before the first.
+    pub fn idle_ms(&self) -> u64 {
+        let now = self.origin.elapsed().as_micros() as u64;
+        now.saturating_sub(self.last_us.load(Ordering::Relaxed)) / 1000
+    }
+
     pub fn longest_gap_ms(&self) -> u64 {
         self.longest_gap_us.load(Ordering::Relaxed) / 1000
     }

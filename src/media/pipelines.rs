@@ -127,9 +127,103 @@ impl Template {
     }
 }
 
+/// The GStreamer element names a pipeline description uses (what `mcu doctor` checks for).
+/// Properties (`name=value`), caps (`video/x-raw,…`), references (`mux.`), links (`!`) and
+/// `{placeholders}` are skipped; quoted values may contain spaces.
+pub fn element_names(description: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for token in tokens(description) {
+        let head = token.split(',').next().unwrap_or_default();
+        let is_element = !token.starts_with('{')
+            && !token.contains('=')
+            && !head.contains('/')
+            && !token.contains('.')
+            && token
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if is_element {
+            names.insert(token);
+        }
+    }
+    names
+}
+
+/// Splits a description into words at whitespace and `!`, keeping quoted text inside its word.
+fn tokens(description: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut word = String::new();
+    let mut quoted = false;
+    for line in description.lines() {
+        let line = line.trim_start();
+        if line.starts_with('#') {
+            continue;
+        }
+        for c in line.chars().chain(std::iter::once('\n')) {
+            match c {
+                '"' => {
+                    quoted = !quoted;
+                    word.push(c);
+                }
+                c if !quoted && (c.is_whitespace() || c == '!') => {
+                    if !word.is_empty() {
+                        out.push(std::mem::take(&mut word));
+                    }
+                }
+                c => word.push(c),
+            }
+        }
+    }
+    if !word.is_empty() {
+        out.push(word);
+    }
+    out
+}
+
+impl Template {
+    /// The GStreamer elements this description uses.
+    pub fn elements(&self) -> BTreeSet<String> {
+        element_names(self.text)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn element_names_skip_properties_caps_references_and_placeholders() {
+        let description = "# a comment naming notanelement\n\
+            appsrc name=src caps=\"application/x-rtp, media=video\" ! rtpjitterbuffer latency={ms}\n\
+              ! video/x-raw,width=1 ! textoverlay font-desc=\"Sans Bold 28\" ! {encoder}\n\
+              ! webmmux name=mux ! filesink\n\
+            audiotestsrc!opusenc ! mux. compositor sink_0::zorder=0 ! fakesink";
+        let names: Vec<String> = element_names(description).into_iter().collect();
+        assert_eq!(
+            names,
+            [
+                "appsrc",
+                "audiotestsrc",
+                "compositor",
+                "fakesink",
+                "filesink",
+                "opusenc",
+                "rtpjitterbuffer",
+                "textoverlay",
+                "webmmux"
+            ]
+        );
+    }
+
+    #[test]
+    fn every_template_uses_some_elements() {
+        for t in ALL {
+            assert!(
+                !t.elements().is_empty(),
+                "pipelines/{} names no element",
+                t.file
+            );
+        }
+    }
 
     #[test]
     fn placeholders_are_found_and_comments_ignored() {

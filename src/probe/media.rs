@@ -65,41 +65,113 @@ impl Shared {
     }
 }
 
+/// The probe's camera chain for `codec`, from raw frames to RTP in an appsink.
+fn camera_description(codec: VideoCodec, argb: u32) -> String {
+    let encoder = match codec {
+        VideoCodec::Vp8 => {
+            "vp8enc name=encoder deadline=1 cpu-used=16 threads=1 \
+             target-bitrate=300000 keyframe-max-dist=150 lag-in-frames=0 \
+             ! rtpvp8pay pt=96 mtu=1200 picture-id-mode=15-bit"
+        }
+        VideoCodec::H264 => {
+            "x264enc name=encoder tune=zerolatency speed-preset=ultrafast \
+             threads=1 bitrate=300 key-int-max=150 \
+             ! video/x-h264,profile=constrained-baseline \
+             ! rtph264pay pt=102 mtu=1200 config-interval=-1 aggregate-mode=zero-latency"
+        }
+    };
+    format!(
+        "videotestsrc is-live=true pattern=solid-color foreground-color={argb} \
+           ! video/x-raw,format=I420,width={SEND_WIDTH},height={SEND_HEIGHT},framerate=30/1 \
+           ! {encoder} ! appsink name=video_sink sync=false "
+    )
+}
+
+/// The probe's microphone: a sine tone, Opus RTP into an appsink.
+fn microphone_description(tone_hz: f64) -> String {
+    format!(
+        "audiotestsrc is-live=true wave=sine freq={tone_hz} volume=0.3 samplesperbuffer=960 \
+           ! audio/x-raw,format=S16LE,rate=48000,channels=1 \
+           ! opusenc bitrate=32000 frame-size=20 ! rtpopuspay pt=111 mtu=1200 \
+           ! appsink name=audio_sink sync=false"
+    )
+}
+
+/// The kinds of track the probe decodes.
+#[derive(Debug, Clone, Copy)]
+enum Incoming {
+    Video(VideoCodec),
+    Audio,
+}
+
+/// Decodes one incoming RTP track (payload type `pt`) into raw frames or samples in an appsink.
+fn receive_description(incoming: Incoming, pt: i32) -> String {
+    let (caps, chain) = match incoming {
+        Incoming::Video(VideoCodec::Vp8) => (
+            format!(
+                "application/x-rtp,media=video,clock-rate=90000,encoding-name=VP8,payload={pt}"
+            ),
+            "rtpvp8depay wait-for-keyframe=true ! vp8dec threads=1",
+        ),
+        Incoming::Video(VideoCodec::H264) => (
+            format!(
+                "application/x-rtp,media=video,clock-rate=90000,encoding-name=H264,payload={pt}"
+            ),
+            "rtph264depay ! h264parse ! avdec_h264 max-threads=1",
+        ),
+        Incoming::Audio => (
+            format!(
+                "application/x-rtp,media=audio,clock-rate=48000,encoding-name=OPUS,payload={pt}"
+            ),
+            "rtpopusdepay ! opusdec",
+        ),
+    };
+    let tail = match incoming {
+        Incoming::Video(_) => {
+            "videoconvert ! video/x-raw,format=I420 ! appsink name=sink sync=false max-buffers=2 drop=true"
+        }
+        Incoming::Audio => {
+            "audioconvert ! audioresample ! audio/x-raw,format=F32LE,rate=48000,channels=1 \
+             ! appsink name=sink sync=false max-buffers=50 drop=true"
+        }
+    };
+    format!(
+        "appsrc name=src format=time is-live=true do-timestamp=true caps=\"{caps}\" \
+         ! rtpjitterbuffer latency=50 ! {chain} ! {tail}"
+    )
+}
+
+/// Every pipeline description the probe may build, named, for `mcu doctor`.
+pub fn descriptions() -> Vec<(String, String)> {
+    let mut all = Vec::new();
+    for codec in [VideoCodec::Vp8, VideoCodec::H264] {
+        let name = codec.mime_type().trim_start_matches("video/");
+        all.push((
+            format!("probe camera ({name})"),
+            camera_description(codec, 0),
+        ));
+        all.push((
+            format!("probe receiver ({name})"),
+            receive_description(Incoming::Video(codec), 96),
+        ));
+    }
+    all.push(("probe microphone".into(), microphone_description(440.0)));
+    all.push((
+        "probe receiver (Opus)".into(),
+        receive_description(Incoming::Audio, 111),
+    ));
+    all
+}
+
 /// The probe's microphone (a sine tone) and, given a codec and colour, its camera (a solid colour).
 pub(super) fn send_pipeline(
     camera: Option<(VideoCodec, Rgb)>,
     tone_hz: f64,
 ) -> Result<gst::Pipeline> {
-    let video = match camera {
-        None => String::new(),
-        Some((codec, colour)) => {
-            let encoder = match codec {
-                VideoCodec::Vp8 => {
-                    "vp8enc name=encoder deadline=1 cpu-used=16 threads=1 \
-                     target-bitrate=300000 keyframe-max-dist=150 lag-in-frames=0 \
-                     ! rtpvp8pay pt=96 mtu=1200 picture-id-mode=15-bit"
-                }
-                VideoCodec::H264 => {
-                    "x264enc name=encoder tune=zerolatency speed-preset=ultrafast \
-                     threads=1 bitrate=300 key-int-max=150 \
-                     ! video/x-h264,profile=constrained-baseline \
-                     ! rtph264pay pt=102 mtu=1200 config-interval=-1 aggregate-mode=zero-latency"
-                }
-            };
-            format!(
-                "videotestsrc is-live=true pattern=solid-color foreground-color={argb} \
-                   ! video/x-raw,format=I420,width={SEND_WIDTH},height={SEND_HEIGHT},framerate=30/1 \
-                   ! {encoder} ! appsink name=video_sink sync=false ",
-                argb = colour.argb()
-            )
-        }
-    };
-    let description = format!(
-        "{video}audiotestsrc is-live=true wave=sine freq={tone_hz} volume=0.3 samplesperbuffer=960 \
-           ! audio/x-raw,format=S16LE,rate=48000,channels=1 \
-           ! opusenc bitrate=32000 frame-size=20 ! rtpopuspay pt=111 mtu=1200 \
-           ! appsink name=audio_sink sync=false"
-    );
+    let video = camera
+        .map(|(codec, colour)| camera_description(codec, colour.argb()))
+        .unwrap_or_default();
+    let description = format!("{video}{}", microphone_description(tone_hz));
     gst::parse::launch(&description)
         .context("building the probe's send pipeline")?
         .downcast::<gst::Pipeline>()
@@ -112,38 +184,17 @@ pub(super) fn receive(track: Arc<TrackRemote>, shared: Arc<Shared>) -> Result<gs
     let codec = track.codec();
     let mime = codec.capability.mime_type.clone();
     let pt = i32::from(track.payload_type());
-    let (caps, chain, h264) = match track.kind() {
+    let incoming = match track.kind() {
         RTPCodecType::Video => match rtc::video_codec_of(&mime) {
-            Some(VideoCodec::Vp8) => (
-                format!("application/x-rtp,media=video,clock-rate=90000,encoding-name=VP8,payload={pt}"),
-                "rtpvp8depay wait-for-keyframe=true ! vp8dec threads=1",
-                false,
-            ),
-            Some(VideoCodec::H264) => (
-                format!("application/x-rtp,media=video,clock-rate=90000,encoding-name=H264,payload={pt}"),
-                "rtph264depay ! h264parse ! avdec_h264 max-threads=1",
-                true,
-            ),
+            Some(codec) => Incoming::Video(codec),
             None => bail!("unexpected video codec {mime}"),
         },
-        RTPCodecType::Audio => (
-            format!("application/x-rtp,media=audio,clock-rate=48000,encoding-name=OPUS,payload={pt}"),
-            "rtpopusdepay ! opusdec",
-            false,
-        ),
+        RTPCodecType::Audio => Incoming::Audio,
         other => bail!("unexpected {other} track"),
     };
     let is_video = track.kind() == RTPCodecType::Video;
-    let tail = if is_video {
-        "videoconvert ! video/x-raw,format=I420 ! appsink name=sink sync=false max-buffers=2 drop=true"
-    } else {
-        "audioconvert ! audioresample ! audio/x-raw,format=F32LE,rate=48000,channels=1 \
-         ! appsink name=sink sync=false max-buffers=50 drop=true"
-    };
-    let description = format!(
-        "appsrc name=src format=time is-live=true do-timestamp=true caps=\"{caps}\" \
-         ! rtpjitterbuffer latency=50 ! {chain} ! {tail}"
-    );
+    let h264 = matches!(incoming, Incoming::Video(VideoCodec::H264));
+    let description = receive_description(incoming, pt);
     let pipeline = gst::parse::launch(&description)
         .context("building a receive pipeline")?
         .downcast::<gst::Pipeline>()

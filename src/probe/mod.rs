@@ -18,6 +18,7 @@ use serde::Serialize;
 use crate::config::VideoCodec;
 use crate::rtc::RtcFactory;
 use analysis::{percentile, tone_share, TONE_ABSENT, TONE_PRESENT};
+pub use media::descriptions as pipeline_descriptions;
 pub use participant::{Expected, Observation, Participant, Roster, Spec};
 
 /// A tile passes when at least this share of the last second's frames shows the right colour; the

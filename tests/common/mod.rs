@@ -86,6 +86,7 @@ impl Server {
         let addr = line
             .trim()
             .strip_prefix("listening on http://")
+            .or_else(|| line.trim().strip_prefix("listening on https://"))
             .unwrap_or_else(|| panic!("unexpected first line {line:?}; see {}", log.display()))
             .parse()
             .expect("the server prints its address");
@@ -95,6 +96,11 @@ impl Server {
             log,
             recordings,
         }
+    }
+
+    /// The server's process id (to stop or continue it with a signal).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Kills the server with SIGKILL: no chance to finish anything.

@@ -1,0 +1,143 @@
+//! What an operator relies on: `mcu doctor` finds every GStreamer element (and names the Debian
+//! package of a missing one), and `mcu health` tells a live server from a stuck one over HTTP
+//! and HTTPS, as the container's HEALTHCHECK does.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{crowd_of, settle, Server};
+use gstreamer as gst;
+
+fn mcu(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mcu"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("running mcu")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The directory this machine's GStreamer loads its plugins from, found through one of them.
+fn system_plugin_dir() -> PathBuf {
+    gst::init().expect("GStreamer initialises");
+    let plugin = gst::Registry::get()
+        .find_plugin("coreelements")
+        .expect("the core elements are installed");
+    let file = plugin.filename().expect("a plugin file");
+    file.parent().expect("a plugin directory").to_path_buf()
+}
+
+/// A plugin directory with every system plugin except the `left_out` files.
+fn plugins_without(dir: &Path, left_out: &[&str]) -> PathBuf {
+    let partial = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("plugins-without");
+    let _ = std::fs::remove_dir_all(&partial);
+    std::fs::create_dir_all(&partial).expect("creating the partial plugin directory");
+    for entry in std::fs::read_dir(dir)
+        .expect("reading the plugin directory")
+        .flatten()
+    {
+        let name = entry.file_name();
+        if !left_out.iter().any(|l| name == *l) {
+            std::os::unix::fs::symlink(entry.path(), partial.join(&name))
+                .expect("linking a plugin");
+        }
+    }
+    partial
+}
+
+#[test]
+fn doctor_passes_here_and_names_the_package_of_each_missing_element() {
+    let out = mcu(&["doctor"], &[]);
+    assert!(out.status.success(), "doctor failed:\n{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(text.contains("GStreamer 1.22"), "{text}");
+    assert!(text.contains("ok       vpx"), "{text}");
+    assert!(!text.contains("MISSING"), "{text}");
+
+    // As if gstreamer1.0-x and gstreamer1.0-plugins-ugly were not installed.
+    let partial = plugins_without(&system_plugin_dir(), &["libgstpango.so", "libgstx264.so"]);
+    let registry = partial.with_extension("registry");
+    let out = mcu(
+        &["doctor"],
+        &[
+            (
+                "GST_PLUGIN_SYSTEM_PATH_1_0",
+                partial.to_str().expect("a UTF-8 path"),
+            ),
+            ("GST_REGISTRY_1_0", registry.to_str().expect("a UTF-8 path")),
+        ],
+    );
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(
+            "MISSING  textoverlay, needed by pipelines/placeholder.txt: install gstreamer1.0-x"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("MISSING  x264enc"), "{text}");
+    assert!(
+        text.contains(
+            "apt-get install --no-install-recommends gstreamer1.0-plugins-ugly gstreamer1.0-x"
+        ),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_tells_a_live_server_from_a_stopped_one_over_http_and_https() {
+    gst::init().expect("GStreamer initialises");
+    let server = Server::start("health-http", &[]);
+    let mut crowd = crowd_of(&server, "healthy", 1).await;
+    settle(&crowd, "the participant to see itself").await;
+    let url = format!("{}/healthz", server.url());
+    let out = mcu(&["health", "--url", &url], &[]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.starts_with("200 ") && text.contains("\"rooms\":1"),
+        "{text}"
+    );
+
+    // The URL from the same variables the server reads, over the server's self-signed TLS.
+    let tls = Server::start("health-https", &["--tls-self-signed"]);
+    let listen = tls.addr.to_string();
+    let out = mcu(
+        &["health"],
+        &[
+            ("MCU_LISTEN", listen.as_str()),
+            ("MCU_TLS_SELF_SIGNED", "localhost"),
+        ],
+    );
+    assert!(out.status.success(), "{}", stdout(&out));
+    assert!(stdout(&out).starts_with("200 "), "{}", stdout(&out));
+    // Plain HTTP to the TLS port is not an answer.
+    let out = mcu(
+        &["health", "--url", &format!("http://{listen}/healthz")],
+        &[],
+    );
+    assert!(!out.status.success());
+
+    // A stopped process answers nothing: unhealthy, within the health timeout.
+    let signal = |sig: &str| {
+        Command::new("kill")
+            .args([sig, &server.pid().to_string()])
+            .status()
+            .expect("kill runs")
+    };
+    signal("-STOP");
+    let out = mcu(&["health", "--url", &url], &[]);
+    signal("-CONT");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("did not answer"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    crowd.leave_all().await;
+}
