@@ -8,7 +8,7 @@ BUILD_PACKAGES := .ci/packages-build.txt
 TEST_PACKAGES := .ci/packages-test.txt
 ARGS ?=
 
-.PHONY: deps test-deps build run test test-rust test-browser lint clean
+.PHONY: deps test-deps build run test test-rust test-browser test-rootfs lint clean
 
 deps:
 	@.ci/install-packages.sh $(BUILD_PACKAGES) $(RUNTIME_PACKAGES)
@@ -26,17 +26,24 @@ build: deps
 run: build
 	./target/release/mcu serve $(ARGS)
 
-## Every test. End-to-end tests run one at a time: each is a whole conference on a 2-core machine.
+## Every test, on one release build: the binary the tests exercise is the one the Docker image
+## ships and the one checked in a Debian root. End-to-end tests run one at a time: each is a
+## whole conference on a 2-core machine. (For a quick debug-build loop: cargo test.)
 test: test-deps
-	$(CARGO) build --locked --all-targets
-	$(MAKE) test-rust test-browser
+	$(CARGO) build --release --locked --all-targets
+	$(MAKE) test-rust test-browser test-rootfs
 
 test-rust:
-	$(CARGO) test --locked -- --test-threads=1
+	$(CARGO) test --release --locked -- --test-threads=1
 
 ## Headless Chromium through the web client (screenshots land in target/browser-artifacts/).
 test-browser:
-	cd tests/browser && MCU_BIN=$(CURDIR)/target/debug/mcu npm test
+	cd tests/browser && MCU_BIN=$(CURDIR)/target/release/mcu npm test
+
+## The container's runtime without a Docker engine: a debootstrap Debian 12 root provisioned as
+## the Dockerfile does, running doctor, a server and a probe (cached in target/rootfs/).
+test-rootfs:
+	.ci/rootfs-check.sh target/release/mcu
 
 lint: deps
 	$(CARGO) fmt --all -- --check

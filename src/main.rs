@@ -282,7 +282,12 @@ fn server_config(args: ServeArgs) -> Result<ServerConfig> {
         }
         _ => None,
     };
-    let jwt_secret = args.jwt_secret.map(mcu::auth::Secret::new);
+    // Empty is unset, as for the admin token: docker-compose.yml passes `${MCU_JWT_SECRET:-}`.
+    // The server then warns at start-up that rooms are open.
+    let jwt_secret = args
+        .jwt_secret
+        .filter(|s| !s.is_empty())
+        .map(mcu::auth::Secret::new);
     if let Some(secret) = &jwt_secret {
         mcu::auth::check_secret(secret).map_err(|e| anyhow::anyhow!("--jwt-secret: {e}"))?;
     }

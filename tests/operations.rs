@@ -141,3 +141,59 @@ async fn health_tells_a_live_server_from_a_stopped_one_over_http_and_https() {
     );
     crowd.leave_all().await;
 }
+
+/// Every `MCU_*` name a file uses, in order of appearance.
+fn mcu_variables(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("MCU_") {
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+            .collect();
+        rest = &rest[at + name.len()..];
+        // `MCU_*` or `MCU_TLS_*` is prose about a group of variables, not one of them.
+        if !name.ends_with('_') {
+            names.push(name);
+        }
+    }
+    names
+}
+
+/// The container files configure the server only through variables it reads: a misspelt
+/// MCU_* in the image or the compose file would be silently ignored by everything.
+#[test]
+fn the_container_files_use_only_variables_the_server_reads() {
+    let help = stdout(&mcu(&["serve", "--help"], &[]));
+    let known: Vec<String> = mcu_variables(&help);
+    assert!(known.contains(&"MCU_UDP_PORT".to_string()), "{help}");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for file in [
+        "Dockerfile",
+        "docker-compose.yml",
+        "docs/compose.env.example",
+    ] {
+        let text = std::fs::read_to_string(root.join(file)).expect("a container file");
+        let used = mcu_variables(&text);
+        assert!(!used.is_empty(), "{file} sets no MCU_* variable");
+        for name in used {
+            assert!(
+                known.contains(&name),
+                "{file}: {name} is not a variable of mcu serve"
+            );
+        }
+    }
+    // The image checks its GStreamer elements at build time and its health with mcu itself.
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).expect("the Dockerfile");
+    for needed in [
+        "RUN mcu doctor",
+        "CMD [\"mcu\", \"health\"]",
+        ".ci/provision-runtime.sh",
+        "USER mcu",
+    ] {
+        assert!(
+            dockerfile.contains(needed),
+            "the Dockerfile lacks {needed:?}"
+        );
+    }
+}
