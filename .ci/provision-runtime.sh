@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Turns a bare Debian 12 root into the server's runtime: the GStreamer packages listed in
-# packages-runtime.txt (with --no-install-recommends: with recommends, plugins-bad pulls in GTK
-# and a 1 GB root), a non-root user `mcu`, and its recordings directory.
+# packages-runtime.txt (with --no-install-recommends: recommends would add X11, GTK and hundreds
+# of MB the server never loads), a non-root user `mcu`, and its recordings directory.
 # The Dockerfile's runtime stage runs this, and so does .ci/rootfs-check.sh in the debootstrap
 # root that `make test` checks: what the test proves is what the image gets.
 set -euo pipefail

@@ -29,7 +29,6 @@ const PROVIDERS: &[(&str, &str, &str)] = &[
     ("capsfilter", "coreelements", "libgstreamer1.0-0"),
     ("compositor", "compositor", "gstreamer1.0-plugins-base"),
     ("filesink", "coreelements", "libgstreamer1.0-0"),
-    ("h264parse", "videoparsersbad", "gstreamer1.0-plugins-bad"),
     ("matroskamux", "matroska", "gstreamer1.0-plugins-good"),
     ("opusdec", "opus", "gstreamer1.0-plugins-base"),
     ("opusenc", "opus", "gstreamer1.0-plugins-base"),

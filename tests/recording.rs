@@ -281,3 +281,69 @@ async fn a_recording_outlives_comings_and_goings_ends_with_its_room_and_with_sig
         "the file lasts {duration:.2} s of the {recorded} s recorded"
     );
 }
+
+/// An H.264 room records the very H.264 frames its participants receive into Matroska; the file
+/// decodes to the composite with every tile's colour. (The encoder's avc output goes into the
+/// file unchanged: no parser, so the runtime needs no gstreamer1.0-plugins-bad.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h264_room_records_its_own_encode_into_matroska() {
+    common::init();
+    let server = Server::start("recording-h264", &["--room-codec", "rech=h264"]);
+    let crowd = crowd_of(&server, "rech", 2).await;
+    settle(&crowd, "two participants to see each other in H.264").await;
+    let layout = server.room("rech").await.expect("the room exists")["layout"]["tiles"].clone();
+    let started = Instant::now();
+    let start = server
+        .request("POST", "/api/v1/rooms/rech/recording", &[])
+        .await;
+    assert_eq!(
+        start.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&start.body)
+    );
+    wait_until_recorded(&server, "rech", 4.0).await;
+    let stop = server
+        .request("DELETE", "/api/v1/rooms/rech/recording", &[])
+        .await;
+    let recorded_for = started.elapsed();
+    assert_eq!(stop.status, 200, "{}", String::from_utf8_lossy(&stop.body));
+    let file = stop.json()["file"]
+        .as_str()
+        .expect("the file is named")
+        .to_string();
+    assert!(file.ends_with(".mkv"), "{file}");
+
+    let decoded = decode(&server.recordings.join(&file));
+    assert!(decoded.error.is_none(), "decoding: {:?}", decoded.error);
+    let duration = decoded.video_duration(FPS);
+    println!("H.264: recorded for {recorded_for:?}, the file's video lasts {duration:?}");
+    assert!((duration.as_secs_f64() - recorded_for.as_secs_f64()).abs() <= 1.0);
+    let first = &decoded.video[0];
+    assert_eq!((first.width, first.height), (1280, 720));
+    let audio_start = decoded.audio_start.expect("the file has audio");
+    let offset = audio_start.as_secs_f64() - first.pts.as_secs_f64();
+    println!(
+        "H.264: audio starts {:+.0} ms from the video",
+        offset * 1000.0
+    );
+    assert!(
+        offset.abs() < 0.2,
+        "audio and video start {offset:.3} s apart"
+    );
+    let frame = decoded
+        .frame_near(first.pts + duration / 2)
+        .expect("a frame in the middle");
+    let roster = crowd.roster();
+    for tile in layout.as_array().expect("tiles") {
+        let id = tile["participant_id"].as_str().expect("an id");
+        let cx = (tile["x"].as_u64().unwrap() + tile["width"].as_u64().unwrap() / 2) as usize;
+        let cy = (tile["y"].as_u64().unwrap() + tile["height"].as_u64().unwrap() / 2) as usize;
+        let seen = frame.average(cx, cy, 8);
+        assert!(
+            analysis::shows(seen, roster[id].colour),
+            "the tile of {id} shows {}",
+            seen.hex()
+        );
+    }
+}

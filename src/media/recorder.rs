@@ -162,7 +162,7 @@ impl Recorder {
                     started.store(true, Ordering::Release);
                 }
                 counters.video_frames.fetch_add(1, Ordering::Relaxed);
-                let _ = src.push_sample(&sample);
+                let _ = src.push_sample(&in_running_time(&sample));
             }
         };
         let audio = {
@@ -170,7 +170,7 @@ impl Recorder {
             move |sample: gst::Sample| {
                 if started.load(Ordering::Acquire) {
                     counters.audio_buffers.fetch_add(1, Ordering::Relaxed);
-                    let _ = src.push_sample(&sample);
+                    let _ = src.push_sample(&in_running_time(&sample));
                 }
             }
         };
@@ -310,6 +310,35 @@ impl Recorder {
         self.detach_taps();
         // Drop stops the pipeline.
     }
+}
+
+/// The sample with its timestamps turned into the room's running time, the one clock both of
+/// the recording's streams share. Taken as they are, they would not agree: x264enc stamps its
+/// frames 1000 hours ahead (room for negative decode times) and says so only in its segment,
+/// which the recorder's appsrcs do not pass on; the file's video then started 1000 hours after
+/// its audio, and no player could interleave the two.
+fn in_running_time(sample: &gst::Sample) -> gst::Sample {
+    let (Some(buffer), Some(segment)) = (
+        sample.buffer(),
+        sample
+            .segment()
+            .and_then(|s| s.downcast_ref::<gst::ClockTime>()),
+    ) else {
+        return sample.clone();
+    };
+    // A shallow copy: the new buffer shares the frame's memory.
+    let mut retimed = buffer.copy();
+    {
+        let retimed = retimed.make_mut();
+        retimed.set_pts(buffer.pts().and_then(|t| segment.to_running_time(t)));
+        retimed.set_dts(buffer.dts().and_then(|t| segment.to_running_time(t)));
+    }
+    let caps = sample.caps_owned();
+    let mut builder = gst::Sample::builder().buffer(&retimed);
+    if let Some(caps) = &caps {
+        builder = builder.caps(caps);
+    }
+    builder.build()
 }
 
 impl Drop for Recorder {

@@ -117,7 +117,7 @@ fn receive_description(incoming: Incoming, pt: i32) -> String {
             format!(
                 "application/x-rtp,media=video,clock-rate=90000,encoding-name=H264,payload={pt}"
             ),
-            "rtph264depay ! h264parse ! avdec_h264 max-threads=1",
+            "rtph264depay ! avdec_h264 max-threads=1",
         ),
         Incoming::Audio => (
             format!(
