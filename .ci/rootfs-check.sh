@@ -7,8 +7,8 @@
 #   1. `mcu doctor` must pass;
 #   2. for every plugin package of the runtime list, `mcu doctor` with that package's plugins
 #      hidden must fail and name the package (so a package missing from the list fails here);
-#   3. a server starts, `mcu health` says it is healthy, and a two-participant `mcu probe`
-#      against it sees and hears both participants.
+#   3. a server starts, `mcu health` says it is healthy, and two-participant `mcu probe`s
+#      against it (a VP8 room, and an H.264 room with H.264 cameras) see and hear everyone.
 #
 # Cost: the first run builds the root (debootstrap --variant=minbase about 40 s, the packages
 # about 50 s on a 2-core machine with a nearby mirror); it is kept in target/rootfs/, keyed by a
@@ -135,7 +135,8 @@ done < .ci/packages-runtime.txt
 echo "rootfs-check: a server and a two-participant probe inside the root"
 ready=$base/server.out
 : >"$ready"
-in_root mcu serve --listen 127.0.0.1:0 --recordings-dir /var/lib/mcu/recordings >"$ready" 2>"$log" &
+in_root mcu serve --listen 127.0.0.1:0 --recordings-dir /var/lib/mcu/recordings \
+  --room-codec rootfs-h264=h264 >"$ready" 2>"$log" &
 server_pid=$!
 for _ in $(seq 100); do
   grep -q '^listening on' "$ready" && break
@@ -146,4 +147,6 @@ url=$(sed -n 's/^listening on //p' "$ready" | head -1)
 [ -n "$url" ] || { cat "$log"; echo "rootfs-check: the server did not start within 10 s" >&2; exit 1; }
 in_root mcu health --url "$url/healthz"
 in_root mcu probe --url "$url" --room rootfs --participants 2 --seconds 4
+# The H.264 path too: x264enc for the room's composite, avdec_h264 for H.264 cameras.
+in_root mcu probe --url "$url" --room rootfs-h264 --codec h264 --participants 2 --seconds 4
 echo "rootfs-check: passed in $(elapsed "$started") (server log: $log)"
