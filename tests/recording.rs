@@ -33,6 +33,42 @@ async fn wait_until_recorded(server: &Server, room: &str, seconds: f64) -> serde
     }
 }
 
+/// Starts `room`'s recording through the API; returns what the API says of it.
+async fn start_recording(server: &Server, room: &str) -> serde_json::Value {
+    let start = server
+        .request("POST", &format!("/api/v1/rooms/{room}/recording"), &[])
+        .await;
+    assert_eq!(
+        start.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&start.body)
+    );
+    start.json()
+}
+
+/// Each participant's colour at the centre of its tile of `frame` (`when` names the moment).
+fn assert_tiles_show(
+    frame: &common::recording::VideoFrame,
+    tiles: &serde_json::Value,
+    roster: &std::collections::HashMap<String, mcu::probe::Expected>,
+    when: &str,
+) {
+    for tile in tiles.as_array().expect("tiles") {
+        let id = tile["participant_id"].as_str().expect("an id");
+        let expected = roster[id].colour;
+        let cx = (tile["x"].as_u64().unwrap() + tile["width"].as_u64().unwrap() / 2) as usize;
+        let cy = (tile["y"].as_u64().unwrap() + tile["height"].as_u64().unwrap() / 2) as usize;
+        let seen = frame.average(cx, cy, 8);
+        assert!(
+            analysis::shows(seen, expected),
+            "{when}: the tile of {id} shows {} instead of {}",
+            seen.hex(),
+            expected.hex()
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recording_shows_every_tile_and_carries_every_voice_for_as_long_as_it_ran() {
     common::init();
@@ -43,16 +79,7 @@ async fn a_recording_shows_every_tile_and_carries_every_voice_for_as_long_as_it_
     let layout = room["layout"]["tiles"].clone();
 
     let started = Instant::now();
-    let start = server
-        .request("POST", "/api/v1/rooms/rec3/recording", &[])
-        .await;
-    assert_eq!(
-        start.status,
-        201,
-        "{}",
-        String::from_utf8_lossy(&start.body)
-    );
-    let info = start.json();
+    let info = start_recording(&server, "rec3").await;
     assert_eq!(info["status"], "recording");
     // The participants are told.
     wait_for(
@@ -120,19 +147,7 @@ async fn a_recording_shows_every_tile_and_carries_every_voice_for_as_long_as_it_
         let frame = decoded
             .frame_near(first.pts + at)
             .expect("a kept frame near that time");
-        for tile in layout.as_array().expect("tiles") {
-            let id = tile["participant_id"].as_str().unwrap();
-            let expected = roster[id].colour;
-            let cx = (tile["x"].as_u64().unwrap() + tile["width"].as_u64().unwrap() / 2) as usize;
-            let cy = (tile["y"].as_u64().unwrap() + tile["height"].as_u64().unwrap() / 2) as usize;
-            let seen = frame.average(cx, cy, 8);
-            assert!(
-                analysis::shows(seen, expected),
-                "at {at:?} tile of {id} shows {} instead of {}",
-                seen.hex(),
-                expected.hex()
-            );
-        }
+        assert_tiles_show(frame, &layout, &roster, &format!("at {at:?}"));
     }
 
     // The sound: the full mix, everyone's tone in every second we listen to.
@@ -293,15 +308,7 @@ async fn an_h264_room_records_its_own_encode_into_matroska() {
     settle(&crowd, "two participants to see each other in H.264").await;
     let layout = server.room("rech").await.expect("the room exists")["layout"]["tiles"].clone();
     let started = Instant::now();
-    let start = server
-        .request("POST", "/api/v1/rooms/rech/recording", &[])
-        .await;
-    assert_eq!(
-        start.status,
-        201,
-        "{}",
-        String::from_utf8_lossy(&start.body)
-    );
+    start_recording(&server, "rech").await;
     wait_until_recorded(&server, "rech", 4.0).await;
     let stop = server
         .request("DELETE", "/api/v1/rooms/rech/recording", &[])
@@ -334,16 +341,5 @@ async fn an_h264_room_records_its_own_encode_into_matroska() {
     let frame = decoded
         .frame_near(first.pts + duration / 2)
         .expect("a frame in the middle");
-    let roster = crowd.roster();
-    for tile in layout.as_array().expect("tiles") {
-        let id = tile["participant_id"].as_str().expect("an id");
-        let cx = (tile["x"].as_u64().unwrap() + tile["width"].as_u64().unwrap() / 2) as usize;
-        let cy = (tile["y"].as_u64().unwrap() + tile["height"].as_u64().unwrap() / 2) as usize;
-        let seen = frame.average(cx, cy, 8);
-        assert!(
-            analysis::shows(seen, roster[id].colour),
-            "the tile of {id} shows {}",
-            seen.hex()
-        );
-    }
+    assert_tiles_show(frame, &layout, &crowd.roster(), "in the middle");
 }

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use mcu::config::VideoCodec;
 use mcu::probe::{Crowd, ParticipantReport};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub mod recording;
 
@@ -165,43 +164,16 @@ impl Server {
         format!("ws://{}/ws/{room}", self.addr)
     }
 
-    /// GET a path; returns the status code and the body.
-    pub async fn get(&self, path: &str) -> (u16, String) {
-        let mut stream = tokio::net::TcpStream::connect(self.addr)
-            .await
-            .expect("connecting to the server");
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.addr
-        );
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .expect("sending a request");
-        let mut response = Vec::new();
-        stream
-            .read_to_end(&mut response)
-            .await
-            .expect("reading a response");
-        let text = String::from_utf8_lossy(&response).to_string();
-        let status = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        (status, body)
-    }
-
     /// The server's view of its rooms (/api/v1/rooms).
     pub async fn rooms(&self) -> serde_json::Value {
-        let (status, body) = self.get("/api/v1/rooms").await;
-        assert_eq!(status, 200, "GET /api/v1/rooms: {body}");
-        let body = dechunk(&body);
-        serde_json::from_str(&body).unwrap_or_else(|e| panic!("bad JSON {body:?}: {e}"))
+        let reply = self.request("GET", "/api/v1/rooms", &[]).await;
+        assert_eq!(
+            reply.status,
+            200,
+            "GET /api/v1/rooms: {}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        reply.json()
     }
 
     pub async fn room(&self, name: &str) -> Option<serde_json::Value> {
@@ -233,27 +205,6 @@ pub fn was_told(
     is: impl Fn(&mcu::protocol::ServerMessage) -> bool,
 ) -> bool {
     member.observe().notices.iter().any(is)
-}
-
-/// Undoes HTTP/1.1 chunked transfer encoding if the body uses it.
-fn dechunk(body: &str) -> String {
-    let trimmed = body.trim_start();
-    if trimmed.starts_with('{') {
-        return body.to_string();
-    }
-    let mut out = String::new();
-    let mut rest = body;
-    while let Some((size_line, after)) = rest.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size_line.trim(), 16) else {
-            break;
-        };
-        if size == 0 || after.len() < size {
-            break;
-        }
-        out.push_str(&after[..size]);
-        rest = after[size..].trim_start_matches("\r\n");
-    }
-    out
 }
 
 /// Polls `check` every 100 ms until it returns `Some`, or panics with `what` after `deadline`.
