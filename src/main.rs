@@ -1,6 +1,7 @@
 //! The `mcu` binary: `serve` runs the conference server, `probe` joins synthetic participants,
 //! `token` mints join tokens, `rooms`/`record`/`recordings` drive the admin API, `doctor` checks
-//! the GStreamer installation and `health` asks a running server whether it is alive.
+//! the GStreamer installation, `health` asks a running server whether it is alive and `bench`
+//! measures one.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -42,6 +43,70 @@ enum Command {
     Doctor,
     /// Ask a running server's /healthz (the container's HEALTHCHECK); exit 0 when healthy.
     Health(HealthArgs),
+    /// Measure a server: CPU, memory, latency, frame rate and join time with N synthetic
+    /// participants, against the media floor (see docs/performance.md).
+    Bench(BenchArgs),
+    /// The bench's media floor, run in a process of its own by `mcu bench`.
+    #[command(hide = true)]
+    BenchFloor(BenchFloorArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Synthetic participants (with --ramp: how many join per step).
+    #[arg(long, default_value_t = 4)]
+    participants: usize,
+    /// How long to measure once everyone has joined (with --ramp: per step).
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Add participants until fps p5 < 29, video latency p95 > 150 ms or server CPU > 90 %,
+    /// and report how many were held.
+    #[arg(long)]
+    ramp: bool,
+    /// Spread the participants over this many rooms.
+    #[arg(long, default_value_t = 1)]
+    rooms: usize,
+    /// Participants per room that decode the composite and measure it.
+    #[arg(long, default_value_t = 1)]
+    receivers: usize,
+    /// The server to measure; by default the bench starts its own on loopback.
+    #[arg(long)]
+    url: Option<String>,
+    /// With --url on this machine: the server's process ID, for its CPU and memory.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// The size each participant sends, WxH (a browser asked for tile-sized video).
+    #[arg(long, default_value = "320x180", value_parser = parse_size)]
+    send_size: (usize, usize),
+    /// Skip the media floor (no CPU ratio).
+    #[arg(long)]
+    no_floor: bool,
+    /// Write the JSON report here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the plot (CPU and latency against participants) here, as SVG.
+    #[arg(long)]
+    svg: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct BenchFloorArgs {
+    #[arg(long)]
+    media: PathBuf,
+    #[arg(long)]
+    participants: usize,
+    #[arg(long, default_value_t = 1)]
+    rooms: usize,
+    #[arg(long)]
+    seconds: f64,
+}
+
+fn parse_size(text: &str) -> Result<(usize, usize), String> {
+    let (w, h) = text
+        .split_once('x')
+        .ok_or_else(|| format!("{text:?}: expected WIDTHxHEIGHT"))?;
+    let number = |v: &str| v.parse::<usize>().map_err(|e| format!("{v:?}: {e}"));
+    Ok((number(w)?, number(h)?))
 }
 
 #[derive(Args)]
@@ -471,6 +536,37 @@ fn main() -> ExitCode {
                 let report = mcu::probe::run(&config).await?;
                 print!("{}", mcu::probe::summary(&report));
                 Ok(report.ok)
+            }
+            Command::Bench(args) => {
+                let config = mcu::bench::BenchConfig {
+                    url: args.url,
+                    server_pid: args.server_pid,
+                    participants: args.participants,
+                    rooms: args.rooms,
+                    receivers: args.receivers,
+                    seconds: args.seconds,
+                    ramp: args.ramp,
+                    step_seconds: args.seconds,
+                    send_width: args.send_size.0,
+                    send_height: args.send_size.1,
+                    floor: !args.no_floor,
+                    json: args.json,
+                    svg: args.svg,
+                };
+                let report = mcu::bench::run(&config).await?;
+                print!("{}", mcu::bench::summary(&report));
+                Ok(true)
+            }
+            Command::BenchFloor(args) => {
+                let report = mcu::bench::floor::run(
+                    &args.media,
+                    args.participants,
+                    args.rooms,
+                    args.seconds,
+                )
+                .await?;
+                println!("{}", serde_json::to_string(&report)?);
+                Ok(true)
             }
             Command::Token(args) => mint_token(args).map(|_| true),
             Command::Rooms(args) => admin_call(&args, Method::GET, "rooms").await,

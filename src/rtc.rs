@@ -253,6 +253,14 @@ impl SharedTrack {
         self.0.write(packet).await.map(|_| ())
     }
 
+    /// Writes a packet already parsed (the track sets its SSRC and payload type per binding).
+    pub async fn write_rtp(
+        &self,
+        packet: &webrtc::rtp::packet::Packet,
+    ) -> Result<(), webrtc::Error> {
+        self.0.write_rtp(packet).await.map(|_| ())
+    }
+
     /// Writes every packet from `packets` until the sending side goes away.
     pub async fn write_all(self, mut packets: mpsc::Receiver<Bytes>) {
         let mut failures: u64 = 0;

@@ -27,7 +27,7 @@ use crate::ids::ParticipantId;
 use crate::room::layout::Rect;
 use sink::PacketCounters;
 
-pub use video::InputSignals;
+pub use video::{push_rtp, InputSignals};
 
 /// How long an appsrc may hold packets the pipeline has not taken yet. Beyond this the oldest are
 /// dropped (leaky downstream): late media is worthless in a call, and memory stays bounded.

@@ -15,8 +15,8 @@ use webrtc::track::track_remote::TrackRemote;
 use webrtc::util::Marshal;
 
 use super::analysis::{self, Rgb, I420};
+use super::link::{self, Heard};
 use crate::config::VideoCodec;
-use crate::protocol::Layout;
 use crate::rtc;
 
 /// Decoded frames whose tile colours are kept for the checks (one second at 30 fps).
@@ -46,14 +46,10 @@ pub(super) struct Received {
     pub(super) first_self_frame: Option<Instant>,
     pub(super) audio: VecDeque<f32>,
     pub(super) keyframes: Vec<Instant>,
-    pub(super) errors: Vec<String>,
-    pub(super) layout: Option<Layout>,
-    pub(super) server_candidates: Vec<String>,
-    pub(super) notices: Vec<crate::protocol::ServerMessage>,
 }
 
 pub(super) struct Shared {
-    pub(super) started: Instant,
+    pub(super) heard: Heard,
     pub(super) own_id: Mutex<Option<String>>,
     pub(super) own_colour: OnceLock<Rgb>,
     pub(super) received: Mutex<Received>,
@@ -272,8 +268,9 @@ fn on_video_frame(sample: &gst::Sample, shared: &Shared) {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
+    let layout = link::lock(&shared.heard).layout.clone();
     let mut r = shared.lock();
-    let Some(layout) = r.layout.clone() else {
+    let Some(layout) = layout else {
         r.frame_times.push(now);
         return;
     };

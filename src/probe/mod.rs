@@ -4,6 +4,7 @@
 //! it took to see themselves.
 
 pub mod analysis;
+pub mod link;
 mod media;
 pub mod participant;
 
