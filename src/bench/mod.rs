@@ -101,6 +101,8 @@ pub struct BenchReport {
     /// Least-squares slope of the server's RSS over the window: flat is ~0.
     pub server_rss_growth_mb_per_minute: Option<f64>,
     pub join_to_first_frame_ms: Quantiles,
+    /// Each participant's, in the order they joined.
+    pub join_to_first_frame_ms_each: Vec<f64>,
     #[serde(flatten)]
     pub figures: WindowFigures,
     pub ramp: Option<RampReport>,
@@ -225,7 +227,7 @@ impl Crowd {
 
     /// Join → first composite frame showing the newcomer, at a receiver of its room, for the
     /// participants numbered in `which`.
-    fn join_times(&self, which: std::ops::Range<usize>) -> (Quantiles, Vec<String>) {
+    fn join_times(&self, which: std::ops::Range<usize>) -> (Quantiles, Vec<f64>, Vec<String>) {
         let mut times = Vec::new();
         let mut never = Vec::new();
         for p in self.members.get(which).unwrap_or_default() {
@@ -246,7 +248,7 @@ impl Crowd {
                 )),
             }
         }
-        (Quantiles::of(&times), never)
+        (Quantiles::of(&times), times, never)
     }
 
     fn errors(&self) -> Vec<String> {
@@ -441,7 +443,8 @@ pub async fn run(config: &BenchConfig) -> Result<BenchReport> {
             _ => None,
         },
         server_rss_growth_mb_per_minute: if config.ramp { None } else { rss_slope },
-        join_to_first_frame_ms: join,
+        join_to_first_frame_ms: join.0,
+        join_to_first_frame_ms_each: join.1,
         figures,
         ramp: ramp_report,
         errors: errors.into_iter().chain(errors_more).collect(),
@@ -457,11 +460,13 @@ pub async fn run(config: &BenchConfig) -> Result<BenchReport> {
     Ok(report)
 }
 
+/// What a fixed run or a ramp found: participants, seconds measured, the figures, join times
+/// (quantiles and each), the ramp's steps, errors.
 type Outcome = (
     usize,
     f64,
     WindowFigures,
-    Quantiles,
+    (Quantiles, Vec<f64>),
     Option<RampReport>,
     Vec<String>,
 );
@@ -487,12 +492,12 @@ async fn fixed(
     let (from, to) = watch.window(config.seconds, progress, "bench").await;
     progress.done();
     let figures = crowd.figures(from, to);
-    let (join, never) = crowd.join_times(0..config.participants);
+    let (join, each, never) = crowd.join_times(0..config.participants);
     Ok((
         config.participants,
         config.seconds,
         figures,
-        join,
+        (join, each),
         None,
         never,
     ))
@@ -520,7 +525,7 @@ async fn ramp(
         let label = format!("ramp: {target} participants");
         let (from, to) = watch.window(config.step_seconds, progress, &label).await;
         let figures = crowd.figures(from, to);
-        let (_, never) = crowd.join_times(before..target);
+        let (_, _, never) = crowd.join_times(before..target);
         errors.extend(never);
         let cpu = watch.cores().map(percent_of_machine);
         let mut broken = Vec::new();
@@ -571,12 +576,12 @@ async fn ramp(
         .last()
         .map(|s| s.figures.clone())
         .unwrap_or_default();
-    let (join, _) = crowd.join_times(0..crowd.members.len());
+    let (join, each, _) = crowd.join_times(0..crowd.members.len());
     Ok((
         held,
         config.step_seconds,
         figures,
-        join,
+        (join, each),
         Some(RampReport {
             participants_held: held,
             stopped_because,

@@ -11,6 +11,7 @@ use gst::prelude::*;
 use gstreamer as gst;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
 use webrtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 
@@ -85,6 +86,16 @@ impl BenchParticipant {
                 }
             }
         }));
+        // Like a browser, start the stream with a keyframe once the connection is up: what was
+        // written before went nowhere.
+        let restart_on_connect = stream.restart.clone();
+        link.pc
+            .on_peer_connection_state_change(Box::new(move |state| {
+                if state == RTCPeerConnectionState::Connected {
+                    restart_on_connect.store(true, Ordering::Relaxed);
+                }
+                Box::pin(async {})
+            }));
         link.offer().await?;
         how.pump.send(stream).ok().context("the pump has stopped")?;
         Ok(BenchParticipant {
