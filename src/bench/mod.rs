@@ -68,6 +68,7 @@ pub struct BenchConfig {
 pub struct RampStep {
     pub participants: usize,
     pub server_cpu_percent_of_machine: Option<f64>,
+    pub bench_cpu_percent_of_machine: Option<f64>,
     pub server_rss_mb: Option<f64>,
     #[serde(flatten)]
     pub figures: WindowFigures,
@@ -95,6 +96,9 @@ pub struct BenchReport {
     pub floor_cpu_cores: Option<f64>,
     pub floor_cpu_percent_of_machine: Option<f64>,
     pub cpu_ratio_to_floor: Option<f64>,
+    /// The bench's own CPU (senders, receivers' decoding) over the window, for a bench that
+    /// shares the machine with the server.
+    pub bench_cpu_percent_of_machine: Option<f64>,
     pub server_rss_mb: Option<f64>,
     pub server_rss_idle_mb: Option<f64>,
     pub server_rss_mb_per_participant: Option<f64>,
@@ -270,10 +274,15 @@ impl Crowd {
 struct ServerWatch {
     pid: Option<u32>,
     samples: Vec<ProcessSample>,
+    /// The bench's own process over the same window: on one machine, the two share the cores.
+    own: Vec<ProcessSample>,
 }
 
 impl ServerWatch {
     fn sample(&mut self) {
+        if let Ok(s) = ProcessSample::of_self() {
+            self.own.push(s);
+        }
         if let Some(pid) = self.pid {
             if let Ok(s) = ProcessSample::of(pid) {
                 self.samples.push(s);
@@ -290,6 +299,7 @@ impl ServerWatch {
         label: &str,
     ) -> (Instant, Instant) {
         self.samples.clear();
+        self.own.clear();
         let from = Instant::now();
         self.sample();
         let end = from + Duration::from_secs_f64(seconds);
@@ -308,6 +318,10 @@ impl ServerWatch {
 
     fn cores(&self) -> Option<f64> {
         Some(self.samples.last()?.cores_since(self.samples.first()?))
+    }
+
+    fn own_cores(&self) -> Option<f64> {
+        Some(self.own.last()?.cores_since(self.own.first()?))
     }
 
     fn rss(&self) -> Option<f64> {
@@ -374,6 +388,7 @@ pub async fn run(config: &BenchConfig) -> Result<BenchReport> {
     let mut watch = ServerWatch {
         pid: config.server_pid.or(own_server.as_ref().map(|s| s.pid)),
         samples: Vec::new(),
+        own: Vec::new(),
     };
     watch.sample();
     let idle_rss = watch.rss();
@@ -389,6 +404,7 @@ pub async fn run(config: &BenchConfig) -> Result<BenchReport> {
     drop(own_server);
     let (participants, seconds, figures, join, ramp_report, mut errors_more) = result?;
     let server_cores = watch.cores();
+    let bench_cores = watch.own_cores();
     let server_rss = watch.rss();
     let rss_slope = watch.rss_slope_per_minute();
 
@@ -409,16 +425,21 @@ pub async fn run(config: &BenchConfig) -> Result<BenchReport> {
     };
     let _ = std::fs::remove_file(&media_file);
 
-    let (server_cores, server_rss) = match &ramp_report {
+    let (server_cores, bench_percent, server_rss) = match &ramp_report {
         Some(r) => {
-            let held = r.steps.iter().rev().find(|s| s.passed);
+            let held = r.steps.iter().take_while(|s| s.passed).last();
             (
                 held.and_then(|s| s.server_cpu_percent_of_machine)
                     .map(|p| p * machine_cores() as f64 / 100.0),
+                held.and_then(|s| s.bench_cpu_percent_of_machine),
                 held.and_then(|s| s.server_rss_mb),
             )
         }
-        None => (server_cores, server_rss),
+        None => (
+            server_cores,
+            bench_cores.map(percent_of_machine),
+            server_rss,
+        ),
     };
     let floor_cores = floor.as_ref().map(|f| f.cpu_cores);
     let report = BenchReport {
@@ -436,6 +457,7 @@ pub async fn run(config: &BenchConfig) -> Result<BenchReport> {
             (Some(s), Some(f)) if f > 0.0 => Some(s / f),
             _ => None,
         },
+        bench_cpu_percent_of_machine: bench_percent,
         server_rss_mb: server_rss,
         server_rss_idle_mb: idle_rss,
         server_rss_mb_per_participant: match (server_rss, idle_rss) {
@@ -549,6 +571,7 @@ async fn ramp(
         steps.push(RampStep {
             participants: target,
             server_cpu_percent_of_machine: cpu,
+            bench_cpu_percent_of_machine: watch.own_cores().map(percent_of_machine),
             server_rss_mb: watch.rss(),
             figures,
             passed,
@@ -612,10 +635,11 @@ pub fn summary(r: &BenchReport) -> String {
         opt(r.server_rss_growth_mb_per_minute, " MB"),
     ));
     out.push_str(&format!(
-        "  floor CPU    {} cores = {}; server/floor {}\n",
+        "  floor CPU    {} cores = {}; server/floor {}; the bench itself {}\n",
         opt(r.floor_cpu_cores, ""),
         opt(r.floor_cpu_percent_of_machine, " %"),
         opt(r.cpu_ratio_to_floor, "×"),
+        opt(r.bench_cpu_percent_of_machine, " %"),
     ));
     out.push_str(&format!(
         "  video latency {}\n",
@@ -645,9 +669,10 @@ pub fn summary(r: &BenchReport) -> String {
         ));
         for s in &ramp.steps {
             out.push_str(&format!(
-                "    {:>2}: CPU {}, fps p5 {}, video p95 {}, audio p95 {} — {}\n",
+                "    {:>2}: CPU {} (bench {}), fps p5 {}, video p95 {}, audio p95 {} — {}\n",
                 s.participants,
                 opt(s.server_cpu_percent_of_machine, " %"),
+                opt(s.bench_cpu_percent_of_machine, " %"),
                 opt(s.figures.fps_p5, ""),
                 opt(s.figures.video_latency_ms.p95, " ms"),
                 opt(s.figures.audio_latency_ms.p95, " ms"),
