@@ -255,6 +255,7 @@ class Call {
         break;
       case "layout":
         this.layout = message;
+        await this.fitToTile();
         break;
       case "recording":
         this.recording = message.state === "started";
@@ -313,12 +314,32 @@ class Call {
     pc.onconnectionstatechange = () => {
       if (pc !== this.pc) return;
       const state = pc.connectionState;
-      if (state === "connected") setStatus("Connected", "connected");
+      if (state === "connected") {
+        setStatus("Connected", "connected");
+        this.fitToTile();
+      }
       else if (state === "failed") this.retry("The media connection failed.");
       else if (state === "disconnected") setStatus("Connection unstable…", "connecting");
     };
     await pc.setLocalDescription(await pc.createOffer());
     this.send({ type: "offer", sdp: pc.localDescription.sdp });
+  }
+
+  // Send no more pixels than our tile shows: the server would only scale the rest away, after
+  // paying to decode it (a 720p camera in a 3×3 grid's 426×240 tile costs a 720p decode; see
+  // docs/performance.md). Applied whenever the layout changes; never scales up.
+  async fitToTile() {
+    const sender = this.pc?.getSenders().find((s) => s.track?.kind === "video");
+    const tile = this.layout?.tiles.find((t) => t.participant_id === this.id);
+    if (!sender || !tile) return;
+    const { width, height } = sender.track.getSettings();
+    if (!width || !height) return;
+    const scale = Math.max(1, width / tile.width, height / tile.height);
+    const params = sender.getParameters();
+    const encoding = params.encodings?.[0];
+    if (!encoding || Math.abs((encoding.scaleResolutionDownBy ?? 1) - scale) < 0.01) return;
+    encoding.scaleResolutionDownBy = scale;
+    await sender.setParameters(params).catch((e) => console.warn(`sending at tile size: ${e}`));
   }
 
   retry(reason) {

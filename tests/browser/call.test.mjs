@@ -101,6 +101,44 @@ test("a browser and a synthetic participant see each other", async () => {
   }
 });
 
+/** The size the page's camera is sent at (outbound-rtp), once Chrome reports one. */
+async function sendingSize(page) {
+  return page.evaluate(async () => {
+    const report = await window.mcu.call.pc?.getStats();
+    const out = [...(report?.values() ?? [])].find((s) => s.type === "outbound-rtp" && s.kind === "video");
+    return out?.frameHeight ? { width: out.frameWidth, height: out.frameHeight } : null;
+  });
+}
+
+test("a browser sends its camera at the size of its tile", async () => {
+  const server = await startServer();
+  const red = await launchBrowser(fakeMedia("red", RED, 440));
+  try {
+    const page = await joinRoom(red, server.url, "tiles", "Red");
+    await decoding(page, "browser");
+    // Alone, its tile is the whole 1280×720 frame: the 640×360 camera goes as it is.
+    const alone = await waitFor("the camera to be sent", SETTLE_MS, () => sendingSize(page));
+    assert.deepEqual(alone, { width: 640, height: 360 });
+    // Four more make a 3×3 grid of 426×240 tiles: the page scales its camera down to fit.
+    const probe = spawn(MCU, [
+      "probe", "--url", server.url, "--room", "tiles", "--participants", "4", "--seconds", "12",
+    ], { stdio: "inherit" });
+    try {
+      const fitted = await waitFor("the camera to be sent at tile size", SETTLE_MS, async () => {
+        const size = await sendingSize(page);
+        return size && size.height <= 240 ? size : null;
+      });
+      assert.ok(fitted.width <= 427, `sent ${fitted.width}×${fitted.height}`);
+      await showsTiles(page, [RED, ...[[30, 200, 30], [40, 60, 230], [240, 220, 30], [220, 40, 220]]], "tiles.png");
+    } finally {
+      probe.kill();
+    }
+  } finally {
+    await red.close();
+    await server.stop();
+  }
+});
+
 test("over self-signed HTTPS with all media on one UDP port", async () => {
   const port = 40000 + Math.floor(Math.random() * 10000);
   const server = await startServer(
