@@ -27,17 +27,15 @@ pub const DEFAULT_AUDIO_BITRATE_BPS: u32 = 32_000;
 pub const DEFAULT_VIDEO_JITTER_MS: u32 = 20;
 /// Audio packets are 20 ms apart; holding 40 ms lets one late packet still make it into the mix.
 pub const DEFAULT_AUDIO_JITTER_MS: u32 = 40;
-/// Extra time the compositor and mixers wait for a late input before producing a frame without it.
-/// Small, because a frame is produced every 33 ms and a late input simply shows its previous frame.
+/// Extra time the compositor and the audio mix wait for a late input before producing a frame
+/// without it. Small, because a frame is produced every 33 ms and a late input simply shows its
+/// previous frame.
 pub const DEFAULT_MIXER_LATENCY_MS: u32 = 10;
 /// Latency a participant's video branch reports beyond its jitter buffer: one frame held by the
 /// decoder and one by the scaler at 30 fps (measured: 66.7 ms for VP8 with a 20 ms jitter buffer).
 /// The compositor assumes it from the start, so a joining participant never raises the
 /// compositor's latency mid-stream (which stalls the composite once by the difference).
 pub const VIDEO_BRANCH_EXTRA_LATENCY_MS: u32 = 50;
-/// The same for an audio branch: the Opus decoder's 20 ms frame (measured: 60 ms with a 40 ms
-/// jitter buffer).
-pub const AUDIO_BRANCH_EXTRA_LATENCY_MS: u32 = 20;
 /// A participant from whom no RTP or RTCP arrived for this long has vanished (laptop lid closed,
 /// network gone) and is removed. Browsers send RTCP at least every few seconds, so 10 s cannot
 /// catch a live participant, and it frees a tile soon enough that the room does not stare at a
@@ -90,10 +88,6 @@ pub struct MediaConfig {
 impl MediaConfig {
     pub fn video_branch_latency_ms(&self) -> u32 {
         self.video_jitter_ms + VIDEO_BRANCH_EXTRA_LATENCY_MS
-    }
-
-    pub fn audio_branch_latency_ms(&self) -> u32 {
-        self.audio_jitter_ms + AUDIO_BRANCH_EXTRA_LATENCY_MS
     }
 }
 

@@ -18,7 +18,6 @@ const PROVIDERS: &[(&str, &str, &str)] = &[
     ("appsink", "app", "gstreamer1.0-plugins-base"),
     ("appsrc", "app", "gstreamer1.0-plugins-base"),
     ("audioconvert", "audioconvert", "gstreamer1.0-plugins-base"),
-    ("audiomixer", "audiomixer", "gstreamer1.0-plugins-base"),
     (
         "audioresample",
         "audioresample",

@@ -64,7 +64,7 @@ async fn room_pipelines_with_every_branch_reach_playing_and_release_their_pads()
         until_playing(&room, "the empty room").await;
         let empty = room.stats();
         assert_eq!(empty.compositor_pads, 1, "only the background");
-        assert_eq!(empty.full_mix_pads, 1, "only the silence source");
+        assert_eq!((empty.mix_voices, empty.mix_listeners), (0, 0));
 
         let tiles = grid(2, media.width, media.height);
         let (a, b) = (ParticipantId(1), ParticipantId(2));
@@ -86,18 +86,13 @@ async fn room_pipelines_with_every_branch_reach_playing_and_release_their_pads()
             1 + 2 * 2,
             "background + a placeholder and a video each"
         );
-        assert_eq!(full.full_mix_pads, 1 + 2);
-        assert_eq!(
-            full.listener_mix_pads,
-            2 * (1 + 1),
-            "each hears silence + the other"
-        );
+        assert_eq!((full.mix_voices, full.mix_listeners), (2, 2));
 
-        // Server-side mute: a's pads in the full mix and in b's mix.
+        // Server-side mute takes a's voice out of the mix, and back.
         room.set_muted(a, true);
-        assert_eq!(room.stats().muted_mix_pads, 2);
+        assert_eq!(room.stats().muted_voices, 1);
         room.set_muted(a, false);
-        assert_eq!(room.stats().muted_mix_pads, 0);
+        assert_eq!(room.stats().muted_voices, 0);
 
         // A recording taps the encoded composite and the full mix, then gives its taps back.
         let file = std::env::temp_dir().join(format!(
@@ -122,13 +117,11 @@ async fn room_pipelines_with_every_branch_reach_playing_and_release_their_pads()
         room.remove_participant(b);
         let one = room.stats();
         assert_eq!(one.compositor_pads, 1 + 2);
-        assert_eq!(one.full_mix_pads, 1 + 1);
-        assert_eq!(one.listener_mix_pads, 1, "a's mixer: silence only");
+        assert_eq!((one.mix_voices, one.mix_listeners), (1, 1));
         room.remove_participant(a);
         let after = room.stats();
         assert_eq!(after.compositor_pads, empty.compositor_pads);
-        assert_eq!(after.full_mix_pads, empty.full_mix_pads);
-        assert_eq!(after.listener_mix_pads, 0);
+        assert_eq!((after.mix_voices, after.mix_listeners), (0, 0));
         assert_eq!(after.pipeline_children, empty.pipeline_children);
         until_playing(&room, "the room after everyone left").await;
         // Adding and removing branches never took the room out of PLAYING (which would freeze

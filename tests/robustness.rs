@@ -224,7 +224,7 @@ async fn a_vanished_participant_is_removed_within_the_timeout_and_its_resources_
         // Both decoded (placeholders gone): background + two video pads.
         if room["participants"].as_array().map(Vec::len) == Some(2)
             && room["pipeline"]["compositor_pads"] == 3
-            && room["pipeline"]["full_mix_pads"] == 3
+            && room["pipeline"]["mix_voices"] == 2
         {
             break room;
         }
@@ -234,8 +234,8 @@ async fn a_vanished_participant_is_removed_within_the_timeout_and_its_resources_
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    // Each listener hears the other: one speaker pad besides its silence source.
-    assert_eq!(together["pipeline"]["listener_mix_pads"], 4);
+    // Both are heard, and both hear the mix.
+    assert_eq!(together["pipeline"]["mix_listeners"], 2);
 
     let frozen_at = Instant::now();
     let stopped = Command::new("kill")
@@ -268,12 +268,12 @@ async fn a_vanished_participant_is_removed_within_the_timeout_and_its_resources_
         alone["pipeline"]["compositor_pads"]
     );
     assert_eq!(
-        after["pipeline"]["full_mix_pads"],
-        alone["pipeline"]["full_mix_pads"]
+        after["pipeline"]["mix_voices"],
+        alone["pipeline"]["mix_voices"]
     );
     assert_eq!(
-        after["pipeline"]["listener_mix_pads"],
-        alone["pipeline"]["listener_mix_pads"]
+        after["pipeline"]["mix_listeners"],
+        alone["pipeline"]["mix_listeners"]
     );
     assert_eq!(
         after["pipeline"]["pipeline_children"],

@@ -1,10 +1,12 @@
-//! Mix-minus audio. Each participant's microphone is decoded once into a tee; each participant
-//! (a "listener") has a mixer fed by every *other* participant's tee, encoded once for them.
-//! A full mix of everyone feeds the recorder and watch-only viewers. Links are made and undone at
-//! run time as people come and go.
+//! The room's audio: each participant's microphone is decoded once and handed to the room's
+//! mix-minus (media/mixminus.rs); a thread of the room's own mixes a 20-ms frame as soon as every
+//! live voice has delivered it, and pushes everyone-but-you to each listener's encoder and
+//! everyone to the full mix (which the recorder taps). Branches come and go at run time.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
@@ -13,52 +15,109 @@ use gstreamer as gst;
 use gstreamer_app as gst_app;
 use tokio::sync::mpsc;
 
+use super::mixminus::{Frame, MixCounters, MixMinus, Poll, Timing, FRAME_SAMPLES, SAMPLE_RATE};
 use super::sink::{packets_from, PacketCounters};
-use super::{ms_to_ns, pipelines, INPUT_QUEUE_MAX};
+use super::{pipelines, INPUT_QUEUE_MAX};
 use crate::config::MediaConfig;
 use crate::ids::ParticipantId;
 
-/// Where a microphone's decoded audio goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum MixTarget {
-    Full,
-    Listener(ParticipantId),
+/// A voice whose audio stopped this long ago is no longer waited for (see mixminus::Timing).
+/// Well above a lost packet's worst case (the jitter buffer's wait plus one frame), well below
+/// anything a listener would notice as a delay.
+const STALLED_VOICE: Duration = Duration::from_millis(250);
+
+/// The raw audio every branch speaks: what the mix-minus works in.
+fn raw_audio_caps() -> gst::Caps {
+    gst::Caps::builder("audio/x-raw")
+        .field("format", "S16LE")
+        .field("rate", SAMPLE_RATE as i32)
+        .field("channels", 1i32)
+        .field("layout", "interleaved")
+        .build()
 }
 
-/// One tee → mixer connection, with every pad it took so it can give them back.
-struct AudioLink {
-    tee: gst::Element,
-    tee_pad: gst::Pad,
-    input_ghost: gst::GhostPad,
-    input_bin: gst::Bin,
-    mixer: gst::Element,
-    mixer_pad: gst::Pad,
-    /// Set when the mixer sits inside a listener bin and is reached through a ghost pad.
-    listener_ghost: Option<(gst::Bin, gst::GhostPad)>,
+/// What the speakers' streaming threads and the mixing thread share.
+struct Shared {
+    state: Mutex<State>,
+    /// Signalled when a push completes the frame being waited for, or to stop.
+    wake: Condvar,
+}
+
+struct State {
+    mix: MixMinus,
+    /// Every listener's encoder input, cloned out by the mixing thread once per frame.
+    listeners: Arc<[(ParticipantId, gst_app::AppSrc)]>,
+    stop: bool,
+}
+
+impl Shared {
+    /// The state, even if a thread panicked while holding it: the mix is plain data and stays
+    /// usable, and a poisoned lock must not take the room's audio down with it.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 pub struct AudioGraph {
     pipeline: gst::Pipeline,
-    fullmix: gst::Element,
     media: MediaConfig,
-    inputs: HashMap<ParticipantId, gst::Bin>,
-    listeners: HashMap<ParticipantId, gst::Bin>,
-    links: HashMap<(ParticipantId, MixTarget), AudioLink>,
-    /// Speakers muted by the server: their pads in every mixer stay muted, new ones included.
-    muted: std::collections::HashSet<ParticipantId>,
+    shared: Arc<Shared>,
+    mixer: Option<JoinHandle<()>>,
+    inputs: BTreeMap<ParticipantId, gst::Bin>,
+    listeners: BTreeMap<ParticipantId, gst::Bin>,
+    /// Speakers muted by the server, kept across their microphone coming and going.
+    muted: HashSet<ParticipantId>,
 }
 
 impl AudioGraph {
-    pub fn new(pipeline: gst::Pipeline, fullmix: gst::Element, media: MediaConfig) -> Self {
-        AudioGraph {
+    /// Starts the room's mixing thread; `fullmix` (an appsrc in the room pipeline) gets everyone's
+    /// audio. The pipeline must already run on its clock (see `start_live`).
+    pub fn start(
+        pipeline: gst::Pipeline,
+        fullmix: gst::Element,
+        media: MediaConfig,
+    ) -> Result<Self> {
+        let fullmix = fullmix
+            .dynamic_cast::<gst_app::AppSrc>()
+            .ok()
+            .context("pipelines/room.txt: fullmix is not an appsrc")?;
+        fullmix.set_caps(Some(&raw_audio_caps()));
+        let clock = pipeline.clock().context("the room pipeline has no clock")?;
+        let base_time = pipeline
+            .base_time()
+            .context("the room pipeline has no base time")?;
+        let timing = Timing {
+            // A late packet is worth waiting for as long as its jitter buffer waits for it, and
+            // as long as the compositor waits for a late frame.
+            max_wait: Duration::from_millis(u64::from(
+                media.audio_jitter_ms + media.mixer_latency_ms,
+            )),
+            stall_after: STALLED_VOICE,
+        };
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                mix: MixMinus::new(running_time(&clock, base_time), timing),
+                listeners: Arc::from(Vec::new()),
+                stop: false,
+            }),
+            wake: Condvar::new(),
+        });
+        let mixer = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("mix-{}", pipeline.name()))
+                .spawn(move || mix_until_stopped(&shared, &clock, base_time, &fullmix))
+                .context("starting the room's mixing thread")?
+        };
+        Ok(AudioGraph {
             pipeline,
-            fullmix,
             media,
-            inputs: HashMap::new(),
-            listeners: HashMap::new(),
-            links: HashMap::new(),
-            muted: std::collections::HashSet::new(),
-        }
+            shared,
+            mixer: Some(mixer),
+            inputs: BTreeMap::new(),
+            listeners: BTreeMap::new(),
+            muted: HashSet::new(),
+        })
     }
 
     pub fn add_input(&mut self, who: ParticipantId, payload_type: u8) -> Result<gst_app::AppSrc> {
@@ -82,30 +141,29 @@ impl AudioGraph {
                 .field("payload", i32::from(payload_type))
                 .build(),
         ));
-        self.pipeline
+        let sink = bin
+            .by_name("sink")
+            .and_then(|e| e.dynamic_cast::<gst_app::AppSink>().ok())
+            .context("pipelines/audio-input.txt has no appsink named sink")?;
+        sink.set_callbacks(voice_callbacks(who, self.shared.clone()));
+        {
+            let mut state = self.shared.lock();
+            state.mix.add_voice(who);
+            state.mix.set_muted(who, self.muted.contains(&who));
+        }
+        let started = self
+            .pipeline
             .add(&bin)
-            .with_context(|| format!("adding audio-{who}"))?;
-        self.inputs.insert(who, bin.clone());
-        let targets: Vec<MixTarget> = std::iter::once(MixTarget::Full)
-            .chain(
-                self.listeners
-                    .keys()
-                    .filter(|l| **l != who)
-                    .map(|l| MixTarget::Listener(*l)),
-            )
-            .collect();
-        let linked = targets
-            .into_iter()
-            .try_for_each(|target| self.link(who, target))
+            .with_context(|| format!("adding audio-{who}"))
             .and_then(|_| {
                 bin.sync_state_with_parent()
                     .with_context(|| format!("starting audio-{who}"))
             });
-        if let Err(e) = linked {
+        self.inputs.insert(who, bin);
+        if let Err(e) = started {
             self.remove_input(who);
             return Err(e);
         }
-        let _ = self.pipeline.recalculate_latency();
         Ok(appsrc)
     }
 
@@ -113,11 +171,7 @@ impl AudioGraph {
         self.remove_listener(who);
         let bin = pipelines::LISTENER_AUDIO.bin(
             &[
-                ("mixer_latency_ns", ms_to_ns(self.media.mixer_latency_ms)),
-                (
-                    "audio_branch_latency_ns",
-                    ms_to_ns(self.media.audio_branch_latency_ms()),
-                ),
+                ("queue_max_ns", INPUT_QUEUE_MAX.as_nanos().to_string()),
                 (
                     "audio_bitrate_bps",
                     self.media.audio_bitrate_bps.to_string(),
@@ -125,33 +179,29 @@ impl AudioGraph {
             ],
             &format!("listener-{who}"),
         )?;
+        let src = bin
+            .by_name("src")
+            .and_then(|e| e.dynamic_cast::<gst_app::AppSrc>().ok())
+            .context("pipelines/listener-audio.txt has no appsrc named src")?;
+        src.set_caps(Some(&raw_audio_caps()));
         let sink = bin
             .by_name("sink")
             .context("pipelines/listener-audio.txt has no element named sink")?;
         let packets = packets_from(&sink, Arc::new(PacketCounters::default()))?;
-        super::align_test_sources(&self.pipeline, &bin);
-        self.pipeline
+        let started = self
+            .pipeline
             .add(&bin)
-            .with_context(|| format!("adding listener-{who}"))?;
-        self.listeners.insert(who, bin.clone());
-        let speakers: Vec<ParticipantId> =
-            self.inputs.keys().filter(|s| **s != who).copied().collect();
-        // Started before it is linked: the speakers' tees are already pushing, and a buffer that
-        // meets a pad not yet running comes back FLUSHING, which stops that speaker's audio for
-        // good. The bin's own silence keeps its mixer going while it has no speakers.
-        let linked = bin
-            .sync_state_with_parent()
-            .with_context(|| format!("starting listener-{who}"))
+            .with_context(|| format!("adding listener-{who}"))
             .and_then(|_| {
-                speakers
-                    .into_iter()
-                    .try_for_each(|speaker| self.link(speaker, MixTarget::Listener(who)))
+                bin.sync_state_with_parent()
+                    .with_context(|| format!("starting listener-{who}"))
             });
-        if let Err(e) = linked {
+        self.listeners.insert(who, bin);
+        if let Err(e) = started {
             self.remove_listener(who);
             return Err(e);
         }
-        let _ = self.pipeline.recalculate_latency();
+        self.update_listeners(|listeners| listeners.push((who, src)));
         Ok(packets)
     }
 
@@ -162,156 +212,149 @@ impl AudioGraph {
     }
 
     /// Takes `who`'s microphone out of every mix (or puts it back), without renegotiating
-    /// anything: their mixer pads are muted, so the room hears silence from them.
+    /// anything: the room hears silence from them.
     pub fn set_muted(&mut self, who: ParticipantId, muted: bool) {
         if muted {
             self.muted.insert(who);
         } else {
             self.muted.remove(&who);
         }
-        for ((speaker, _), link) in &self.links {
-            if *speaker == who {
-                link.mixer_pad.set_property("mute", muted);
-            }
-        }
+        self.shared.lock().mix.set_muted(who, muted);
     }
 
-    /// Mixer pads currently muted, over every mix: what the tests check server-side mute by.
-    pub fn muted_pads(&self) -> usize {
-        self.links
-            .values()
-            .filter(|l| l.mixer_pad.property::<bool>("mute"))
-            .count()
-    }
-
-    pub fn listener_mix_pads(&self) -> usize {
-        self.listeners
-            .values()
-            .filter_map(|bin| bin.by_name("mixer"))
-            .map(|m| m.sink_pads().len())
-            .sum()
+    /// Voices in the mix, listeners fed by it, muted voices, and the mixer's counts.
+    pub fn stats(&self) -> (usize, usize, usize, MixCounters) {
+        let state = self.shared.lock();
+        (
+            state.mix.voices(),
+            state.listeners.len(),
+            state.mix.muted_voices(),
+            state.mix.counters(),
+        )
     }
 
     fn remove_input(&mut self, who: ParticipantId) {
         let Some(bin) = self.inputs.remove(&who) else {
             return;
         };
-        // Stop the branch before its links go, so the tee is not pushing while pads are released.
+        // Stopped first: once this returns, its streaming thread no longer pushes to the mix.
         let _ = bin.set_state(gst::State::Null);
-        let keys: Vec<_> = self
-            .links
-            .keys()
-            .filter(|(s, _)| *s == who)
-            .copied()
-            .collect();
-        for key in keys {
-            if let Some(link) = self.links.remove(&key) {
-                unlink(link);
-            }
-        }
         let _ = self.pipeline.remove(&bin);
+        self.shared.lock().mix.remove_voice(who);
     }
 
     fn remove_listener(&mut self, who: ParticipantId) {
-        let Some(bin) = self.listeners.remove(&who) else {
-            return;
-        };
-        // Other people's tees are still running: take their branches out first, then stop ours.
-        let keys: Vec<_> = self
-            .links
-            .keys()
-            .filter(|(_, t)| *t == MixTarget::Listener(who))
-            .copied()
-            .collect();
-        for key in keys {
-            if let Some(link) = self.links.remove(&key) {
-                unlink(link);
-            }
+        // Out of the mixing thread's list first, so it stops pushing to a branch going away.
+        self.update_listeners(|listeners| listeners.retain(|(l, _)| *l != who));
+        if let Some(bin) = self.listeners.remove(&who) {
+            let _ = bin.set_state(gst::State::Null);
+            let _ = self.pipeline.remove(&bin);
         }
-        let _ = bin.set_state(gst::State::Null);
-        let _ = self.pipeline.remove(&bin);
     }
 
-    fn link(&mut self, speaker: ParticipantId, target: MixTarget) -> Result<()> {
-        let input_bin = self
-            .inputs
-            .get(&speaker)
-            .cloned()
-            .with_context(|| format!("no audio input for {speaker}"))?;
-        let tee = input_bin
-            .by_name("tee")
-            .context("pipelines/audio-input.txt has no element named tee")?;
-        let (mixer, listener_bin) = match target {
-            MixTarget::Full => (self.fullmix.clone(), None),
-            MixTarget::Listener(l) => {
-                let bin = self
-                    .listeners
-                    .get(&l)
-                    .cloned()
-                    .with_context(|| format!("no listener {l}"))?;
-                let mixer = bin
-                    .by_name("mixer")
-                    .context("pipelines/listener-audio.txt has no element named mixer")?;
-                (mixer, Some(bin))
-            }
-        };
-        let tee_pad = tee
-            .request_pad_simple("src_%u")
-            .context("tee gave no pad")?;
-        let input_ghost = ghost(&input_bin, &tee_pad)?;
-        let mixer_pad = mixer
-            .request_pad_simple("sink_%u")
-            .context("audiomixer gave no pad")?;
-        if self.muted.contains(&speaker) {
-            mixer_pad.set_property("mute", true);
-        }
-        let listener_ghost = match listener_bin {
-            Some(bin) => {
-                let g = ghost(&bin, &mixer_pad)?;
-                Some((bin, g))
-            }
-            None => None,
-        };
-        let link = AudioLink {
-            tee,
-            tee_pad,
-            input_ghost,
-            input_bin,
-            mixer,
-            mixer_pad,
-            listener_ghost,
-        };
-        let peer: gst::Pad = match &link.listener_ghost {
-            Some((_, g)) => g.clone().upcast(),
-            None => link.mixer_pad.clone(),
-        };
-        if let Err(e) = link.input_ghost.link(&peer) {
-            unlink(link);
-            anyhow::bail!("linking {speaker}'s audio to {target:?}: {e:?}");
-        }
-        self.links.insert((speaker, target), link);
-        Ok(())
+    fn update_listeners(&self, change: impl FnOnce(&mut Vec<(ParticipantId, gst_app::AppSrc)>)) {
+        let mut state = self.shared.lock();
+        let mut listeners = state.listeners.to_vec();
+        change(&mut listeners);
+        state.listeners = Arc::from(listeners);
     }
 }
 
-/// Exposes `target` (a pad inside `bin`) on the bin, active, so elements outside can link to it.
-fn ghost(bin: &gst::Bin, target: &gst::Pad) -> Result<gst::GhostPad> {
-    let ghost = gst::GhostPad::with_target(target)
-        .with_context(|| format!("ghosting {} on {}", target.name(), bin.name()))?;
-    let _ = ghost.set_active(true);
-    bin.add_pad(&ghost)
-        .with_context(|| format!("adding a ghost pad to {}", bin.name()))?;
-    Ok(ghost)
+impl Drop for AudioGraph {
+    fn drop(&mut self) {
+        self.shared.lock().stop = true;
+        self.shared.wake.notify_all();
+        if let Some(mixer) = self.mixer.take() {
+            // It wakes at once and returns: at most one frame's work stands in the way.
+            let _ = mixer.join();
+        }
+    }
 }
 
-fn unlink(link: AudioLink) {
-    if let Some(peer) = link.input_ghost.peer() {
-        let _ = link.input_ghost.unlink(&peer);
+/// Hands each decoded buffer of `who`'s voice to the mix, on the branch's streaming thread.
+/// Never blocks for longer than the mix takes to store 20 ms of samples.
+fn voice_callbacks(who: ParticipantId, shared: Arc<Shared>) -> gst_app::AppSinkCallbacks {
+    gst_app::AppSinkCallbacks::builder()
+        .new_sample(move |sink| {
+            let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+            let running_time = sample.buffer().and_then(|b| b.pts()).and_then(|pts| {
+                sample
+                    .segment()
+                    .and_then(|s| s.downcast_ref::<gst::ClockTime>())
+                    .and_then(|s| s.to_running_time(pts))
+            });
+            let (Some(buffer), Some(pts)) = (sample.buffer(), running_time) else {
+                return Ok(gst::FlowSuccess::Ok);
+            };
+            let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
+            let samples: Vec<i16> = map
+                .chunks_exact(2)
+                .map(|b| i16::from_le_bytes([b[0], b[1]]))
+                .collect();
+            let completed = shared.lock().mix.push(who, pts.nseconds(), &samples);
+            if completed {
+                shared.wake.notify_one();
+            }
+            Ok(gst::FlowSuccess::Ok)
+        })
+        .build()
+}
+
+fn running_time(clock: &gst::Clock, base_time: gst::ClockTime) -> u64 {
+    clock
+        .time()
+        .checked_sub(base_time)
+        .map_or(0, gst::ClockTime::nseconds)
+}
+
+/// The mixing thread: waits for each frame to be due and complete, mixes it, and pushes it out
+/// (outside the lock, so speakers never wait on the encoders).
+fn mix_until_stopped(
+    shared: &Shared,
+    clock: &gst::Clock,
+    base_time: gst::ClockTime,
+    fullmix: &gst_app::AppSrc,
+) {
+    loop {
+        let (frame, listeners) = {
+            let mut state = shared.lock();
+            loop {
+                if state.stop {
+                    return;
+                }
+                let now = running_time(clock, base_time);
+                match state.mix.poll(now) {
+                    Poll::Ready => break,
+                    Poll::WaitUntil(at) => {
+                        let timeout = Duration::from_nanos(at.saturating_sub(now));
+                        state = shared
+                            .wake
+                            .wait_timeout(state, timeout)
+                            .map_or_else(|e| e.into_inner().0, |(s, _)| s);
+                    }
+                }
+            }
+            (state.mix.mix(), state.listeners.clone())
+        };
+        // A push fails only while a branch is shutting down (flushing); the next frame goes on.
+        let _ = fullmix.push_buffer(frame_buffer(&frame, |out| frame.full(out)));
+        for (who, src) in listeners.iter() {
+            let _ = src.push_buffer(frame_buffer(&frame, |out| frame.without(*who, out)));
+        }
     }
-    link.tee.release_request_pad(&link.tee_pad);
-    let _ = link.input_bin.remove_pad(&link.input_ghost);
-    link.mixer.release_request_pad(&link.mixer_pad);
-    if let Some((bin, ghost)) = link.listener_ghost {
-        let _ = bin.remove_pad(&ghost);
+}
+
+/// A buffer of one frame of S16LE samples, written by `fill`, stamped with the frame's time.
+fn frame_buffer(frame: &Frame, fill: impl FnOnce(&mut [i16])) -> gst::Buffer {
+    let mut samples = [0i16; FRAME_SAMPLES];
+    fill(&mut samples);
+    let bytes: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+    let mut buffer = gst::Buffer::from_mut_slice(bytes);
+    if let Some(b) = buffer.get_mut() {
+        b.set_pts(gst::ClockTime::from_nseconds(frame.pts_ns));
+        b.set_duration(gst::ClockTime::from_nseconds(
+            super::mixminus::FRAME.as_nanos() as u64,
+        ));
     }
+    buffer
 }

@@ -6,6 +6,7 @@
 
 mod audio;
 mod bus;
+pub mod mixminus;
 mod pace;
 pub mod pipelines;
 pub mod recorder;
@@ -60,10 +61,10 @@ pub enum PipelineEvent {
 pub struct PipelineStats {
     /// Compositor sink pads, the background included.
     pub compositor_pads: usize,
-    /// Sink pads of the full-mix audiomixer, its silence source included.
-    pub full_mix_pads: usize,
-    /// Sink pads over every listener's mix-minus mixer, their silence sources included.
-    pub listener_mix_pads: usize,
+    /// Microphones in the room's mix-minus.
+    pub mix_voices: usize,
+    /// Participants the mix-minus feeds (each with an Opus encoder of their own).
+    pub mix_listeners: usize,
     /// Child elements/bins directly in the pipeline.
     pub pipeline_children: usize,
     pub video_packets_out: u64,
@@ -77,8 +78,10 @@ pub struct PipelineStats {
     pub composite_idle_ms: u64,
     /// Times the whole pipeline fell back from PLAYING (every picture freezes); should stay 0.
     pub lost_playing: u64,
-    /// Mixer pads muted by the server (a muted speaker has one in each mix they feed).
-    pub muted_mix_pads: usize,
+    /// Voices muted by the server.
+    pub muted_voices: usize,
+    /// What the mix-minus did: frames, and audio that came too late to be heard.
+    pub mix: mixminus::MixCounters,
 }
 
 /// A bin feeding the compositor through one of its request pads.
@@ -91,7 +94,6 @@ pub struct RoomPipeline {
     pipeline: gst::Pipeline,
     compositor: gst::Element,
     encoder: gst::Element,
-    fullmix: gst::Element,
     codec: VideoCodec,
     media: MediaConfig,
     events: mpsc::UnboundedSender<PipelineEvent>,
@@ -134,10 +136,7 @@ impl RoomPipeline {
                 "video_branch_latency_ns",
                 ms_to_ns(media.video_branch_latency_ms()),
             ),
-            (
-                "audio_branch_latency_ns",
-                ms_to_ns(media.audio_branch_latency_ms()),
-            ),
+            ("queue_max_ns", INPUT_QUEUE_MAX.as_nanos().to_string()),
             ("encoder", encoder),
         ])?;
         let pipeline = gst::parse::launch(&description)
@@ -161,12 +160,25 @@ impl RoomPipeline {
         let bus_task = bus::watch(&pipeline, events.clone(), lost_playing.clone())?;
         let pace = Arc::new(pace::Pace::new(media.fps));
         pace::watch(&compositor, pace.clone(), name)?;
+        // From here on the pipeline may be playing: every early return must stop it first (a
+        // pipeline dropped while playing aborts the process). The mixing thread starts once the
+        // pipeline's clock runs, since it keeps time by it.
+        let audio = start_live(&pipeline)
+            .with_context(|| format!("starting the pipeline of room {name}"))
+            .and_then(|_| audio::AudioGraph::start(pipeline.clone(), fullmix, media.clone()));
+        let audio = match audio {
+            Ok(audio) => audio,
+            Err(e) => {
+                let _ = pipeline.set_state(gst::State::Null);
+                bus_task.abort();
+                return Err(e);
+            }
+        };
         let room = RoomPipeline {
-            audio: audio::AudioGraph::new(pipeline.clone(), fullmix.clone(), media.clone()),
+            audio,
             pipeline,
             compositor,
             encoder,
-            fullmix,
             codec,
             media: media.clone(),
             events,
@@ -178,8 +190,6 @@ impl RoomPipeline {
             lost_playing,
             recorder: None,
         };
-        start_live(&room.pipeline)
-            .with_context(|| format!("starting the pipeline of room {name}"))?;
         Ok((room, packets))
     }
 
@@ -325,10 +335,11 @@ impl RoomPipeline {
     }
 
     pub fn stats(&self) -> PipelineStats {
+        let (mix_voices, mix_listeners, muted_voices, mix) = self.audio.stats();
         PipelineStats {
             compositor_pads: self.compositor.sink_pads().len(),
-            full_mix_pads: self.fullmix.sink_pads().len(),
-            listener_mix_pads: self.audio.listener_mix_pads(),
+            mix_voices,
+            mix_listeners,
             pipeline_children: self.pipeline.children().len(),
             video_packets_out: self
                 .video_counters
@@ -343,7 +354,8 @@ impl RoomPipeline {
             longest_composite_gap_ms: self.pace.longest_gap_ms(),
             composite_idle_ms: self.pace.idle_ms(),
             lost_playing: self.lost_playing.load(std::sync::atomic::Ordering::Relaxed),
-            muted_mix_pads: self.audio.muted_pads(),
+            muted_voices,
+            mix,
         }
     }
 
