@@ -46,6 +46,19 @@ pub const DEFAULT_MEDIA_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_RECORDINGS_DIR: &str = "recordings";
 /// A 5×5 grid is the largest that stays legible at 1280×720 (see room::layout::MAX_TILES).
 pub const DEFAULT_MAX_PARTICIPANTS: usize = crate::room::layout::MAX_TILES;
+/// Chat messages a room keeps for whoever joins later: an hour of a lively meeting.
+pub const DEFAULT_CHAT_HISTORY: usize = 100;
+/// Most chat messages a room may keep: a late joiner gets them all at once (see EVENT_QUEUE).
+pub const MAX_CHAT_HISTORY: usize = 200;
+/// Largest shared file: slides, a document, a short clip; not a film.
+pub const DEFAULT_MAX_FILE_SIZE: &str = "50MB";
+/// Bytes of shared files one room holds at once, on the server's disk while the room lasts.
+pub const DEFAULT_MAX_ROOM_FILES_SIZE: &str = "200MB";
+/// Each file transfer (an upload, or a download to one participant) is paced to this many bytes
+/// per second: 16 Mbit/s, what a decent home link carries beside a 2 Mbit/s composite, so a file
+/// never takes the call's bandwidth (data channels know nothing of the media's own estimate).
+/// A 20 MB file takes 10 s. Rooms of people on thin links want it lower.
+pub const DEFAULT_FILE_RATE: &str = "2MB";
 
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
@@ -205,6 +218,40 @@ pub fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
     Ok((min, max))
 }
 
+/// Reads a size as people write it: `52428800`, `50MB`, `50 MiB`, `2GB`, `900kB` (k, M, G are
+/// powers of 1000; Ki, Mi, Gi of 1024; a trailing B is optional).
+pub fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a size such as 50MB"))?;
+    let unit = unit.trim().to_ascii_lowercase();
+    let unit = unit.strip_suffix('b').unwrap_or(&unit);
+    let factor: f64 = match unit {
+        "" => 1.0,
+        "k" => 1e3,
+        "m" => 1e6,
+        "g" => 1e9,
+        "ki" => 1024.0,
+        "mi" => 1024.0 * 1024.0,
+        "gi" => 1024.0 * 1024.0 * 1024.0,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit (use kB, MB, GB, KiB, MiB or GiB)"
+            ))
+        }
+    };
+    let bytes = value * factor;
+    if !(bytes.is_finite() && bytes >= 1.0 && bytes < u64::MAX as f64) {
+        return Err(format!("{text:?}: out of range"));
+    }
+    Ok(bytes.round() as u64)
+}
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
@@ -226,6 +273,13 @@ pub struct ServerConfig {
     pub admin_token: Option<crate::auth::Secret>,
     /// With a secret, joining requires an HS256 token signed with it; without, rooms are open.
     pub jwt_secret: Option<crate::auth::Secret>,
+    pub chat_history: usize,
+    pub max_file_size: u64,
+    pub max_room_files_size: u64,
+    /// Bytes per second of each file transfer.
+    pub file_rate: u64,
+    /// Keep shared files here after their room ends; without it they go with the room.
+    pub keep_files: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -246,6 +300,13 @@ impl Default for ServerConfig {
             auto_record: false,
             admin_token: None,
             jwt_secret: None,
+            chat_history: DEFAULT_CHAT_HISTORY,
+            max_file_size: parse_byte_size(DEFAULT_MAX_FILE_SIZE)
+                .expect("DEFAULT_MAX_FILE_SIZE is a size"),
+            max_room_files_size: parse_byte_size(DEFAULT_MAX_ROOM_FILES_SIZE)
+                .expect("DEFAULT_MAX_ROOM_FILES_SIZE is a size"),
+            file_rate: parse_byte_size(DEFAULT_FILE_RATE).expect("DEFAULT_FILE_RATE is a size"),
+            keep_files: None,
         }
     }
 }
@@ -279,6 +340,19 @@ mod tests {
         assert!(parse_ice_server("http://example.org").is_err());
         assert!(parse_ice_server("").is_err());
         assert!(parse_ice_server("stun:a,b,c,d").is_err());
+    }
+
+    #[test]
+    fn sizes_read_with_decimal_and_binary_units() {
+        assert_eq!(parse_byte_size("52428800"), Ok(52_428_800));
+        assert_eq!(parse_byte_size("50MB"), Ok(50_000_000));
+        assert_eq!(parse_byte_size("50 MiB"), Ok(52_428_800));
+        assert_eq!(parse_byte_size("1.5gb"), Ok(1_500_000_000));
+        assert_eq!(parse_byte_size("900kB"), Ok(900_000));
+        assert_eq!(parse_byte_size("2K"), Ok(2_000));
+        for bad in ["", "MB", "50XB", "-5MB", "0"] {
+            assert!(parse_byte_size(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

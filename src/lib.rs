@@ -7,6 +7,7 @@ pub mod auth;
 pub mod bench;
 pub mod config;
 pub mod doctor;
+pub mod files;
 pub mod health;
 pub mod http;
 pub mod ids;

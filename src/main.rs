@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the conference server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Join synthetic participants to a room and check what they see and hear.
     Probe(ProbeArgs),
     /// Mint a join token (for a server started with --jwt-secret).
@@ -236,6 +236,26 @@ struct ServeArgs {
     /// Without it, rooms are open to anyone who reaches the server.
     #[arg(long, env = "MCU_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
+    /// Chat messages a room keeps and shows to whoever joins later (at most 200).
+    #[arg(long, env = "MCU_CHAT_HISTORY", default_value_t = config::DEFAULT_CHAT_HISTORY)]
+    chat_history: usize,
+    /// Largest file a participant may share, in bytes or with a unit (50MB, 2GiB).
+    #[arg(long, env = "MCU_MAX_FILE_SIZE", default_value = config::DEFAULT_MAX_FILE_SIZE,
+          value_parser = config::parse_byte_size)]
+    max_file_size: u64,
+    /// Most bytes of shared files one room holds at a time.
+    #[arg(long, env = "MCU_MAX_ROOM_FILES_SIZE", default_value = config::DEFAULT_MAX_ROOM_FILES_SIZE,
+          value_parser = config::parse_byte_size)]
+    max_room_files_size: u64,
+    /// Bytes per second of each file transfer (an upload, or a download to one participant), so
+    /// a file never crowds out the call's audio and video.
+    #[arg(long, env = "MCU_FILE_RATE", default_value = config::DEFAULT_FILE_RATE,
+          value_parser = config::parse_byte_size)]
+    file_rate: u64,
+    /// Keep shared files in this directory after their room ends, each with a .json sidecar;
+    /// without it they live in a temporary directory and go with their room.
+    #[arg(long, env = "MCU_KEEP_FILES")]
+    keep_files: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -271,6 +291,14 @@ struct ProbeArgs {
     /// A join token every participant presents (see `mcu token`).
     #[arg(long, env = "MCU_JOIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Each participant sends chat messages on its data channel and checks it was shown
+    /// everyone's, in the same order as everyone else.
+    #[arg(long)]
+    chat: bool,
+    /// The first participant shares a random file of this many bytes (or 20MB, 5MiB…); every
+    /// other one downloads it and checks its SHA-256.
+    #[arg(long, value_parser = config::parse_byte_size)]
+    file: Option<u64>,
 }
 
 fn parse_expectation(text: &str) -> Result<(String, mcu::probe::analysis::Rgb), String> {
@@ -309,6 +337,15 @@ fn server_config(args: ServeArgs) -> Result<ServerConfig> {
             "--max-participants must be between 1 and {}",
             mcu::room::layout::MAX_TILES
         );
+    }
+    if args.chat_history > config::MAX_CHAT_HISTORY {
+        bail!(
+            "--chat-history must be at most {}",
+            config::MAX_CHAT_HISTORY
+        );
+    }
+    if args.max_file_size > args.max_room_files_size {
+        bail!("--max-file-size cannot exceed --max-room-files-size");
     }
     if !(args.media_timeout_secs.is_finite() && args.media_timeout_secs > 0.0) {
         bail!("--media-timeout-secs must be a positive number");
@@ -385,6 +422,11 @@ fn server_config(args: ServeArgs) -> Result<ServerConfig> {
         auto_record: args.auto_record,
         admin_token,
         jwt_secret,
+        chat_history: args.chat_history,
+        max_file_size: args.max_file_size,
+        max_room_files_size: args.max_room_files_size,
+        file_rate: args.file_rate,
+        keep_files: args.keep_files,
     })
 }
 
@@ -519,7 +561,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => mcu::server::run(server_config(args)?).await.map(|_| true),
+            Command::Serve(args) => mcu::server::run(server_config(*args)?).await.map(|_| true),
             Command::Probe(args) => {
                 let config = mcu::probe::ProbeConfig {
                     url: args.url,
@@ -532,6 +574,8 @@ fn main() -> ExitCode {
                     json: args.json,
                     expect: args.expect,
                     token: args.token.map(mcu::auth::Secret::new),
+                    chat: args.chat,
+                    file: args.file.map(|b| b as usize),
                 };
                 let report = mcu::probe::run(&config).await?;
                 print!("{}", mcu::probe::summary(&report));

@@ -323,7 +323,7 @@ fn utc(t: SystemTime) -> Result<time::OffsetDateTime> {
         .context("the clock is out of range")
 }
 
-fn file_stamp(t: SystemTime) -> Result<String> {
+pub(crate) fn file_stamp(t: SystemTime) -> Result<String> {
     let format = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
     utc(t)?.format(&format).context("formatting a time")
 }

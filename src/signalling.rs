@@ -46,7 +46,22 @@ pub enum Action {
     Buffered,
     Leave,
     Record(RecordAction),
+    /// A chat or file request, for the room.
+    Share(Share),
     Reply(ServerMessage),
+}
+
+/// A chat or file request, as the session hands it on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Share {
+    Subscribe,
+    Chat(String),
+    Offer {
+        name: String,
+        size: u64,
+        mime: Option<String>,
+    },
+    Get(u32),
 }
 
 #[derive(Debug)]
@@ -125,6 +140,12 @@ impl Signalling {
                 Ok(Action::Leave)
             }
             (Phase::Joined, M::Record { action }) => Ok(Action::Record(action)),
+            (Phase::Joined, M::ChatSubscribe {}) => Ok(Action::Share(Share::Subscribe)),
+            (Phase::Joined, M::Chat { text }) => Ok(Action::Share(Share::Chat(text))),
+            (Phase::Joined, M::FileOffer { name, size, mime }) => {
+                Ok(Action::Share(Share::Offer { name, size, mime }))
+            }
+            (Phase::Joined, M::FileGet { file_id }) => Ok(Action::Share(Share::Get(file_id))),
         }
     }
 
@@ -197,6 +218,13 @@ mod tests {
             })),
             ErrorCode::OutOfOrder
         );
+        for early in [
+            ClientMessage::ChatSubscribe {},
+            ClientMessage::Chat { text: "hi".into() },
+            ClientMessage::FileGet { file_id: 1 },
+        ] {
+            assert_eq!(code(s.on_message(early)), ErrorCode::OutOfOrder);
+        }
         assert_eq!(
             s.on_message(ClientMessage::Ping {}),
             Ok(Action::Reply(ServerMessage::Pong))
@@ -222,6 +250,32 @@ mod tests {
         let mut s = Signalling::new();
         s.joined();
         assert_eq!(code(s.on_message(join("Ada"))), ErrorCode::OutOfOrder);
+    }
+
+    #[test]
+    fn chat_and_file_requests_pass_to_the_room_once_joined() {
+        let mut s = Signalling::new();
+        s.joined();
+        assert_eq!(
+            s.on_message(ClientMessage::Chat { text: "hi".into() }),
+            Ok(Action::Share(Share::Chat("hi".into())))
+        );
+        assert_eq!(
+            s.on_message(ClientMessage::FileOffer {
+                name: "a.txt".into(),
+                size: 3,
+                mime: None
+            }),
+            Ok(Action::Share(Share::Offer {
+                name: "a.txt".into(),
+                size: 3,
+                mime: None
+            }))
+        );
+        assert_eq!(
+            s.on_message(ClientMessage::ChatSubscribe {}),
+            Ok(Action::Share(Share::Subscribe))
+        );
     }
 
     #[test]

@@ -31,6 +31,9 @@ pub struct Announcements {
     pub server_candidates: Vec<String>,
     /// Room notices received: recording, mute and removal messages, in order.
     pub notices: Vec<ServerMessage>,
+    /// Chat and file messages (and file bytes) that came on the WebSocket, for a participant
+    /// using the fallback; shared with its data channels' handlers otherwise.
+    pub sharing: super::sharing::SharedState,
 }
 
 pub type Heard = Arc<Mutex<Announcements>>;
@@ -48,7 +51,7 @@ pub struct Link {
     pub started: Instant,
     pub pc: Arc<RTCPeerConnection>,
     pub heard: Heard,
-    ws_out: mpsc::Sender<String>,
+    ws_out: mpsc::Sender<Message>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -79,10 +82,10 @@ impl Link {
         let (mut ws_sink, mut ws_stream) = socket.split();
         let mut tasks = Vec::new();
 
-        let (ws_out, mut ws_out_rx) = mpsc::channel::<String>(256);
+        let (ws_out, mut ws_out_rx) = mpsc::channel::<Message>(256);
         tasks.push(tokio::spawn(async move {
-            while let Some(text) = ws_out_rx.recv().await {
-                if ws_sink.send(Message::text(text)).await.is_err() {
+            while let Some(message) = ws_out_rx.recv().await {
+                if ws_sink.send(message).await.is_err() {
                     break;
                 }
             }
@@ -110,7 +113,9 @@ impl Link {
                         None => None,
                     };
                     let _ = out
-                        .send(to_text(&ClientMessage::Candidate { candidate }))
+                        .send(Message::text(to_text(&ClientMessage::Candidate {
+                            candidate,
+                        })))
                         .await;
                 })
             }));
@@ -122,15 +127,27 @@ impl Link {
             let pc = pc.clone();
             let mut joined_tx = Some(joined_tx);
             let loopback_only = rtc.loopback_only();
+            let sharing = lock(&heard).sharing.clone();
             tasks.push(tokio::spawn(async move {
                 while let Some(Ok(frame)) = ws_stream.next().await {
-                    let Message::Text(text) = frame else { continue };
+                    let text = match frame {
+                        Message::Text(text) => text,
+                        Message::Binary(frame) => {
+                            super::sharing::lock(&sharing).record_chunk(&frame);
+                            continue;
+                        }
+                        _ => continue,
+                    };
                     let Ok(message) = serde_json::from_str::<ServerMessage>(text.as_str()) else {
                         lock(&heard)
                             .errors
                             .push(format!("unreadable server message: {text}"));
                         continue;
                     };
+                    if message.is_sharing() {
+                        super::sharing::lock(&sharing).record(&message);
+                        continue;
+                    }
                     match message {
                         ServerMessage::Joined { participant_id, .. } => {
                             if let Some(tx) = joined_tx.take() {
@@ -173,6 +190,12 @@ impl Link {
                                 Some(tx) => {
                                     let _ = tx.send(Err(text));
                                 }
+                                // Refusals of chat and file requests are expected answers
+                                // (a file too large, a flood held back): the sharing checks
+                                // read them, they are not the server failing.
+                                None if is_sharing_refusal(code) => {
+                                    super::sharing::lock(&sharing).errors.push((code, message));
+                                }
                                 None => lock(&heard).errors.push(text),
                             }
                         }
@@ -183,10 +206,10 @@ impl Link {
         }
 
         ws_out
-            .send(to_text(&ClientMessage::Join {
+            .send(Message::text(to_text(&ClientMessage::Join {
                 name: name.to_string(),
                 token,
-            }))
+            })))
             .await
             .context("sending join")?;
         let id = match tokio::time::timeout(JOIN_DEADLINE, joined_rx).await {
@@ -217,19 +240,29 @@ impl Link {
             .await
             .context("applying our offer")?;
         self.ws_out
-            .send(to_text(&ClientMessage::Offer { sdp: offer.sdp }))
+            .send(Message::text(to_text(&ClientMessage::Offer {
+                sdp: offer.sdp,
+            })))
             .await
             .context("sending the offer")
     }
 
     /// Sends a raw text frame on the signalling socket (for tests of bad input).
     pub async fn send_raw(&self, text: String) -> bool {
-        self.ws_out.send(text).await.is_ok()
+        self.ws_out.send(Message::text(text)).await.is_ok()
+    }
+
+    /// Sends a binary frame on the signalling socket (file bytes, in the fallback).
+    pub async fn send_binary(&self, frame: bytes::Bytes) -> bool {
+        self.ws_out.send(Message::binary(frame)).await.is_ok()
     }
 
     /// Leaves politely: a `leave` message, then the connection is closed.
     pub async fn leave(mut self) {
-        let _ = self.ws_out.send(to_text(&ClientMessage::Leave {})).await;
+        let _ = self
+            .ws_out
+            .send(Message::text(to_text(&ClientMessage::Leave {})))
+            .await;
         self.close().await;
     }
 
@@ -248,6 +281,12 @@ impl Drop for Link {
             t.abort();
         }
     }
+}
+
+/// Errors that answer a chat or file request rather than report a fault.
+fn is_sharing_refusal(code: crate::protocol::ErrorCode) -> bool {
+    use crate::protocol::ErrorCode as E;
+    matches!(code, E::RateLimited | E::FileTooLarge | E::UnknownFile)
 }
 
 fn to_text(m: &ClientMessage) -> String {

@@ -4,9 +4,11 @@
 //! it took to see themselves.
 
 pub mod analysis;
+pub mod exchange;
 pub mod link;
 mod media;
 pub mod participant;
+pub mod sharing;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -47,6 +49,10 @@ pub struct ProbeConfig {
     pub expect: Vec<(String, analysis::Rgb)>,
     /// A join token every participant presents (see `mcu token`).
     pub token: Option<crate::auth::Secret>,
+    /// Each participant sends chat messages and checks it was shown everyone's, in one order.
+    pub chat: bool,
+    /// The first participant shares a random file of this many bytes; the others check it.
+    pub file: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -95,6 +101,12 @@ pub struct Report {
     pub first_self_frame_ms_p50: Option<f64>,
     pub first_self_frame_ms_max: Option<f64>,
     pub per_participant: Vec<ParticipantReport>,
+    /// With --chat: what each participant was shown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chat: Option<Vec<exchange::ChatCheck>>,
+    /// With --file: the transfer and each receiver's check.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<exchange::FileReport>,
 }
 
 /// Checks one participant's observation against the roster. `window` is the span over which the
@@ -226,6 +238,7 @@ pub fn spec_for(index: usize, codec: VideoCodec) -> Spec {
         codec,
         camera: true,
         token: None,
+        sharing: None,
     }
 }
 
@@ -342,14 +355,36 @@ pub async fn run(config: &ProbeConfig) -> Result<Report> {
         let mut spec = spec_for(i, config.codec);
         spec.camera = config.camera;
         spec.token = config.token.clone();
-        crowd
+        let shares = config.chat || config.file.is_some();
+        spec.sharing = shares.then_some(sharing::Transport::DataChannel);
+        let member = crowd
             .join_with(spec)
             .await
             .with_context(|| format!("participant {} joining", i + 1))?;
+        if shares {
+            member
+                .subscribe_chat()
+                .await
+                .with_context(|| format!("participant {} subscribing to chat", i + 1))?;
+        }
     }
     let from = Instant::now();
-    // The measurement period: media flows while we wait; nothing is asserted on the clock.
-    tokio::time::sleep(Duration::from_secs_f64(config.seconds)).await;
+    // The measurement period: media flows while we wait (and while the participants talk and
+    // share, with --chat and --file); nothing is asserted on the clock.
+    let measuring = tokio::time::sleep(Duration::from_secs_f64(config.seconds));
+    let exchanging = async {
+        let chat = match config.chat {
+            true => Some(exchange::chat(&crowd.members).await),
+            false => None,
+        };
+        let rate = crate::config::parse_byte_size(crate::config::DEFAULT_FILE_RATE).unwrap_or(1);
+        let file = match config.file {
+            Some(bytes) => Some(exchange::file(&crowd.members, bytes, rate).await),
+            None => None,
+        };
+        (chat, file)
+    };
+    let (_, (chat, file)) = tokio::join!(measuring, exchanging);
     let to = Instant::now();
     let per_participant = crowd.evaluate((from, to), config.min_fps);
     crowd.leave_all().await;
@@ -358,8 +393,12 @@ pub async fn run(config: &ProbeConfig) -> Result<Report> {
         .iter()
         .filter_map(|p| p.first_self_frame_ms)
         .collect();
+    let shared_ok = chat
+        .as_ref()
+        .is_none_or(|checks| checks.iter().all(|c| c.ok))
+        && file.as_ref().is_none_or(|f| f.ok);
     let report = Report {
-        ok: !per_participant.is_empty() && per_participant.iter().all(|p| p.ok),
+        ok: !per_participant.is_empty() && per_participant.iter().all(|p| p.ok) && shared_ok,
         url: config.url.clone(),
         room: config.room.clone(),
         participants: config.participants,
@@ -373,6 +412,8 @@ pub async fn run(config: &ProbeConfig) -> Result<Report> {
         first_self_frame_ms_p50: percentile(&firsts, 50.0),
         first_self_frame_ms_max: firsts.iter().copied().reduce(f64::max),
         per_participant,
+        chat,
+        file,
     };
     if let Some(path) = &config.json {
         let text = serde_json::to_string_pretty(&report)?;
@@ -437,6 +478,57 @@ pub fn summary(report: &Report) -> String {
         fmt_ms(report.first_self_frame_ms_p50),
         fmt_ms(report.first_self_frame_ms_max)
     ));
+    if let Some(checks) = &report.chat {
+        let ok = checks.iter().filter(|c| c.ok).count();
+        out.push_str(&format!(
+            "  chat: {ok} of {} participants shown all {} messages in one order\n",
+            checks.len(),
+            checks.first().map_or(0, |c| c.expected)
+        ));
+        for c in checks.iter().filter(|c| !c.ok) {
+            out.push_str(&format!(
+                "    {}: shown {} of {}{}\n",
+                c.participant,
+                c.received,
+                c.expected,
+                if c.same_order {
+                    ""
+                } else {
+                    ", in another order"
+                }
+            ));
+        }
+    }
+    if let Some(f) = &report.file {
+        out.push_str(&format!(
+            "  file: {} bytes from {} (uploaded in {:.1} s) — {}\n",
+            f.bytes,
+            f.sender,
+            f.upload_seconds,
+            if f.ok { "intact everywhere" } else { "FAILED" }
+        ));
+        if let Some(e) = &f.error {
+            out.push_str(&format!("    {e}\n"));
+        }
+        for r in &f.receivers {
+            out.push_str(&format!(
+                "    {}: {} bytes in {:.1} s, {}; composite {:.1} fps during the transfer{}\n",
+                r.participant,
+                r.bytes,
+                r.seconds,
+                if r.intact {
+                    "SHA-256 matches"
+                } else {
+                    "SHA-256 DIFFERS"
+                },
+                r.fps_during,
+                r.error
+                    .as_ref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            ));
+        }
+    }
     out
 }
 

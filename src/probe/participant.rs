@@ -19,6 +19,7 @@ use super::analysis::{self, Rgb};
 use super::link::{self, Heard, Link};
 use super::media::{receive, send_pipeline, Received, Shared};
 pub use super::media::{FrameSample, AUDIO_WINDOW};
+use super::sharing::{self, SharingClient};
 use crate::config::VideoCodec;
 use crate::ids::ParticipantId;
 use crate::protocol::{Layout, ServerMessage};
@@ -46,6 +47,8 @@ pub struct Spec {
     pub camera: bool,
     /// A join token, for a server that requires one.
     pub token: Option<crate::auth::Secret>,
+    /// Take part in chat and file sharing, on this transport.
+    pub sharing: Option<sharing::Transport>,
 }
 
 /// A snapshot of what the participant has received so far.
@@ -79,6 +82,7 @@ pub struct Participant {
     send_pipeline: gst::Pipeline,
     receive_pipelines: Arc<Mutex<Vec<gst::Pipeline>>>,
     tasks: Vec<JoinHandle<()>>,
+    sharing: Option<SharingClient>,
 }
 
 impl Participant {
@@ -193,6 +197,13 @@ impl Participant {
         send_pipeline
             .set_state(gst::State::Playing)
             .context("starting the probe's send pipeline")?;
+        let sharing = match spec.sharing {
+            Some(transport) => {
+                let state = link::lock(&link.heard).sharing.clone();
+                Some(SharingClient::create(&pc, transport, state).await?)
+            }
+            None => None,
+        };
 
         link.offer().await?;
 
@@ -208,7 +219,56 @@ impl Participant {
             send_pipeline,
             receive_pipelines,
             tasks,
+            sharing,
         })
+    }
+
+    fn sharing(&self) -> Result<(&SharingClient, &Link)> {
+        match (&self.sharing, &self.link) {
+            (Some(s), Some(l)) => Ok((s, l)),
+            (None, _) => anyhow::bail!("{} was not set up to share", self.id),
+            (_, None) => anyhow::bail!("{} has left", self.id),
+        }
+    }
+
+    /// Subscribes to the room's chat and files (waiting for the data channels to open first,
+    /// unless it uses the WebSocket).
+    pub async fn subscribe_chat(&self) -> Result<()> {
+        let (s, link) = self.sharing()?;
+        s.subscribe(link).await
+    }
+
+    pub async fn send_chat(&self, text: &str) -> Result<()> {
+        let (s, link) = self.sharing()?;
+        s.send(
+            link,
+            &crate::protocol::ClientMessage::Chat {
+                text: text.to_string(),
+            },
+        )
+        .await
+    }
+
+    /// Shares `bytes` as a file named `name`; returns its id once all bytes are sent.
+    pub async fn share_file(&self, name: &str, bytes: &[u8]) -> Result<u32> {
+        let (s, link) = self.sharing()?;
+        s.share(link, name, bytes).await
+    }
+
+    pub async fn download(&self, file_id: u32, deadline: Instant) -> Result<Vec<u8>> {
+        let (s, link) = self.sharing()?;
+        s.download(link, file_id, deadline).await
+    }
+
+    /// What the server said about chat and files so far.
+    pub fn sharing_state(&self) -> Option<sharing::SharedState> {
+        self.sharing.as_ref().map(|s| s.state.clone())
+    }
+
+    /// Sends a raw text message on the chat data channel (for tests of bad input).
+    pub async fn send_raw_on_chat_channel(&self, text: &str) -> Result<()> {
+        let (s, _) = self.sharing()?;
+        s.send_raw(text).await
     }
 
     pub fn id(&self) -> &str {

@@ -6,6 +6,8 @@ pub mod keyframe;
 pub mod layout;
 pub mod recording;
 pub mod registry;
+mod share_commands;
+pub mod sharing;
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -25,13 +27,18 @@ use keyframe::{Decision, KeyframeThrottle, DEFAULT_MIN_KEYFRAME_INTERVAL};
 pub use recording::RecordError;
 use recording::{ActiveRecording, StopReply};
 use registry::Registry;
+pub use share_commands::{Download, Upload};
+use sharing::{ChatLog, FileCatalog};
 
 /// Commands queued for one room. Sessions wait at most this long for room answers, so a stuck
 /// room cannot hang a WebSocket forever.
 pub const COMMAND_QUEUE: usize = 256;
 /// Events queued for one participant's session. A session that lets this many pile up is stuck
-/// (its socket no longer drains), and is dropped from the room rather than slowing it.
-pub const EVENT_QUEUE: usize = 256;
+/// (its socket no longer drains), and is dropped from the room rather than slowing it. Room above
+/// the largest chat backlog plus two messages per shared file, which a subscriber gets at once.
+pub const EVENT_QUEUE: usize = 512;
+/// How often the room looks for uploads that stopped arriving.
+const UPLOAD_CHECK: Duration = Duration::from_secs(5);
 /// A room command that takes longer than this is logged: it is the actor's watchdog.
 const SLOW_COMMAND: Duration = Duration::from_millis(200);
 
@@ -119,6 +126,39 @@ pub enum RoomCommand {
     /// Ends the room: everyone is removed, the recording is finished.
     Close {
         reason: String,
+    },
+    /// Deliver chat and files to this participant from now on, the backlog first.
+    ChatSubscribe {
+        who: ParticipantId,
+    },
+    Chat {
+        who: ParticipantId,
+        text: String,
+    },
+    /// Admit a file (or say why not) and open the file its bytes go to.
+    OfferFile {
+        who: ParticipantId,
+        name: String,
+        size: u64,
+        mime: Option<String>,
+        reply: share_commands::OfferReply,
+    },
+    FileProgress {
+        file_id: u32,
+        received: u64,
+    },
+    FileDone {
+        file_id: u32,
+        sha256: String,
+    },
+    FileFailed {
+        file_id: u32,
+        reason: String,
+    },
+    /// A shared file that is ready, for a download.
+    LookupFile {
+        file_id: u32,
+        reply: oneshot::Sender<Option<Download>>,
     },
 }
 
@@ -265,6 +305,38 @@ impl RoomHandle {
     pub async fn closed(&self) {
         self.commands.closed().await
     }
+
+    /// Fire and forget, like `leave`: a closed room has no chat to give.
+    pub async fn send(&self, command: RoomCommand) {
+        let _ = self.commands.send(command).await;
+    }
+
+    pub async fn offer_file(
+        &self,
+        who: ParticipantId,
+        name: String,
+        size: u64,
+        mime: Option<String>,
+    ) -> Result<Upload, ServerMessage> {
+        let closed = || ServerMessage::error(ErrorCode::Internal, "the room has closed");
+        let (reply, answer) = oneshot::channel();
+        let command = RoomCommand::OfferFile {
+            who,
+            name,
+            size,
+            mime,
+            reply,
+        };
+        self.commands.send(command).await.map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
+    }
+
+    pub async fn lookup_file(&self, file_id: u32) -> Option<Download> {
+        let (reply, answer) = oneshot::channel();
+        let command = RoomCommand::LookupFile { file_id, reply };
+        self.commands.send(command).await.ok()?;
+        answer.await.ok()?
+    }
 }
 
 struct Participant {
@@ -273,6 +345,8 @@ struct Participant {
     events: mpsc::Sender<ServerMessage>,
     removed: Option<oneshot::Sender<String>>,
     muted: bool,
+    /// Gets the room's chat and file messages (after `chat_subscribe`).
+    subscribed: bool,
 }
 
 struct Room {
@@ -290,6 +364,10 @@ struct Room {
     recordings_started: u64,
     /// Recordings whose files are still being finished.
     finishing: Vec<tokio::task::JoinHandle<()>>,
+    chat: ChatLog,
+    files: FileCatalog,
+    file_store: crate::files::FileStore,
+    file_paths: std::collections::HashMap<u32, std::path::PathBuf>,
 }
 
 /// Starts a room actor. The room removes itself from `registry` when its last participant leaves.
@@ -305,12 +383,19 @@ pub(crate) fn spawn(
     let (pipeline, composite_packets) =
         RoomPipeline::start(id.as_str(), &config.media, codec, pipeline_tx)?;
     let video_track = SharedTrack::video(codec, "composite", &format!("mcu-{id}"));
+    let file_store =
+        match crate::files::FileStore::open(&id, config.keep_files.as_deref(), generation) {
+            Ok(store) => store,
+            Err(e) => {
+                drop(pipeline);
+                return Err(e);
+            }
+        };
     let writer = tokio::spawn(video_track.clone().write_all(composite_packets));
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
     let auto_record = config.auto_record;
     let mut room = Room {
         id: id.clone(),
-        config,
         codec,
         pipeline,
         video_track,
@@ -321,6 +406,11 @@ pub(crate) fn spawn(
         recording: None,
         recordings_started: 0,
         finishing: Vec::new(),
+        chat: ChatLog::new(config.chat_history),
+        files: FileCatalog::new(config.max_file_size, config.max_room_files_size),
+        file_store,
+        file_paths: std::collections::HashMap::new(),
+        config,
     };
     if auto_record {
         // A room that cannot record still serves its call; the failure is logged and sidecar'd.
@@ -341,9 +431,11 @@ impl Room {
     ) {
         tracing::info!(room = %self.id, codec = ?self.codec, "room opened");
         let mut close_reason = None;
+        let mut upload_check = tokio::time::interval(UPLOAD_CHECK);
         loop {
             let keyframe_due = self.throttle.pending_at();
             tokio::select! {
+                _ = upload_check.tick() => self.fail_abandoned_uploads(None),
                 command = commands.recv() => {
                     let Some(command) = command else { break };
                     let started = Instant::now();
@@ -409,6 +501,8 @@ impl Room {
                 let _ = removed.send(reason.clone());
             }
         }
+        // Temporary shared files go with the room (kept ones stay in --keep-files).
+        self.file_store.close();
         // Dropping the pipeline sets it to NULL and drops its appsinks, which ends the writer.
         drop(self.pipeline);
         let _ = writer.await;
@@ -452,6 +546,25 @@ impl Room {
             }
             // Handled by the run loop, which ends the room.
             RoomCommand::Close { .. } => {}
+            RoomCommand::ChatSubscribe { who } => self.subscribe_chat(who),
+            RoomCommand::Chat { who, text } => self.chat(who, text),
+            RoomCommand::OfferFile {
+                who,
+                name,
+                size,
+                mime,
+                reply,
+            } => {
+                let _ = reply.send(self.offer_file(who, name, size, mime));
+            }
+            RoomCommand::FileProgress { file_id, received } => {
+                self.file_progress(file_id, received)
+            }
+            RoomCommand::FileDone { file_id, sha256 } => self.file_done(file_id, sha256),
+            RoomCommand::FileFailed { file_id, reason } => self.file_failed(file_id, reason),
+            RoomCommand::LookupFile { file_id, reply } => {
+                let _ = reply.send(self.lookup_file(file_id));
+            }
         }
     }
 
@@ -511,6 +624,7 @@ impl Room {
             events,
             removed: Some(removed),
             muted: false,
+            subscribed: false,
         });
         let tiles = self.tiles();
         let tile = tiles
@@ -567,6 +681,7 @@ impl Room {
         };
         self.participants.remove(index);
         self.pipeline.remove_participant(who);
+        self.fail_abandoned_uploads(Some(who));
         self.broadcast(ServerMessage::ParticipantLeft {
             participant_id: who.to_string(),
         });
@@ -706,6 +821,13 @@ fn command_name(c: &RoomCommand) -> &'static str {
         RoomCommand::Remove { .. } => "remove",
         RoomCommand::Mute { .. } => "mute",
         RoomCommand::Close { .. } => "close",
+        RoomCommand::ChatSubscribe { .. } => "chat_subscribe",
+        RoomCommand::Chat { .. } => "chat",
+        RoomCommand::OfferFile { .. } => "offer_file",
+        RoomCommand::FileProgress { .. } => "file_progress",
+        RoomCommand::FileDone { .. } => "file_done",
+        RoomCommand::FileFailed { .. } => "file_failed",
+        RoomCommand::LookupFile { .. } => "lookup_file",
     }
 }
 

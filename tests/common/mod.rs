@@ -69,7 +69,11 @@ impl Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_mcu"))
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(extra)
-            .env("RUST_LOG", "info,webrtc=error,webrtc_ice=error")
+            .env(
+                "RUST_LOG",
+                std::env::var("MCU_TEST_LOG")
+                    .unwrap_or_else(|_| "info,webrtc=error,webrtc_ice=error".into()),
+            )
             // Never the repository's own ./recordings; a test's own setting overrides this.
             .env("MCU_RECORDINGS_DIR", &recordings)
             .envs(env.iter().copied())

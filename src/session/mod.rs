@@ -1,17 +1,22 @@
 //! One task per WebSocket: it reads signalling messages, drives the participant's peer connection,
 //! and talks to the room actor. Media never passes through here: incoming tracks are pumped
 //! straight into their pipeline branch by their own tasks, and outgoing packets are written to the
-//! tracks by the room's writer tasks.
+//! tracks by the room's writer tasks. Chat and files travel on the participant's data channels
+//! (see `sharing`), or on the WebSocket when those cannot open.
+
+mod sharing;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use warp::ws::{Message, WebSocket};
+use webrtc::data_channel::RTCDataChannel;
 use webrtc::ice_transport::ice_candidate::RTCIceCandidateInit;
 use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
@@ -34,7 +39,8 @@ use crate::room::registry::Registry;
 use crate::room::RecordError;
 use crate::room::{RoomHandle, TrackKind, EVENT_QUEUE};
 use crate::rtc::{self, RtcFactory, SharedTrack};
-use crate::signalling::{Action, Signalling};
+use crate::signalling::{Action, Share, Signalling};
+use sharing::{ChannelInput, Route, Sharing, Transport};
 
 /// While a new sender's first keyframe has not been decoded, ask for one this often: the first
 /// keyframe is usually sent before DTLS is up and lost.
@@ -61,7 +67,13 @@ enum PeerEvent {
     LocalCandidate(Option<IceCandidate>),
     State(RTCPeerConnectionState),
     Track(Arc<TrackRemote>),
+    /// A data channel other than `chat` and `files`.
+    UnknownChannel(Arc<RTCDataChannel>),
 }
+
+/// Data-channel events queued for the session; the channels' readers wait beyond this, which
+/// slows an uploader down instead of buffering its file in memory.
+const CHANNEL_INPUT_QUEUE: usize = 32;
 
 /// Milliseconds since the session started when RTP or RTCP last came from the participant.
 struct Activity {
@@ -100,15 +112,33 @@ pub async fn serve(socket: WebSocket, room_name: String, ctx: Arc<SessionContext
     let (mut ws_out, mut ws_in) = socket.split();
     let (outbox, mut outbox_rx) = mpsc::channel::<ServerMessage>(EVENT_QUEUE);
     let (close_tx, mut close_rx) = mpsc::channel::<(u16, &'static str)>(1);
+    let (ws_binary, mut ws_binary_rx) = mpsc::channel::<Bytes>(sharing::WS_BINARY_QUEUE);
+    let route: Route = Arc::default();
 
-    // The one writer of the socket: replies, room events, and finally a close frame.
+    // The one writer of the socket: replies, room events, file bytes in the WebSocket fallback,
+    // and finally a close frame. Chat and file messages go to the data channel the participant
+    // subscribed on instead, while it is open.
+    let writer_route = route.clone();
     let writer = tokio::spawn(async move {
         loop {
             tokio::select! {
                 message = outbox_rx.recv() => {
                     let Some(message) = message else { break };
                     let Ok(text) = serde_json::to_string(&message) else { continue };
+                    if message.is_sharing() {
+                        let channel = writer_route.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                        if let Some(dc) = channel {
+                            if dc.send_text(text.clone()).await.is_ok() {
+                                continue;
+                            }
+                        }
+                    }
                     if ws_out.send(Message::text(text)).await.is_err() {
+                        break;
+                    }
+                }
+                Some(frame) = ws_binary_rx.recv() => {
+                    if ws_out.send(Message::binary(frame.to_vec())).await.is_err() {
                         break;
                     }
                 }
@@ -144,6 +174,7 @@ pub async fn serve(socket: WebSocket, room_name: String, ctx: Arc<SessionContext
     };
 
     let (removed_tx, mut removed_rx) = mpsc::channel::<String>(1);
+    let (channel_tx, mut channel_rx) = mpsc::channel::<ChannelInput>(CHANNEL_INPUT_QUEUE);
     let mut session = Session {
         ctx,
         room,
@@ -153,6 +184,10 @@ pub async fn serve(socket: WebSocket, room_name: String, ctx: Arc<SessionContext
         activity: Activity::new(),
         tasks: Vec::new(),
         removed_tx,
+        route,
+        ws_binary,
+        channel_tx,
+        sharing: None,
     };
     let (peer_tx, mut peer_rx) = mpsc::channel::<PeerEvent>(64);
     let mut liveness = tokio::time::interval(LIVENESS_CHECK);
@@ -171,7 +206,11 @@ pub async fn serve(socket: WebSocket, room_name: String, ctx: Arc<SessionContext
                     break (CLOSE_MESSAGE_TOO_BIG, "message too big");
                 }
                 let Ok(text) = frame.to_str() else {
-                    session.reply(ServerMessage::error(ErrorCode::BadMessage, "binary frames are not part of the protocol")).await;
+                    // Binary frames are file bytes, in the fallback for a missing data channel.
+                    let reply = session.on_binary(frame.as_bytes()).await;
+                    if let Some(reply) = reply {
+                        session.reply(reply).await;
+                    }
                     continue;
                 };
                 match session.on_text(text, &peer_tx).await {
@@ -189,6 +228,7 @@ pub async fn serve(socket: WebSocket, room_name: String, ctx: Arc<SessionContext
                     break (1000, "peer connection ended");
                 }
             }
+            Some(input) = channel_rx.recv() => session.on_channel_input(input).await,
             Some(reason) = removed_rx.recv() => {
                 // The room already told the client why (a `removed` message) and forgot them.
                 tracing::info!(room = %session.room, "participant removed: {reason}");
@@ -219,6 +259,13 @@ struct Session {
     tasks: Vec<JoinHandle<()>>,
     /// The room's notice that this participant was removed is forwarded here.
     removed_tx: mpsc::Sender<String>,
+    /// Where the writer sends chat and file messages (the subscribed data channel, if any).
+    route: Route,
+    /// File bytes for the WebSocket, in the fallback.
+    ws_binary: mpsc::Sender<Bytes>,
+    channel_tx: mpsc::Sender<ChannelInput>,
+    /// Chat and files, once joined.
+    sharing: Option<Sharing>,
 }
 
 impl Session {
@@ -250,9 +297,99 @@ impl Session {
             Action::EndOfCandidates | Action::Buffered => {}
             Action::Leave => return Ok(false),
             Action::Record(action) => self.record(action).await,
+            Action::Share(share) => self.share(share, Transport::WebSocket).await,
             Action::Reply(m) => self.reply(m).await,
         }
         Ok(true)
+    }
+
+    /// Sends a reply on the transport its request came on.
+    async fn reply_on(&self, transport: &Transport, message: ServerMessage) {
+        if let Transport::DataChannel(dc) = transport {
+            if let Ok(text) = serde_json::to_string(&message) {
+                if dc.send_text(text).await.is_ok() {
+                    return;
+                }
+            }
+        }
+        self.reply(message).await;
+    }
+
+    async fn share(&mut self, share: Share, transport: Transport) {
+        let Some(sharing) = self.sharing.as_mut() else {
+            return;
+        };
+        let reply = match share {
+            Share::Subscribe => {
+                sharing.subscribe(&transport).await;
+                None
+            }
+            Share::Chat(text) => sharing.chat(text).await,
+            Share::Offer { name, size, mime } => Some(sharing.offer(name, size, mime).await),
+            Share::Get(file_id) => sharing.get(file_id, &transport).await,
+        };
+        if let Some(reply) = reply {
+            self.reply_on(&transport, reply).await;
+        }
+    }
+
+    /// File bytes, from the `files` data channel or (in the fallback) the WebSocket. `Some` is
+    /// an error for the sender.
+    async fn on_binary(&mut self, frame: &[u8]) -> Option<ServerMessage> {
+        self.activity.touch();
+        match self.sharing.as_mut() {
+            Some(sharing) => sharing.chunk(frame).await,
+            None => Some(ServerMessage::error(
+                ErrorCode::OutOfOrder,
+                "file bytes before joining",
+            )),
+        }
+    }
+
+    async fn on_channel_input(&mut self, input: ChannelInput) {
+        match input {
+            ChannelInput::Opened(dc) => {
+                if let Some(sharing) = self.sharing.as_mut() {
+                    sharing.opened(dc).await;
+                }
+            }
+            ChannelInput::Text(dc, text) => {
+                let transport = Transport::DataChannel(dc);
+                let message = match parse_client_message(&text) {
+                    Ok(m) if m.belongs_on_data_channel() => m,
+                    Ok(_) => {
+                        let refusal = ServerMessage::error(
+                            ErrorCode::OutOfOrder,
+                            "only chat, file and ping messages travel on the data channel",
+                        );
+                        return self.reply_on(&transport, refusal).await;
+                    }
+                    Err(reply) => return self.reply_on(&transport, reply).await,
+                };
+                match self.signalling.on_message(message) {
+                    Ok(Action::Share(share)) => self.share(share, transport).await,
+                    Ok(Action::Reply(reply)) | Err(reply) => self.reply_on(&transport, reply).await,
+                    Ok(_) => {}
+                }
+            }
+            ChannelInput::Binary(dc, frame) => {
+                if let Some(reply) = self.on_binary(&frame).await {
+                    self.reply_on(&Transport::DataChannel(dc), reply).await;
+                }
+            }
+            ChannelInput::Misplaced(dc) => {
+                let refusal = ServerMessage::error(
+                    ErrorCode::BadMessage,
+                    "the chat channel carries text, the files channel binary frames",
+                );
+                self.reply_on(&Transport::DataChannel(dc), refusal).await;
+            }
+            ChannelInput::Closed(dc) => {
+                if let Some(sharing) = self.sharing.as_mut() {
+                    sharing.closed(&dc);
+                }
+            }
+        }
     }
 
     /// With a JWT secret configured, the token decides: the name it carries, and whether its
@@ -349,7 +486,15 @@ impl Session {
             None,
             self.activity.clone(),
         )));
-        install_callbacks(&pc, peer_tx.clone());
+        let file_rate = self.ctx.registry.config().file_rate;
+        install_callbacks(&pc, peer_tx.clone(), self.channel_tx.clone(), file_rate);
+        self.sharing = Some(Sharing::new(
+            id,
+            room.clone(),
+            self.route.clone(),
+            self.ws_binary.clone(),
+            file_rate,
+        ));
 
         self.reply(ServerMessage::Joined {
             participant_id: id.to_string(),
@@ -358,6 +503,7 @@ impl Session {
             ice_servers: self.ctx.rtc.ice_servers().to_vec(),
             can_record,
             recording: joined.recording,
+            max_file_size: self.ctx.registry.config().max_file_size,
         })
         .await;
         tracing::info!(room = %self.room, participant = %id, codec = ?joined.video_codec, "session joined");
@@ -482,6 +628,18 @@ impl Session {
                     _ => true,
                 }
             }
+            PeerEvent::UnknownChannel(dc) => {
+                self.reply(ServerMessage::error(
+                    ErrorCode::BadMessage,
+                    format!(
+                        "unknown data channel {:?} (expected chat or files)",
+                        dc.label()
+                    ),
+                ))
+                .await;
+                let _ = dc.close().await;
+                true
+            }
             PeerEvent::Track(track) => {
                 if let Err(e) = self.on_track(track).await {
                     tracing::warn!(room = %self.room, "incoming track refused: {e:#}");
@@ -540,6 +698,9 @@ impl Session {
 
     /// Leaves the room, closes the peer connection and waits for every task this session started.
     async fn close(&mut self) {
+        if let Some(mut sharing) = self.sharing.take() {
+            sharing.close().await;
+        }
         if let Some(member) = self.member.take() {
             member.room.leave(member.id).await;
             if let Err(e) = member.pc.close().await {
@@ -553,7 +714,12 @@ impl Session {
     }
 }
 
-fn install_callbacks(pc: &Arc<RTCPeerConnection>, events: mpsc::Sender<PeerEvent>) {
+fn install_callbacks(
+    pc: &Arc<RTCPeerConnection>,
+    events: mpsc::Sender<PeerEvent>,
+    channels: mpsc::Sender<ChannelInput>,
+    file_rate: u64,
+) {
     let tx = events.clone();
     pc.on_ice_candidate(Box::new(move |candidate| {
         let tx = tx.clone();
@@ -578,10 +744,25 @@ fn install_callbacks(pc: &Arc<RTCPeerConnection>, events: mpsc::Sender<PeerEvent
             let _ = tx.send(PeerEvent::State(state)).await;
         })
     }));
+    let tx = events.clone();
     pc.on_track(Box::new(move |track, _, _| {
-        let tx = events.clone();
+        let tx = tx.clone();
         Box::pin(async move {
             let _ = tx.send(PeerEvent::Track(track)).await;
+        })
+    }));
+    // The handlers go on before this callback returns: webrtc-rs starts reading the channel
+    // right after it, and drops whatever arrives before a message handler is set.
+    pc.on_data_channel(Box::new(move |dc| {
+        let tx = events.clone();
+        let known = matches!(dc.label(), sharing::CHAT_CHANNEL | sharing::FILES_CHANNEL);
+        if known {
+            sharing::watch_channel(&dc, channels.clone(), file_rate);
+        }
+        Box::pin(async move {
+            if !known {
+                let _ = tx.send(PeerEvent::UnknownChannel(dc)).await;
+            }
         })
     }));
 }

@@ -1,11 +1,15 @@
-//! The signalling wire protocol: every message a client and the server exchange over the WebSocket,
-//! the error codes, and the validation of names. No I/O lives here, so the browser client, the
-//! synthetic participant and the server can all be checked against this one definition.
-//! docs/protocol.md shows one example of each message.
+//! The signalling wire protocol: every message a client and the server exchange over the WebSocket
+//! (and, for chat and files, over the data channels: see `sharing`), the error codes, and the
+//! validation of names. No I/O lives here, so the browser client, the synthetic participant and
+//! the server can all be checked against this one definition. docs/protocol.md shows one example
+//! of each message.
+
+pub mod sharing;
 
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Secret;
+pub use sharing::{ChatEntry, FileInfo};
 
 /// Longest room name accepted: long enough for a readable slug, short enough for a file name.
 pub const MAX_ROOM_NAME_LEN: usize = 64;
@@ -40,6 +44,21 @@ pub enum ClientMessage {
     Record { action: RecordAction },
     /// Keep-alive; answered with `pong`.
     Ping {},
+    /// Deliver the room's chat and files on the transport this arrived on (the `chat` data
+    /// channel, or the WebSocket when that cannot open): first the backlog, then as it happens.
+    ChatSubscribe {},
+    /// A chat message to everyone in the room.
+    Chat { text: String },
+    /// Announces a file to share; the server answers `file_accepted` (send its bytes now) or an
+    /// error (too large, say) before any byte is sent.
+    FileOffer {
+        name: String,
+        size: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mime: Option<String>,
+    },
+    /// Asks for a shared file's bytes, which arrive as binary frames.
+    FileGet { file_id: u32 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +94,9 @@ pub enum ServerMessage {
         /// Whether the room is being recorded right now.
         #[serde(default)]
         recording: bool,
+        /// The largest file this server accepts for sharing, in bytes.
+        #[serde(default)]
+        max_file_size: u64,
     },
     Offer {
         sdp: String,
@@ -110,6 +132,30 @@ pub enum ServerMessage {
         reason: String,
     },
     Pong,
+    /// A chat message; after `chat_subscribe`, first every one the room kept, then each new one.
+    Chat(Box<ChatEntry>),
+    /// Your `file_offer` is accepted: send the file's bytes under this id.
+    FileAccepted {
+        file_id: u32,
+    },
+    /// Someone is sharing a file (its bytes may still be arriving: see `file_progress`).
+    FileOffered(Box<FileInfo>),
+    /// How much of a file the server has received so far.
+    FileProgress {
+        file_id: u32,
+        received: u64,
+    },
+    /// The whole file is on the server and can be fetched with `file_get`.
+    FileReady {
+        file_id: u32,
+        /// Lower-case hex SHA-256 of the file, for the receiver to check.
+        sha256: String,
+    },
+    /// The file will not become available (its sender left mid-upload, or sent bad data).
+    FileFailed {
+        file_id: u32,
+        reason: String,
+    },
     Error {
         code: ErrorCode,
         message: String,
@@ -184,6 +230,12 @@ pub enum ErrorCode {
     Conflict,
     /// The server could not do what was asked for a reason of its own; the message says which.
     Internal,
+    /// Too many messages too fast: this one was dropped.
+    RateLimited,
+    /// The file is larger than the server accepts, alone or with the room's other files.
+    FileTooLarge,
+    /// No file with that id is shared in this room (or it is not ready yet).
+    UnknownFile,
 }
 
 impl ServerMessage {
@@ -192,6 +244,34 @@ impl ServerMessage {
             code,
             message: message.into(),
         }
+    }
+
+    /// Chat and file messages: they go where the participant subscribed to them.
+    pub fn is_sharing(&self) -> bool {
+        matches!(
+            self,
+            ServerMessage::Chat(_)
+                | ServerMessage::FileAccepted { .. }
+                | ServerMessage::FileOffered(_)
+                | ServerMessage::FileProgress { .. }
+                | ServerMessage::FileReady { .. }
+                | ServerMessage::FileFailed { .. }
+        )
+    }
+}
+
+impl ClientMessage {
+    /// The messages a data channel may carry: chat and files, and keep-alives. Everything else
+    /// (joining, negotiating) belongs to the WebSocket.
+    pub fn belongs_on_data_channel(&self) -> bool {
+        matches!(
+            self,
+            ClientMessage::ChatSubscribe {}
+                | ClientMessage::Chat { .. }
+                | ClientMessage::FileOffer { .. }
+                | ClientMessage::FileGet { .. }
+                | ClientMessage::Ping {}
+        )
     }
 }
 
@@ -402,6 +482,36 @@ mod tests {
                 }],
                 can_record: true,
                 recording: false,
+                max_file_size: 50_000_000,
+            },
+            ServerMessage::Chat(Box::new(ChatEntry {
+                id: 7,
+                from: "p2".into(),
+                name: "Zoë".into(),
+                at: "2026-12-01T10:00:00Z".into(),
+                text: "see https://example.org <b>".into(),
+            })),
+            ServerMessage::FileAccepted { file_id: 3 },
+            ServerMessage::FileOffered(Box::new(FileInfo {
+                file_id: 3,
+                name: "notes.txt".into(),
+                size: 1234,
+                mime: Some("text/plain".into()),
+                from: "p2".into(),
+                from_name: "Zoë".into(),
+                at: "2026-12-01T10:00:00Z".into(),
+            })),
+            ServerMessage::FileProgress {
+                file_id: 3,
+                received: 1000,
+            },
+            ServerMessage::FileReady {
+                file_id: 3,
+                sha256: "ab".repeat(32),
+            },
+            ServerMessage::FileFailed {
+                file_id: 3,
+                reason: "the sender left".into(),
             },
             ServerMessage::Recording {
                 state: RecordingState::Failed,
@@ -424,6 +534,53 @@ mod tests {
             let back: ServerMessage = serde_json::from_str(&text).unwrap();
             assert_eq!(back, m);
         }
+    }
+
+    #[test]
+    fn chat_and_file_messages_read_from_the_documented_json() {
+        assert_eq!(
+            parse_client_message(r#"{"type":"chat_subscribe"}"#).unwrap(),
+            ClientMessage::ChatSubscribe {}
+        );
+        assert_eq!(
+            parse_client_message(r#"{"type":"chat","text":"hello"}"#).unwrap(),
+            ClientMessage::Chat {
+                text: "hello".into()
+            }
+        );
+        assert_eq!(
+            parse_client_message(r#"{"type":"file_offer","name":"a.pdf","size":10}"#).unwrap(),
+            ClientMessage::FileOffer {
+                name: "a.pdf".into(),
+                size: 10,
+                mime: None
+            }
+        );
+        assert_eq!(
+            parse_client_message(r#"{"type":"file_get","file_id":2}"#).unwrap(),
+            ClientMessage::FileGet { file_id: 2 }
+        );
+        for bad in [
+            r#"{"type":"file_offer","name":"a","size":-1}"#,
+            r#"{"type":"file_get","file_id":"f2"}"#,
+            r#"{"type":"chat","text":5}"#,
+        ] {
+            assert!(parse_client_message(bad).is_err(), "{bad}");
+        }
+        // A chat entry is flat, like the layout: its fields sit beside the type.
+        let json = serde_json::to_value(ServerMessage::FileProgress {
+            file_id: 1,
+            received: 5,
+        })
+        .unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"type":"file_progress","file_id":1,"received":5})
+        );
+        assert!(ServerMessage::FileAccepted { file_id: 1 }.is_sharing());
+        assert!(!ServerMessage::Pong.is_sharing());
+        assert!(ClientMessage::Chat { text: "x".into() }.belongs_on_data_channel());
+        assert!(!ClientMessage::Leave {}.belongs_on_data_channel());
     }
 
     #[test]
