@@ -328,8 +328,14 @@ impl ServerWatch {
         Some(self.samples.last()?.rss_mb)
     }
 
+    /// The trend of the server's memory, once the window is long enough for one: over a short
+    /// run the slope is the allocator warming up, not a leak (a 20-s window read 20 MB/min where
+    /// 30 minutes of the same room read 0.26).
     fn rss_slope_per_minute(&self) -> Option<f64> {
         let first = self.samples.first()?.at;
+        if self.samples.last()?.at.duration_since(first) < MIN_GROWTH_WINDOW {
+            return None;
+        }
         let points: Vec<(f64, f64)> = self
             .samples
             .iter()
@@ -346,6 +352,9 @@ impl ServerWatch {
         (sxx > 0.0).then(|| sxy / sxx)
     }
 }
+
+/// The shortest window over which the bench reports the server's memory growth.
+const MIN_GROWTH_WINDOW: Duration = Duration::from_secs(5 * 60);
 
 fn percent_of_machine(cores: f64) -> f64 {
     100.0 * cores / machine_cores() as f64
@@ -626,13 +635,14 @@ pub fn summary(r: &BenchReport) -> String {
         r.participants, r.rooms, r.seconds, r.send_size, r.machine_cores
     );
     out.push_str(&format!(
-        "  server CPU   {} cores = {} of the machine; RSS {} (idle {}, {} per participant, growth {}/min)\n",
+        "  server CPU   {} cores = {} of the machine; RSS {} (idle {}, {} per participant, growth {})\n",
         opt(r.server_cpu_cores, ""),
         opt(r.server_cpu_percent_of_machine, " %"),
         opt(r.server_rss_mb, " MB"),
         opt(r.server_rss_idle_mb, " MB"),
         opt(r.server_rss_mb_per_participant, " MB"),
-        opt(r.server_rss_growth_mb_per_minute, " MB"),
+        r.server_rss_growth_mb_per_minute
+            .map_or("n/a under 5 min".to_string(), |g| format!("{g:.2} MB/min")),
     ));
     out.push_str(&format!(
         "  floor CPU    {} cores = {}; server/floor {}; the bench itself {}\n",
