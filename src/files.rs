@@ -14,6 +14,30 @@ use anyhow::{Context, Result};
 use crate::ids::RoomId;
 use crate::protocol::FileInfo;
 
+/// Removes the temporary file directories that servers which are no longer running left behind
+/// (a crash or a `kill -9` gives a room no chance to clean up). Returns how many went.
+pub fn sweep_stale_temporary() -> usize {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("mcu-files-"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let alive = Path::new("/proc").join(pid.to_string()).exists();
+        if !alive && std::fs::remove_dir_all(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 pub struct FileStore {
     dir: PathBuf,
     room: RoomId,
@@ -140,6 +164,18 @@ mod tests {
         assert_ne!(again, path);
         store.close();
         assert!(!store.dir().exists());
+    }
+
+    #[test]
+    fn directories_of_servers_no_longer_running_are_swept() {
+        // Pid 0 is never a process of ours; our own directory stays.
+        let stale = std::env::temp_dir().join("mcu-files-0");
+        let ours = std::env::temp_dir().join(format!("mcu-files-{}", std::process::id()));
+        std::fs::create_dir_all(stale.join("room-1")).unwrap();
+        std::fs::create_dir_all(&ours).unwrap();
+        assert!(sweep_stale_temporary() >= 1);
+        assert!(!stale.exists());
+        assert!(ours.exists());
     }
 
     #[test]

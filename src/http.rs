@@ -44,7 +44,7 @@ fn health_verdict(rooms: &[crate::room::RoomSnapshot]) -> (StatusCode, serde_jso
 
 /// The web client, built into the binary so one file serves the page. `--web-dir` serves the
 /// same files from disk instead, for editing them without rebuilding.
-const EMBEDDED: [(&str, &str, &str); 3] = [
+const EMBEDDED: [(&str, &str, &str); 4] = [
     (
         "index.html",
         "text/html; charset=utf-8",
@@ -54,6 +54,11 @@ const EMBEDDED: [(&str, &str, &str); 3] = [
         "app.js",
         "text/javascript; charset=utf-8",
         include_str!("../web/app.js"),
+    ),
+    (
+        "sharing.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../web/sharing.js"),
     ),
     (
         "style.css",

@@ -3,16 +3,17 @@
 //! the GStreamer installation, `health` asks a running server whether it is alive and `bench`
 //! measures one.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use mcu::config::{self, MediaConfig, ServerConfig, VideoCodec};
+use mcu::config::{self, VideoCodec};
 use warp::http::Method;
+
+mod serve_args;
+use serve_args::{server_config, ServeArgs};
 
 #[derive(Parser)]
 #[command(
@@ -164,101 +165,6 @@ enum RecordCommand {
 }
 
 #[derive(Args)]
-struct ServeArgs {
-    /// A TOML file of settings, keyed by flag name (e.g. `udp-port = 50000`). Flags and
-    /// environment variables override it.
-    #[arg(long, env = "MCU_CONFIG")]
-    config: Option<PathBuf>,
-    /// Address for HTTP and WebSocket signalling (port 0 picks a free port).
-    #[arg(long, env = "MCU_LISTEN", default_value = config::DEFAULT_LISTEN)]
-    listen: SocketAddr,
-    /// Composite width in pixels.
-    #[arg(long, env = "MCU_WIDTH", default_value_t = config::DEFAULT_WIDTH)]
-    width: u32,
-    /// Composite height in pixels.
-    #[arg(long, env = "MCU_HEIGHT", default_value_t = config::DEFAULT_HEIGHT)]
-    height: u32,
-    /// Composite frame rate.
-    #[arg(long, env = "MCU_FPS", default_value_t = config::DEFAULT_FPS)]
-    fps: u32,
-    /// Composite video bitrate, kbit/s.
-    #[arg(long, env = "MCU_VIDEO_BITRATE_KBPS", default_value_t = config::DEFAULT_VIDEO_BITRATE_KBPS)]
-    video_bitrate_kbps: u32,
-    /// Codec of the composite for every room not named in --room-codec.
-    #[arg(long, env = "MCU_VIDEO_CODEC", value_enum, default_value_t = VideoCodec::Vp8)]
-    video_codec: VideoCodec,
-    /// Per-room composite codec, as ROOM=vp8|h264 (repeatable, or comma-separated in the env).
-    #[arg(long = "room-codec", env = "MCU_ROOM_CODECS", value_delimiter = ',')]
-    room_codecs: Vec<String>,
-    /// Remove a participant from whom no RTP/RTCP arrived for this many seconds.
-    #[arg(long, env = "MCU_MEDIA_TIMEOUT_SECS", default_value_t = config::DEFAULT_MEDIA_TIMEOUT.as_secs_f64())]
-    media_timeout_secs: f64,
-    /// Most participants in one room (at most 25, the largest grid).
-    #[arg(long, env = "MCU_MAX_PARTICIPANTS", default_value_t = config::DEFAULT_MAX_PARTICIPANTS)]
-    max_participants: usize,
-    /// HTTPS certificate chain (PEM); needs --tls-key.
-    #[arg(long, env = "MCU_TLS_CERT", requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-    /// HTTPS private key (PEM); needs --tls-cert.
-    #[arg(long, env = "MCU_TLS_KEY", requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
-    /// Serve HTTPS with a certificate generated at start-up for these host names/IPs
-    /// (comma-separated; bare flag: localhost, 127.0.0.1 and --public-ip).
-    #[arg(long, env = "MCU_TLS_SELF_SIGNED", num_args = 0..=1, require_equals = true,
-          default_missing_value = "localhost", value_delimiter = ',', conflicts_with = "tls_cert")]
-    tls_self_signed: Option<Vec<String>>,
-    /// The address clients reach this server at, advertised in ICE candidates (1:1 NAT, cloud VMs).
-    #[arg(long, env = "MCU_PUBLIC_IP")]
-    public_ip: Option<std::net::IpAddr>,
-    /// A STUN/TURN server for clients, as URL[,username,credential] (repeatable; `;` between
-    /// servers in the environment variable).
-    #[arg(long = "ice-server", env = "MCU_ICE_SERVERS", value_delimiter = ';')]
-    ice_servers: Vec<String>,
-    /// Multiplex every peer connection's media on this one UDP port.
-    #[arg(long, env = "MCU_UDP_PORT", conflicts_with = "udp_port_range")]
-    udp_port: Option<u16>,
-    /// Take media ports from this range instead, as MIN-MAX.
-    #[arg(long, env = "MCU_UDP_PORT_RANGE")]
-    udp_port_range: Option<String>,
-    /// Serve the web client from this directory (for development) instead of the built-in copy.
-    #[arg(long, env = "MCU_WEB_DIR")]
-    web_dir: Option<PathBuf>,
-    /// Where recordings are written (created if missing).
-    #[arg(long, env = "MCU_RECORDINGS_DIR", default_value = config::DEFAULT_RECORDINGS_DIR)]
-    recordings_dir: PathBuf,
-    /// Record every room from its first participant until it empties.
-    #[arg(long, env = "MCU_AUTO_RECORD", value_parser = clap::builder::FalseyValueParser::new())]
-    auto_record: bool,
-    /// Bearer token for the admin API (/api/v1); without one it answers on loopback only.
-    #[arg(long, env = "MCU_ADMIN_TOKEN", hide_env_values = true)]
-    admin_token: Option<String>,
-    /// Require join tokens signed with this secret (HS256, at least 32 bytes; see `mcu token`).
-    /// Without it, rooms are open to anyone who reaches the server.
-    #[arg(long, env = "MCU_JWT_SECRET", hide_env_values = true)]
-    jwt_secret: Option<String>,
-    /// Chat messages a room keeps and shows to whoever joins later (at most 200).
-    #[arg(long, env = "MCU_CHAT_HISTORY", default_value_t = config::DEFAULT_CHAT_HISTORY)]
-    chat_history: usize,
-    /// Largest file a participant may share, in bytes or with a unit (50MB, 2GiB).
-    #[arg(long, env = "MCU_MAX_FILE_SIZE", default_value = config::DEFAULT_MAX_FILE_SIZE,
-          value_parser = config::parse_byte_size)]
-    max_file_size: u64,
-    /// Most bytes of shared files one room holds at a time.
-    #[arg(long, env = "MCU_MAX_ROOM_FILES_SIZE", default_value = config::DEFAULT_MAX_ROOM_FILES_SIZE,
-          value_parser = config::parse_byte_size)]
-    max_room_files_size: u64,
-    /// Bytes per second of each file transfer (an upload, or a download to one participant), so
-    /// a file never crowds out the call's audio and video.
-    #[arg(long, env = "MCU_FILE_RATE", default_value = config::DEFAULT_FILE_RATE,
-          value_parser = config::parse_byte_size)]
-    file_rate: u64,
-    /// Keep shared files in this directory after their room ends, each with a .json sidecar;
-    /// without it they live in a temporary directory and go with their room.
-    #[arg(long, env = "MCU_KEEP_FILES")]
-    keep_files: Option<PathBuf>,
-}
-
-#[derive(Args)]
 struct ProbeArgs {
     /// The server's base URL.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
@@ -308,126 +214,6 @@ fn parse_expectation(text: &str) -> Result<(String, mcu::probe::analysis::Rgb), 
     let colour = mcu::probe::analysis::Rgb::parse_hex(colour)
         .ok_or_else(|| format!("{colour:?} is not a #RRGGBB colour"))?;
     Ok((id.to_string(), colour))
-}
-
-fn server_config(args: ServeArgs) -> Result<ServerConfig> {
-    let mut room_codecs = HashMap::new();
-    for entry in &args.room_codecs {
-        let (room, codec) = entry
-            .split_once('=')
-            .with_context(|| format!("--room-codec {entry:?}: expected ROOM=vp8|h264"))?;
-        let codec = VideoCodec::parse(codec)
-            .with_context(|| format!("--room-codec {entry:?}: unknown codec {codec:?}"))?;
-        mcu::protocol::validate_room_name(room)
-            .map_err(|e| anyhow::anyhow!("--room-codec {entry:?}: room name {e}"))?;
-        room_codecs.insert(room.to_string(), codec);
-    }
-    if !args.width.is_multiple_of(2)
-        || !args.height.is_multiple_of(2)
-        || args.width < 64
-        || args.height < 64
-    {
-        bail!("the composite must be at least 64×64 with even sides");
-    }
-    if !(1..=60).contains(&args.fps) {
-        bail!("--fps must be between 1 and 60");
-    }
-    if !(1..=mcu::room::layout::MAX_TILES).contains(&args.max_participants) {
-        bail!(
-            "--max-participants must be between 1 and {}",
-            mcu::room::layout::MAX_TILES
-        );
-    }
-    if args.chat_history > config::MAX_CHAT_HISTORY {
-        bail!(
-            "--chat-history must be at most {}",
-            config::MAX_CHAT_HISTORY
-        );
-    }
-    if args.max_file_size > args.max_room_files_size {
-        bail!("--max-file-size cannot exceed --max-room-files-size");
-    }
-    if !(args.media_timeout_secs.is_finite() && args.media_timeout_secs > 0.0) {
-        bail!("--media-timeout-secs must be a positive number");
-    }
-    let ice_servers = args
-        .ice_servers
-        .iter()
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| config::parse_ice_server(s).map_err(|e| anyhow::anyhow!("--ice-server: {e}")))
-        .collect::<Result<Vec<_>>>()?;
-    let udp = match (args.udp_port, &args.udp_port_range) {
-        (Some(port), _) => config::UdpPolicy::Muxed(port),
-        (None, Some(range)) => {
-            let (min, max) = config::parse_port_range(range)
-                .map_err(|e| anyhow::anyhow!("--udp-port-range: {e}"))?;
-            config::UdpPolicy::Range(min, max)
-        }
-        (None, None) => config::UdpPolicy::Ephemeral,
-    };
-    let tls = match (&args.tls_cert, &args.tls_key, &args.tls_self_signed) {
-        (Some(cert), Some(key), _) => Some(config::TlsConfig::Files {
-            cert: cert.clone(),
-            key: key.clone(),
-        }),
-        (_, _, Some(hosts)) => {
-            let mut hosts: Vec<String> = hosts.iter().filter(|h| !h.is_empty()).cloned().collect();
-            for default in ["localhost", "127.0.0.1"] {
-                if !hosts.iter().any(|h| h == default) {
-                    hosts.push(default.to_string());
-                }
-            }
-            if let Some(ip) = args.public_ip {
-                hosts.push(ip.to_string());
-            }
-            Some(config::TlsConfig::SelfSigned { hosts })
-        }
-        _ => None,
-    };
-    // Empty is unset, as for the admin token: docker-compose.yml passes `${MCU_JWT_SECRET:-}`.
-    // The server then warns at start-up that rooms are open.
-    let jwt_secret = args
-        .jwt_secret
-        .filter(|s| !s.is_empty())
-        .map(mcu::auth::Secret::new);
-    if let Some(secret) = &jwt_secret {
-        mcu::auth::check_secret(secret).map_err(|e| anyhow::anyhow!("--jwt-secret: {e}"))?;
-    }
-    let admin_token = args
-        .admin_token
-        .filter(|t| !t.is_empty())
-        .map(mcu::auth::Secret::new);
-    Ok(ServerConfig {
-        listen: args.listen,
-        media: MediaConfig {
-            width: args.width,
-            height: args.height,
-            fps: args.fps,
-            video_bitrate_kbps: args.video_bitrate_kbps,
-            ..MediaConfig::default()
-        },
-        video_codec: args.video_codec,
-        room_codecs,
-        media_timeout: Duration::from_secs_f64(args.media_timeout_secs),
-        max_participants: args.max_participants,
-        rtc: config::RtcOptions {
-            ice_servers,
-            public_ip: args.public_ip,
-            udp,
-            loopback_only: false,
-        },
-        tls,
-        web_dir: args.web_dir,
-        recordings_dir: args.recordings_dir,
-        auto_record: args.auto_record,
-        admin_token,
-        jwt_secret,
-        chat_history: args.chat_history,
-        max_file_size: args.max_file_size,
-        max_room_files_size: args.max_room_files_size,
-        file_rate: args.file_rate,
-        keep_files: args.keep_files,
-    })
 }
 
 fn mint_token(args: TokenArgs) -> Result<()> {

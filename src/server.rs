@@ -17,6 +17,17 @@ pub async fn run(config: ServerConfig) -> Result<()> {
     if config.jwt_secret.is_none() {
         tracing::warn!("no --jwt-secret: rooms are open to anyone who can reach this server");
     }
+    let swept = crate::files::sweep_stale_temporary();
+    if swept > 0 {
+        tracing::info!(
+            directories = swept,
+            "removed shared files a stopped server left behind"
+        );
+    }
+    if let Some(dir) = &config.keep_files {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating --keep-files {}", dir.display()))?;
+    }
     let registry = Registry::new(config.clone(), store);
     let ctx = Arc::new(SessionContext {
         registry: registry.clone(),

@@ -60,6 +60,7 @@ pub enum Share {
         name: String,
         size: u64,
         mime: Option<String>,
+        reference: Option<u32>,
     },
     Get(u32),
 }
@@ -142,9 +143,20 @@ impl Signalling {
             (Phase::Joined, M::Record { action }) => Ok(Action::Record(action)),
             (Phase::Joined, M::ChatSubscribe {}) => Ok(Action::Share(Share::Subscribe)),
             (Phase::Joined, M::Chat { text }) => Ok(Action::Share(Share::Chat(text))),
-            (Phase::Joined, M::FileOffer { name, size, mime }) => {
-                Ok(Action::Share(Share::Offer { name, size, mime }))
-            }
+            (
+                Phase::Joined,
+                M::FileOffer {
+                    name,
+                    size,
+                    mime,
+                    reference,
+                },
+            ) => Ok(Action::Share(Share::Offer {
+                name,
+                size,
+                mime,
+                reference,
+            })),
             (Phase::Joined, M::FileGet { file_id }) => Ok(Action::Share(Share::Get(file_id))),
         }
     }
@@ -264,12 +276,14 @@ mod tests {
             s.on_message(ClientMessage::FileOffer {
                 name: "a.txt".into(),
                 size: 3,
-                mime: None
+                mime: None,
+                reference: Some(1)
             }),
             Ok(Action::Share(Share::Offer {
                 name: "a.txt".into(),
                 size: 3,
-                mime: None
+                mime: None,
+                reference: Some(1)
             }))
         );
         assert_eq!(

@@ -1,5 +1,8 @@
 // The browser client: pick a room, check camera and microphone, join, and watch the one composited
 // stream the server sends. Speaks the protocol in docs/protocol.md. No build step, no dependencies.
+// Chat and file sharing live in sharing.js.
+
+import { Sharing, setupSharingControls } from "./sharing.js";
 
 const $ = (id) => document.getElementById(id);
 const NAME_KEY = "mcu.displayName";
@@ -197,6 +200,7 @@ class Call {
     this.closed = false;
     this.remote = new MediaStream();
     $("composite").srcObject = this.remote;
+    this.sharing = new Sharing({ send: (m) => this.send(m), ws: () => this.ws });
   }
 
   connect() {
@@ -210,7 +214,12 @@ class Call {
       if (joinToken) join.token = joinToken;
       this.send(join);
     };
-    ws.onmessage = (event) => this.onMessage(JSON.parse(event.data));
+    // Binary frames are file bytes, when chat and files fall back to the WebSocket.
+    ws.binaryType = "arraybuffer";
+    ws.onmessage = (event) => {
+      if (typeof event.data === "string") this.onMessage(JSON.parse(event.data));
+      else this.sharing.onBinary(event.data);
+    };
     ws.onclose = () => {
       if (this.ws === ws) this.retry("The connection to the server dropped.");
     };
@@ -221,10 +230,12 @@ class Call {
   }
 
   async onMessage(message) {
+    if (this.sharing.onMessage(message)) return;
     switch (message.type) {
       case "joined":
         this.attempt = 0;
         this.id = message.participant_id;
+        this.sharing.reset({ selfId: message.participant_id, maxFileSize: message.max_file_size });
         this.people = new Map([[message.participant_id, { name: this.name, self: true }]]);
         for (const p of message.participants) this.people.set(p.id, { name: p.name });
         renderPeople(this.people);
@@ -302,6 +313,8 @@ class Call {
     for (const kind of ["video", "audio"]) {
       if (!tracks.some((t) => t.kind === kind)) pc.addTransceiver(kind, { direction: "recvonly" });
     }
+    // The data channels go in the first offer, so chat and files need no renegotiation.
+    this.sharing.attach(pc);
     pc.onicecandidate = (event) =>
       this.send({ type: "candidate", candidate: event.candidate ? event.candidate.toJSON() : null });
     pc.ontrack = (event) => {
@@ -317,6 +330,7 @@ class Call {
       if (state === "connected") {
         setStatus("Connected", "connected");
         this.fitToTile();
+        this.sharing.connected();
       }
       else if (state === "failed") this.retry("The media connection failed.");
       else if (state === "disconnected") setStatus("Connection unstable…", "connecting");
@@ -426,6 +440,7 @@ function setupCallControls() {
 window.mcu = { call: null };
 const joinToken = takeTokenFromUrl();
 setupCallControls();
+setupSharingControls(() => call?.sharing);
 const room = roomFromPath();
 if (room) prejoin(room);
 else landing();

@@ -47,8 +47,12 @@ pub struct FileView {
 pub struct SharingState {
     pub chats: Vec<ChatEntry>,
     pub files: BTreeMap<u32, FileView>,
-    /// Ids from `file_accepted`, in order.
-    pub accepted: Vec<u32>,
+    /// `file_accepted` answers: (the offer's ref, the file's id).
+    pub accepted: Vec<(Option<u32>, u32)>,
+    /// `file_refused` answers: (the offer's ref, why).
+    pub refused: Vec<(Option<u32>, ErrorCode, String)>,
+    /// The ref the next offer carries.
+    pub next_ref: u32,
     pub errors: Vec<(ErrorCode, String)>,
     /// Bytes of each downloaded file so far.
     pub downloads: HashMap<u32, Vec<u8>>,
@@ -59,7 +63,14 @@ impl SharingState {
     pub fn record(&mut self, message: &ServerMessage) -> bool {
         match message {
             ServerMessage::Chat(entry) => self.chats.push((**entry).clone()),
-            ServerMessage::FileAccepted { file_id } => self.accepted.push(*file_id),
+            ServerMessage::FileAccepted { file_id, reference } => {
+                self.accepted.push((*reference, *file_id))
+            }
+            ServerMessage::FileRefused {
+                reference,
+                code,
+                message,
+            } => self.refused.push((*reference, *code, message.clone())),
             ServerMessage::FileOffered(info) => {
                 self.files.insert(
                     info.file_id,
@@ -204,9 +215,10 @@ impl SharingClient {
     /// Offers `bytes` as a file and sends them once accepted. Returns the file's id, or the
     /// server's refusal as an error.
     pub async fn share(&self, link: &Link, name: &str, bytes: &[u8]) -> Result<u32> {
-        let (accepted_before, errors_before) = {
-            let s = lock(&self.state);
-            (s.accepted.len(), s.errors.len())
+        let reference = {
+            let mut s = lock(&self.state);
+            s.next_ref += 1;
+            Some(s.next_ref)
         };
         self.send(
             link,
@@ -214,6 +226,7 @@ impl SharingClient {
                 name: name.to_string(),
                 size: bytes.len() as u64,
                 mime: Some("application/octet-stream".into()),
+                reference,
             },
         )
         .await?;
@@ -221,10 +234,10 @@ impl SharingClient {
         let file_id = loop {
             {
                 let s = lock(&self.state);
-                if let Some(id) = s.accepted.get(accepted_before) {
+                if let Some((_, id)) = s.accepted.iter().find(|(r, _)| *r == reference) {
                     break *id;
                 }
-                if let Some((code, message)) = s.errors.get(errors_before) {
+                if let Some((_, code, message)) = s.refused.iter().find(|(r, ..)| *r == reference) {
                     bail!("refused: {code:?}: {message}");
                 }
             }

@@ -4,7 +4,10 @@
 //! tracks by the room's writer tasks. Chat and files travel on the participant's data channels
 //! (see `sharing`), or on the WebSocket when those cannot open.
 
+mod channels;
+mod media;
 mod sharing;
+mod writer;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -12,25 +15,21 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use warp::ws::{Message, WebSocket};
+use warp::ws::WebSocket;
 use webrtc::data_channel::RTCDataChannel;
 use webrtc::ice_transport::ice_candidate::RTCIceCandidateInit;
 use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::peer_connection::RTCPeerConnection;
-use webrtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
-use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
-use webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
 use webrtc::track::track_remote::TrackRemote;
-use webrtc::util::Marshal;
 
 use crate::auth::Secret;
 use crate::ids::{ParticipantId, RoomId};
-use crate::media::{InputHandle, InputSignals};
+use crate::media::InputSignals;
 use crate::protocol::{
     parse_client_message, validate_display_name, ErrorCode, IceCandidate, RecordAction,
     ServerMessage, CLOSE_MESSAGE_TOO_BIG, MAX_MESSAGE_BYTES,
@@ -39,15 +38,9 @@ use crate::room::registry::Registry;
 use crate::room::RecordError;
 use crate::room::{RoomHandle, TrackKind, EVENT_QUEUE};
 use crate::rtc::{self, RtcFactory, SharedTrack};
-use crate::signalling::{Action, Share, Signalling};
+use crate::signalling::{Action, Signalling};
 use sharing::{ChannelInput, Route, Sharing, Transport};
 
-/// While a new sender's first keyframe has not been decoded, ask for one this often: the first
-/// keyframe is usually sent before DTLS is up and lost.
-const FIRST_KEYFRAME_PLI_INTERVAL: Duration = Duration::from_millis(500);
-/// Later keyframe requests (after loss) are spaced at least this far apart, so a decoder that asks
-/// on every broken frame does not make the sender emit keyframe after keyframe.
-const LOSS_PLI_MIN_INTERVAL: Duration = Duration::from_millis(300);
 /// How often the session checks for a vanished participant.
 const LIVENESS_CHECK: Duration = Duration::from_millis(500);
 /// How long a session waits for its peer connection to be set up before giving up on an answer.
@@ -109,54 +102,19 @@ struct Membership {
 }
 
 pub async fn serve(socket: WebSocket, room_name: String, ctx: Arc<SessionContext>) {
-    let (mut ws_out, mut ws_in) = socket.split();
-    let (outbox, mut outbox_rx) = mpsc::channel::<ServerMessage>(EVENT_QUEUE);
-    let (close_tx, mut close_rx) = mpsc::channel::<(u16, &'static str)>(1);
-    let (ws_binary, mut ws_binary_rx) = mpsc::channel::<Bytes>(sharing::WS_BINARY_QUEUE);
+    let (ws_out, mut ws_in) = socket.split();
+    let (outbox, outbox_rx) = mpsc::channel::<ServerMessage>(EVENT_QUEUE);
+    let (close_tx, close_rx) = mpsc::channel::<(u16, &'static str)>(1);
+    let (ws_binary, ws_binary_rx) = mpsc::channel::<Bytes>(sharing::WS_BINARY_QUEUE);
     let route: Route = Arc::default();
 
-    // The one writer of the socket: replies, room events, file bytes in the WebSocket fallback,
-    // and finally a close frame. Chat and file messages go to the data channel the participant
-    // subscribed on instead, while it is open.
-    let writer_route = route.clone();
-    let writer = tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                message = outbox_rx.recv() => {
-                    let Some(message) = message else { break };
-                    let Ok(text) = serde_json::to_string(&message) else { continue };
-                    if message.is_sharing() {
-                        let channel = writer_route.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                        if let Some(dc) = channel {
-                            if dc.send_text(text.clone()).await.is_ok() {
-                                continue;
-                            }
-                        }
-                    }
-                    if ws_out.send(Message::text(text)).await.is_err() {
-                        break;
-                    }
-                }
-                Some(frame) = ws_binary_rx.recv() => {
-                    if ws_out.send(Message::binary(frame.to_vec())).await.is_err() {
-                        break;
-                    }
-                }
-                close = close_rx.recv() => {
-                    let (code, reason) = close.unwrap_or((1000, "bye"));
-                    // Flush what is already queued (e.g. the error that explains the close).
-                    while let Ok(message) = outbox_rx.try_recv() {
-                        if let Ok(text) = serde_json::to_string(&message) {
-                            let _ = ws_out.send(Message::text(text)).await;
-                        }
-                    }
-                    let _ = ws_out.send(Message::close_with(code, reason)).await;
-                    break;
-                }
-            }
-        }
-        let _ = ws_out.close().await;
-    });
+    let writer = tokio::spawn(writer::write_socket(
+        ws_out,
+        outbox_rx,
+        ws_binary_rx,
+        close_rx,
+        route.clone(),
+    ));
 
     let room = match RoomId::new(&room_name) {
         Ok(room) => room,
@@ -303,95 +261,6 @@ impl Session {
         Ok(true)
     }
 
-    /// Sends a reply on the transport its request came on.
-    async fn reply_on(&self, transport: &Transport, message: ServerMessage) {
-        if let Transport::DataChannel(dc) = transport {
-            if let Ok(text) = serde_json::to_string(&message) {
-                if dc.send_text(text).await.is_ok() {
-                    return;
-                }
-            }
-        }
-        self.reply(message).await;
-    }
-
-    async fn share(&mut self, share: Share, transport: Transport) {
-        let Some(sharing) = self.sharing.as_mut() else {
-            return;
-        };
-        let reply = match share {
-            Share::Subscribe => {
-                sharing.subscribe(&transport).await;
-                None
-            }
-            Share::Chat(text) => sharing.chat(text).await,
-            Share::Offer { name, size, mime } => Some(sharing.offer(name, size, mime).await),
-            Share::Get(file_id) => sharing.get(file_id, &transport).await,
-        };
-        if let Some(reply) = reply {
-            self.reply_on(&transport, reply).await;
-        }
-    }
-
-    /// File bytes, from the `files` data channel or (in the fallback) the WebSocket. `Some` is
-    /// an error for the sender.
-    async fn on_binary(&mut self, frame: &[u8]) -> Option<ServerMessage> {
-        self.activity.touch();
-        match self.sharing.as_mut() {
-            Some(sharing) => sharing.chunk(frame).await,
-            None => Some(ServerMessage::error(
-                ErrorCode::OutOfOrder,
-                "file bytes before joining",
-            )),
-        }
-    }
-
-    async fn on_channel_input(&mut self, input: ChannelInput) {
-        match input {
-            ChannelInput::Opened(dc) => {
-                if let Some(sharing) = self.sharing.as_mut() {
-                    sharing.opened(dc).await;
-                }
-            }
-            ChannelInput::Text(dc, text) => {
-                let transport = Transport::DataChannel(dc);
-                let message = match parse_client_message(&text) {
-                    Ok(m) if m.belongs_on_data_channel() => m,
-                    Ok(_) => {
-                        let refusal = ServerMessage::error(
-                            ErrorCode::OutOfOrder,
-                            "only chat, file and ping messages travel on the data channel",
-                        );
-                        return self.reply_on(&transport, refusal).await;
-                    }
-                    Err(reply) => return self.reply_on(&transport, reply).await,
-                };
-                match self.signalling.on_message(message) {
-                    Ok(Action::Share(share)) => self.share(share, transport).await,
-                    Ok(Action::Reply(reply)) | Err(reply) => self.reply_on(&transport, reply).await,
-                    Ok(_) => {}
-                }
-            }
-            ChannelInput::Binary(dc, frame) => {
-                if let Some(reply) = self.on_binary(&frame).await {
-                    self.reply_on(&Transport::DataChannel(dc), reply).await;
-                }
-            }
-            ChannelInput::Misplaced(dc) => {
-                let refusal = ServerMessage::error(
-                    ErrorCode::BadMessage,
-                    "the chat channel carries text, the files channel binary frames",
-                );
-                self.reply_on(&Transport::DataChannel(dc), refusal).await;
-            }
-            ChannelInput::Closed(dc) => {
-                if let Some(sharing) = self.sharing.as_mut() {
-                    sharing.closed(&dc);
-                }
-            }
-        }
-    }
-
     /// With a JWT secret configured, the token decides: the name it carries, and whether its
     /// holder may record. Without one, rooms are open and anyone may record.
     fn admit(&self, name: String, token: Option<Secret>) -> Result<(String, bool), ServerMessage> {
@@ -476,12 +345,12 @@ impl Session {
             .context("adding the audio mix track")?;
         self.tasks
             .push(tokio::spawn(audio_track.write_all(joined.audio_packets)));
-        self.tasks.push(tokio::spawn(read_sender_rtcp(
+        self.tasks.push(tokio::spawn(media::read_sender_rtcp(
             video_sender,
             Some(room.clone()),
             self.activity.clone(),
         )));
-        self.tasks.push(tokio::spawn(read_sender_rtcp(
+        self.tasks.push(tokio::spawn(media::read_sender_rtcp(
             audio_sender,
             None,
             self.activity.clone(),
@@ -681,13 +550,13 @@ impl Session {
             .add_track(member.id, kind, signals.clone())
             .await
             .map_err(anyhow::Error::msg)?;
-        self.tasks.push(tokio::spawn(pump(
+        self.tasks.push(tokio::spawn(media::pump(
             track.clone(),
             input,
             self.activity.clone(),
         )));
         if let TrackKind::Video { .. } = kind {
-            self.tasks.push(tokio::spawn(request_keyframes(
+            self.tasks.push(tokio::spawn(media::request_keyframes(
                 Arc::downgrade(&member.pc),
                 track.ssrc(),
                 signals,
@@ -765,78 +634,4 @@ fn install_callbacks(
             }
         })
     }));
-}
-
-/// Moves one incoming track's RTP packets into its pipeline branch until either side ends.
-async fn pump(track: Arc<TrackRemote>, input: InputHandle, activity: Arc<Activity>) {
-    loop {
-        let packet = match track.read_rtp().await {
-            Ok((packet, _)) => packet,
-            Err(_) => break,
-        };
-        activity.touch();
-        let Ok(bytes) = packet.marshal() else {
-            continue;
-        };
-        if input.push(bytes).is_err() {
-            // The branch was removed (flushing) or failed; either way nobody reads any more.
-            break;
-        }
-    }
-}
-
-/// Sends PLIs to a sender: repeatedly until its first keyframe is decoded, then whenever the
-/// decoder asks for one after loss.
-async fn request_keyframes(
-    pc: std::sync::Weak<RTCPeerConnection>,
-    media_ssrc: u32,
-    signals: Arc<InputSignals>,
-) {
-    let send_pli = |pc: &std::sync::Weak<RTCPeerConnection>| {
-        let pc = pc.upgrade();
-        async move {
-            let Some(pc) = pc else { return false };
-            let pli = PictureLossIndication {
-                sender_ssrc: 0,
-                media_ssrc,
-            };
-            let _ = pc.write_rtcp(&[Box::new(pli)]).await;
-            true
-        }
-    };
-    while !signals.first_frame_decoded.load(Ordering::Acquire) {
-        if !send_pli(&pc).await {
-            return;
-        }
-        tokio::time::sleep(FIRST_KEYFRAME_PLI_INTERVAL).await;
-    }
-    loop {
-        signals.keyframe_wanted.notified().await;
-        if !send_pli(&pc).await {
-            return;
-        }
-        tokio::time::sleep(LOSS_PLI_MIN_INTERVAL).await;
-    }
-}
-
-/// Drains the RTCP a viewer sends about one of our tracks (webrtc-rs needs it drained for NACK
-/// handling). Any RTCP proves the participant is alive; PLI/FIR on the composite asks the room for
-/// a keyframe.
-async fn read_sender_rtcp(
-    sender: Arc<RTCRtpSender>,
-    room: Option<RoomHandle>,
-    activity: Arc<Activity>,
-) {
-    while let Ok((packets, _)) = sender.read_rtcp().await {
-        activity.touch();
-        let Some(room) = &room else { continue };
-        let wants_keyframe = packets.iter().any(|p| {
-            let any = p.as_any();
-            any.downcast_ref::<PictureLossIndication>().is_some()
-                || any.downcast_ref::<FullIntraRequest>().is_some()
-        });
-        if wants_keyframe {
-            room.request_keyframe();
-        }
-    }
 }

@@ -283,9 +283,23 @@ impl Sharing {
     }
 
     /// `file_offer`: the room admits it (or says why not); the answer is the reply to send.
-    pub async fn offer(&mut self, name: String, size: u64, mime: Option<String>) -> ServerMessage {
+    pub async fn offer(
+        &mut self,
+        name: String,
+        size: u64,
+        mime: Option<String>,
+        reference: Option<u32>,
+    ) -> ServerMessage {
+        let refused = |refusal: ServerMessage| match refusal {
+            ServerMessage::Error { code, message } => ServerMessage::FileRefused {
+                reference,
+                code,
+                message,
+            },
+            other => other,
+        };
         if let Some(refusal) = self.rate_limited() {
-            return refusal;
+            return refused(refusal);
         }
         match self.room.offer_file(self.who, name, size, mime).await {
             Ok(Upload { info, file, path }) => {
@@ -302,9 +316,10 @@ impl Sharing {
                 );
                 ServerMessage::FileAccepted {
                     file_id: info.file_id,
+                    reference,
                 }
             }
-            Err(refusal) => refusal,
+            Err(refusal) => refused(refusal),
         }
     }
 
