@@ -28,7 +28,8 @@ use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
 use webrtc::track::track_local::{TrackLocal, TrackLocalWriter};
 
 use crate::config::{RtcOptions, UdpPolicy, VideoCodec};
-use crate::protocol::IceServer;
+use crate::protocol::{IceCandidate, IceServer};
+use webrtc::ice_transport::ice_candidate::{RTCIceCandidate, RTCIceCandidateInit};
 
 /// Payload types we offer. They only have to be consistent within one SDP; these are the numbers
 /// browsers commonly use, which makes captures easier to read.
@@ -279,5 +280,27 @@ impl SharedTrack {
                 failures += 1;
             }
         }
+    }
+}
+
+/// A local candidate as the protocol sends it; `None` when webrtc-rs cannot write it out (then it
+/// is not worth sending).
+pub fn candidate_to_protocol(candidate: &RTCIceCandidate) -> Option<IceCandidate> {
+    let init = candidate.to_json().ok()?;
+    Some(IceCandidate {
+        candidate: init.candidate,
+        sdp_mid: init.sdp_mid,
+        sdp_m_line_index: init.sdp_mline_index,
+        username_fragment: init.username_fragment,
+    })
+}
+
+/// A remote candidate from the protocol, for `add_ice_candidate`.
+pub fn candidate_from_protocol(candidate: IceCandidate) -> RTCIceCandidateInit {
+    RTCIceCandidateInit {
+        candidate: candidate.candidate,
+        sdp_mid: candidate.sdp_mid,
+        sdp_mline_index: candidate.sdp_m_line_index,
+        username_fragment: candidate.username_fragment,
     }
 }

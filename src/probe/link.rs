@@ -11,12 +11,11 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
-use webrtc::ice_transport::ice_candidate::RTCIceCandidateInit;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::track::track_remote::TrackRemote;
 
-use crate::protocol::{ClientMessage, IceCandidate, Layout, ServerMessage};
+use crate::protocol::{ClientMessage, Layout, ServerMessage};
 use crate::rtc::{self, RtcFactory};
 
 /// How long to wait for the server's `joined` reply.
@@ -102,14 +101,9 @@ impl Link {
             pc.on_ice_candidate(Box::new(move |candidate| {
                 let out = out.clone();
                 Box::pin(async move {
-                    let candidate = match candidate.map(|c| c.to_json()) {
-                        Some(Ok(init)) => Some(IceCandidate {
-                            candidate: init.candidate,
-                            sdp_mid: init.sdp_mid,
-                            sdp_m_line_index: init.sdp_mline_index,
-                            username_fragment: init.username_fragment,
-                        }),
-                        Some(Err(_)) => return,
+                    let candidate = match candidate.as_ref().map(rtc::candidate_to_protocol) {
+                        Some(None) => return,
+                        Some(c) => c,
                         None => None,
                     };
                     let _ = out
@@ -170,12 +164,7 @@ impl Link {
                             if loopback_only && !rtc::is_loopback_candidate(&c.candidate) {
                                 continue;
                             }
-                            let init = RTCIceCandidateInit {
-                                candidate: c.candidate,
-                                sdp_mid: c.sdp_mid,
-                                sdp_mline_index: c.sdp_m_line_index,
-                                username_fragment: c.username_fragment,
-                            };
+                            let init = rtc::candidate_from_protocol(c);
                             if let Err(e) = pc.add_ice_candidate(init).await {
                                 lock(&heard).errors.push(format!("server candidate: {e}"));
                             }

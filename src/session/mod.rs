@@ -20,7 +20,6 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use warp::ws::WebSocket;
 use webrtc::data_channel::RTCDataChannel;
-use webrtc::ice_transport::ice_candidate::RTCIceCandidateInit;
 use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::peer_connection::RTCPeerConnection;
@@ -458,12 +457,7 @@ impl Session {
 
     async fn add_candidate(&mut self, c: IceCandidate) {
         let Some(member) = &self.member else { return };
-        let init = RTCIceCandidateInit {
-            candidate: c.candidate,
-            sdp_mid: c.sdp_mid,
-            sdp_mline_index: c.sdp_m_line_index,
-            username_fragment: c.username_fragment,
-        };
+        let init = rtc::candidate_from_protocol(c);
         if let Err(e) = member.pc.add_ice_candidate(init).await {
             self.reply(ServerMessage::error(
                 ErrorCode::BadCandidate,
@@ -593,14 +587,9 @@ fn install_callbacks(
     pc.on_ice_candidate(Box::new(move |candidate| {
         let tx = tx.clone();
         Box::pin(async move {
-            let candidate = match candidate.map(|c| c.to_json()) {
-                Some(Ok(init)) => Some(IceCandidate {
-                    candidate: init.candidate,
-                    sdp_mid: init.sdp_mid,
-                    sdp_m_line_index: init.sdp_mline_index,
-                    username_fragment: init.username_fragment,
-                }),
-                Some(Err(_)) => return,
+            let candidate = match candidate.as_ref().map(rtc::candidate_to_protocol) {
+                Some(None) => return,
+                Some(c) => c,
                 None => None,
             };
             let _ = tx.send(PeerEvent::LocalCandidate(candidate)).await;
