@@ -12,6 +12,7 @@ use mcu::config::VideoCodec;
 use mcu::probe::participant::Observation;
 use mcu::probe::sharing::{self, random_bytes, sha256_hex, Transport};
 use mcu::probe::{spec_for, Crowd};
+use mcu::protocol::sharing::DATA_CHANNEL_READ_LIMIT;
 use mcu::protocol::ErrorCode;
 
 /// Joins one participant that shares over `transport`, and subscribes it.
@@ -304,5 +305,42 @@ async fn files_over_the_limits_are_refused_before_a_byte_is_sent_and_bad_input_s
     }
     // And the call went on for everyone.
     common::settle(&crowd, "the call after the bad input").await;
+
+    // A message larger than the server's data channel can read closes that channel (webrtc-rs
+    // cannot read it in part); the sender is told why on its WebSocket, and its chat goes on there.
+    let oversized = "x".repeat(DATA_CHANNEL_READ_LIMIT + 1);
+    crowd.members[1]
+        .send_raw_on_chat_channel(&oversized)
+        .await
+        .expect("sending");
+    let notice = wait_for("the notice that the channel closed", SETTLE, || {
+        crowd.members[1]
+            .observe()
+            .errors
+            .into_iter()
+            .find(|e| e.contains("data channel closed"))
+    })
+    .await;
+    assert!(
+        notice.contains("BadMessage") && notice.contains(&DATA_CHANNEL_READ_LIMIT.to_string()),
+        "{notice}"
+    );
+    let before = chats(&crowd, 1).len();
+    crowd.members[0]
+        .send_chat("still here?")
+        .await
+        .expect("sending");
+    wait_for("chat to reach the sender on its WebSocket", SETTLE, || {
+        let seen = chats(&crowd, 1);
+        (seen.len() > before && seen.last().is_some_and(|(_, t)| t == "still here?")).then_some(())
+    })
+    .await;
+    for i in [0, 2] {
+        assert!(
+            crowd.members[i].observe().errors.is_empty(),
+            "participant {i}: {:?}",
+            crowd.members[i].observe().errors
+        );
+    }
     crowd.leave_all().await;
 }

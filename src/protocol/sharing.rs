@@ -20,6 +20,9 @@ pub const MAX_MIME_CHARS: usize = 127;
 pub const FILE_CHUNK_BYTES: usize = 16 * 1024;
 /// The frame header: the file's id.
 pub const CHUNK_HEADER_BYTES: usize = 4;
+/// The largest message the server reads whole on a data channel: webrtc-rs reads into a buffer
+/// of this size (its `DATA_CHANNEL_BUFFER_SIZE`) and closes the channel on anything larger.
+pub const DATA_CHANNEL_READ_LIMIT: usize = u16::MAX as usize;
 
 /// One chat message as everyone in the room sees it. `id`s rise by one in the order the server
 /// received the messages, which is the order everyone is shown them in.

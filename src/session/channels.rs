@@ -4,6 +4,7 @@
 
 use super::sharing::{ChannelInput, Transport};
 use super::Session;
+use crate::protocol::sharing::DATA_CHANNEL_READ_LIMIT;
 use crate::protocol::{parse_client_message, ErrorCode, ServerMessage};
 use crate::signalling::{Action, Share};
 
@@ -93,6 +94,24 @@ impl Session {
                     "the chat channel carries text, the files channel binary frames",
                 );
                 self.reply_on(&Transport::DataChannel(dc), refusal).await;
+            }
+            ChannelInput::Failed(dc, reason) => {
+                tracing::info!(room = %self.room, channel = dc.label(), %reason, "data channel failed");
+                // The channel is closing, so the reason goes on the WebSocket, which also carries
+                // this participant's chat and files from here on.
+                let why = if reason.contains("Short buffer") {
+                    format!("a message over its {DATA_CHANNEL_READ_LIMIT} bytes cannot be read")
+                } else {
+                    reason
+                };
+                self.reply(ServerMessage::error(
+                    ErrorCode::BadMessage,
+                    format!(
+                        "the {} data channel closed: {why}; chat and files continue on the WebSocket",
+                        dc.label()
+                    ),
+                ))
+                .await;
             }
             ChannelInput::Closed(dc) => {
                 if let Some(sharing) = self.sharing.as_mut() {

@@ -1,21 +1,26 @@
 //! The media side of a session, which never passes through the session task: one task per
 //! incoming track pumping its RTP into the pipeline, PLIs to a sender until (and whenever) its
-//! decoder needs a keyframe, and the drain of the RTCP viewers send about our tracks.
+//! decoder needs a keyframe, and the drain of the RTCP viewers send about our tracks; and the
+//! session's step that connects a new incoming track to its branch of the room's pipeline.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::{Context, Result};
+
 use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
 use webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
 use webrtc::track::track_remote::TrackRemote;
 use webrtc::util::Marshal;
 
-use super::Activity;
+use super::{Activity, Session};
 use crate::media::{InputHandle, InputSignals};
-use crate::room::RoomHandle;
+use crate::room::{RoomHandle, TrackKind};
+use crate::rtc;
 
 /// While a new sender's first keyframe has not been decoded, ask for one this often: the first
 /// keyframe is usually sent before DTLS is up and lost.
@@ -25,7 +30,7 @@ const FIRST_KEYFRAME_PLI_INTERVAL: Duration = Duration::from_millis(500);
 const LOSS_PLI_MIN_INTERVAL: Duration = Duration::from_millis(300);
 
 /// Moves one incoming track's RTP packets into its pipeline branch until either side ends.
-pub(super) async fn pump(track: Arc<TrackRemote>, input: InputHandle, activity: Arc<Activity>) {
+async fn pump(track: Arc<TrackRemote>, input: InputHandle, activity: Arc<Activity>) {
     loop {
         let packet = match track.read_rtp().await {
             Ok((packet, _)) => packet,
@@ -44,7 +49,7 @@ pub(super) async fn pump(track: Arc<TrackRemote>, input: InputHandle, activity: 
 
 /// Sends PLIs to a sender: repeatedly until its first keyframe is decoded, then whenever the
 /// decoder asks for one after loss.
-pub(super) async fn request_keyframes(
+async fn request_keyframes(
     pc: std::sync::Weak<RTCPeerConnection>,
     media_ssrc: u32,
     signals: Arc<InputSignals>,
@@ -95,5 +100,54 @@ pub(super) async fn read_sender_rtcp(
         if wants_keyframe {
             room.request_keyframe();
         }
+    }
+}
+
+impl Session {
+    /// Connects a new incoming track to a branch of the room's pipeline, with its pump and (for
+    /// video) its keyframe requests.
+    pub(super) async fn on_track(&mut self, track: Arc<TrackRemote>) -> Result<()> {
+        let Some(member) = &self.member else {
+            return Ok(());
+        };
+        let codec = track.codec();
+        let payload_type = track.payload_type();
+        let kind = match track.kind() {
+            RTPCodecType::Video => TrackKind::Video {
+                codec: rtc::video_codec_of(&codec.capability.mime_type).with_context(|| {
+                    format!(
+                        "video codec {} is not supported",
+                        codec.capability.mime_type
+                    )
+                })?,
+                payload_type,
+            },
+            RTPCodecType::Audio if rtc::is_opus(&codec.capability.mime_type) => {
+                TrackKind::Audio { payload_type }
+            }
+            other => anyhow::bail!(
+                "{other} track with codec {} is not supported",
+                codec.capability.mime_type
+            ),
+        };
+        let signals = Arc::new(InputSignals::default());
+        let input = member
+            .room
+            .add_track(member.id, kind, signals.clone())
+            .await
+            .map_err(anyhow::Error::msg)?;
+        self.tasks.push(tokio::spawn(pump(
+            track.clone(),
+            input,
+            self.activity.clone(),
+        )));
+        if let TrackKind::Video { .. } = kind {
+            self.tasks.push(tokio::spawn(request_keyframes(
+                Arc::downgrade(&member.pc),
+                track.ssrc(),
+                signals,
+            )));
+        }
+        Ok(())
     }
 }

@@ -58,6 +58,9 @@ pub enum ChannelInput {
     Binary(Arc<RTCDataChannel>, Bytes),
     /// A message of the wrong kind for its channel (text on `files`, binary on `chat`).
     Misplaced(Arc<RTCDataChannel>),
+    /// The channel could not be read any more (a message over its read buffer, or a broken
+    /// association); webrtc-rs closes it next.
+    Failed(Arc<RTCDataChannel>, String),
     Closed(Arc<RTCDataChannel>),
 }
 
@@ -127,6 +130,19 @@ pub fn watch_channel(dc: &Arc<RTCDataChannel>, input: mpsc::Sender<ChannelInput>
                     _ => ChannelInput::Misplaced(dc),
                 };
                 let _ = input.send(event).await;
+            })
+        }));
+    }
+    {
+        let (dc2, input) = (Arc::downgrade(dc), input.clone());
+        dc.on_error(Box::new(move |error| {
+            let (dc2, input) = (dc2.clone(), input.clone());
+            Box::pin(async move {
+                if let Some(dc) = dc2.upgrade() {
+                    let _ = input
+                        .send(ChannelInput::Failed(dc, error.to_string()))
+                        .await;
+                }
             })
         }));
     }

@@ -1,0 +1,193 @@
+//! The session's side of its peer connection: the offer/answer and candidates from signalling,
+//! and what webrtc-rs callbacks report (local candidates, state, tracks, data channels), brought
+//! back onto the session task as `PeerEvent`s.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+use webrtc::data_channel::RTCDataChannel;
+use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
+use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
+use webrtc::peer_connection::RTCPeerConnection;
+use webrtc::track::track_remote::TrackRemote;
+
+use super::sharing::{self, ChannelInput};
+use super::Session;
+use crate::protocol::{ErrorCode, IceCandidate, ServerMessage};
+use crate::rtc;
+
+/// How long a session waits for its peer connection to be set up before giving up on an answer.
+const SDP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Things that happen in webrtc-rs callbacks, brought back onto the session task.
+pub(super) enum PeerEvent {
+    LocalCandidate(Option<IceCandidate>),
+    State(RTCPeerConnectionState),
+    Track(Arc<TrackRemote>),
+    /// A data channel other than `chat` and `files`.
+    UnknownChannel(Arc<RTCDataChannel>),
+}
+
+impl Session {
+    pub(super) async fn apply_offer(&mut self, sdp: String) {
+        let Some(member) = &self.member else { return };
+        let pc = member.pc.clone();
+        let result = tokio::time::timeout(SDP_TIMEOUT, async {
+            let offer = RTCSessionDescription::offer(sdp).context("reading the offer")?;
+            pc.set_remote_description(offer)
+                .await
+                .context("applying the offer")?;
+            let answer = pc.create_answer(None).await.context("creating an answer")?;
+            pc.set_local_description(answer.clone())
+                .await
+                .context("applying our answer")?;
+            anyhow::Ok(answer.sdp)
+        })
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out negotiating")));
+        match result {
+            Ok(answer) => {
+                self.reply(ServerMessage::Answer { sdp: answer }).await;
+                for c in self.signalling.remote_description_applied() {
+                    self.add_candidate(c).await;
+                }
+            }
+            Err(e) => {
+                self.reply(ServerMessage::error(ErrorCode::BadSdp, format!("{e:#}")))
+                    .await
+            }
+        }
+    }
+
+    pub(super) async fn apply_answer(&mut self, sdp: String) {
+        let Some(member) = &self.member else { return };
+        let pc = member.pc.clone();
+        let result = async {
+            let answer = RTCSessionDescription::answer(sdp).context("reading the answer")?;
+            pc.set_remote_description(answer)
+                .await
+                .context("applying the answer")
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                for c in self.signalling.remote_description_applied() {
+                    self.add_candidate(c).await;
+                }
+            }
+            Err(e) => {
+                self.reply(ServerMessage::error(ErrorCode::BadSdp, format!("{e:#}")))
+                    .await
+            }
+        }
+    }
+
+    pub(super) async fn add_candidate(&mut self, c: IceCandidate) {
+        let Some(member) = &self.member else { return };
+        let init = rtc::candidate_from_protocol(c);
+        if let Err(e) = member.pc.add_ice_candidate(init).await {
+            self.reply(ServerMessage::error(
+                ErrorCode::BadCandidate,
+                format!("candidate refused: {e}"),
+            ))
+            .await;
+        }
+    }
+
+    /// Returns false when the session should end.
+    pub(super) async fn on_peer_event(&mut self, event: PeerEvent) -> bool {
+        match event {
+            PeerEvent::LocalCandidate(candidate) => {
+                self.reply(ServerMessage::Candidate { candidate }).await;
+                true
+            }
+            PeerEvent::State(state) => {
+                tracing::debug!(room = %self.room, ?state, "peer connection state");
+                match state {
+                    RTCPeerConnectionState::Connected => {
+                        // A new viewer needs a keyframe to start decoding.
+                        if let Some(m) = &self.member {
+                            m.room.request_keyframe();
+                        }
+                        true
+                    }
+                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                        tracing::info!(room = %self.room, ?state, "peer connection ended");
+                        false
+                    }
+                    _ => true,
+                }
+            }
+            PeerEvent::UnknownChannel(dc) => {
+                self.reply(ServerMessage::error(
+                    ErrorCode::BadMessage,
+                    format!(
+                        "unknown data channel {:?} (expected chat or files)",
+                        dc.label()
+                    ),
+                ))
+                .await;
+                let _ = dc.close().await;
+                true
+            }
+            PeerEvent::Track(track) => {
+                if let Err(e) = self.on_track(track).await {
+                    tracing::warn!(room = %self.room, "incoming track refused: {e:#}");
+                    self.reply(ServerMessage::error(ErrorCode::BadSdp, format!("{e:#}")))
+                        .await;
+                }
+                true
+            }
+        }
+    }
+}
+
+pub(super) fn install_callbacks(
+    pc: &Arc<RTCPeerConnection>,
+    events: mpsc::Sender<PeerEvent>,
+    channels: mpsc::Sender<ChannelInput>,
+    file_rate: u64,
+) {
+    let tx = events.clone();
+    pc.on_ice_candidate(Box::new(move |candidate| {
+        let tx = tx.clone();
+        Box::pin(async move {
+            let candidate = match candidate.as_ref().map(rtc::candidate_to_protocol) {
+                Some(None) => return,
+                Some(c) => c,
+                None => None,
+            };
+            let _ = tx.send(PeerEvent::LocalCandidate(candidate)).await;
+        })
+    }));
+    let tx = events.clone();
+    pc.on_peer_connection_state_change(Box::new(move |state| {
+        let tx = tx.clone();
+        Box::pin(async move {
+            let _ = tx.send(PeerEvent::State(state)).await;
+        })
+    }));
+    let tx = events.clone();
+    pc.on_track(Box::new(move |track, _, _| {
+        let tx = tx.clone();
+        Box::pin(async move {
+            let _ = tx.send(PeerEvent::Track(track)).await;
+        })
+    }));
+    // The handlers go on before this callback returns: webrtc-rs starts reading the channel
+    // right after it, and drops whatever arrives before a message handler is set.
+    pc.on_data_channel(Box::new(move |dc| {
+        let tx = events.clone();
+        let known = matches!(dc.label(), sharing::CHAT_CHANNEL | sharing::FILES_CHANNEL);
+        if known {
+            sharing::watch_channel(&dc, channels.clone(), file_rate);
+        }
+        Box::pin(async move {
+            if !known {
+                let _ = tx.send(PeerEvent::UnknownChannel(dc)).await;
+            }
+        })
+    }));
+}
