@@ -131,6 +131,62 @@ async fn room_pipelines_with_every_branch_reach_playing_and_release_their_pads()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiles_follow_layout_changes_that_come_faster_than_frames_without_failing() {
+    gstreamer::init().expect("GStreamer initialises");
+    let media = MediaConfig::default();
+    let (events, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (mut room, _packets) =
+        RoomPipeline::start("relayout", &media, VideoCodec::Vp8, events).expect("the room builds");
+    let people: Vec<ParticipantId> = (1..=3).map(ParticipantId).collect();
+    let layout = |n: usize| -> Vec<(ParticipantId, mcu::room::layout::Rect)> {
+        people
+            .iter()
+            .copied()
+            .zip(grid(n, media.width, media.height))
+            .collect()
+    };
+    // People joining and leaving in bursts: each newcomer's tile appears and everyone's tiles
+    // move at once, at a different point of the tiles' frame intervals each time (0–35 ms apart
+    // against 33 ms frames), as joins do in a real room.
+    for step in 0..40u64 {
+        for (n, who) in people.iter().enumerate() {
+            room.remove_participant(*who);
+            let whole = grid(1, media.width, media.height)[0];
+            room.add_placeholder(*who, "someone", whole)
+                .expect("placeholder");
+            tokio::time::sleep(Duration::from_millis((step + n as u64) * 7 % 36)).await;
+            room.apply_layout(&layout(n + 1));
+        }
+        room.apply_layout(&layout(4 + (step % 3) as usize));
+        tokio::time::sleep(Duration::from_millis(step * 11 % 36)).await;
+    }
+    let last = layout(people.len());
+    room.apply_layout(&last);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for (who, rect) in &last {
+        let wanted = (rect.width as i32, rect.height as i32);
+        while room.tile_sizes(*who) != [wanted] {
+            assert!(
+                Instant::now() < deadline,
+                "{who}'s placeholder is {:?}, the layout wants {wanted:?}",
+                room.tile_sizes(*who)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    while let Ok(event) = events_rx.try_recv() {
+        match event {
+            PipelineEvent::BranchFailed { participant, error } => {
+                panic!("{participant}'s tile failed on a layout change: {error}")
+            }
+            PipelineEvent::Failed(e) => panic!("the room failed on a layout change: {e}"),
+            _ => {}
+        }
+    }
+    assert_eq!(room.stats().lost_playing, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_fails_the_recording_and_not_the_room() {
     gstreamer::init().expect("GStreamer initialises");
     let (events, mut events_rx) = tokio::sync::mpsc::unbounded_channel();

@@ -88,6 +88,7 @@ pub struct PipelineStats {
 struct TileBranch {
     bin: gst::Bin,
     pad: gst::Pad,
+    size: video::TileSize,
 }
 
 pub struct RoomPipeline {
@@ -272,9 +273,23 @@ impl RoomPipeline {
                 .into_iter()
                 .flatten()
             {
-                video::place(&branch.bin, &branch.pad, *rect);
+                video::place(&branch.size, &branch.pad, *rect);
             }
         }
+    }
+
+    /// The frame size each of `who`'s tiles (placeholder, then camera) has negotiated, i.e. what
+    /// the compositor is being given now: lets a check see that a layout took effect.
+    pub fn tile_sizes(&self, who: ParticipantId) -> Vec<(i32, i32)> {
+        [self.placeholders.get(&who), self.videos.get(&who)]
+            .into_iter()
+            .flatten()
+            .filter_map(|branch| {
+                let caps = branch.pad.current_caps()?;
+                let s = caps.structure(0)?;
+                Some((s.get::<i32>("width").ok()?, s.get::<i32>("height").ok()?))
+            })
+            .collect()
     }
 
     /// Asks the shared encoder for a keyframe (with its headers, so a new viewer can start).
@@ -376,22 +391,24 @@ impl RoomPipeline {
             .add(&bin)
             .with_context(|| format!("adding {name} to the pipeline"))?;
         let attached = (|| -> Result<TileBranch> {
+            let size = video::TileSize::follow(&bin)?;
+            let src = bin.static_pad("src").context("branch has no src pad")?;
             let pad = self
                 .compositor
                 .request_pad_simple("sink_%u")
                 .context("compositor gave no sink pad")?;
             pad.set_property("zorder", zorder);
-            let src = bin.static_pad("src").context("branch has no src pad")?;
             if let Err(e) = src.link(&pad) {
                 self.compositor.release_request_pad(&pad);
                 anyhow::bail!("linking {name} to the compositor: {e:?}");
             }
-            video::place(&bin, &pad, tile);
+            video::place(&size, &pad, tile);
             bin.sync_state_with_parent()
                 .with_context(|| format!("starting {name}"))?;
             Ok(TileBranch {
                 bin: bin.clone(),
                 pad,
+                size,
             })
         })();
         match attached {

@@ -123,23 +123,70 @@ pub fn input_bin(
     Ok((bin, appsrc))
 }
 
-/// Puts a tile branch at `rect`: the branch scales (and letterboxes) to the tile size itself, and
-/// the compositor pad only positions it, so the compositor never scales.
-pub fn place(bin: &gst::Bin, pad: &gst::Pad, rect: Rect) {
-    if let Some(caps_filter) = bin.by_name("tile_caps") {
-        let current: Option<gst::Caps> = caps_filter.property("caps");
-        let wanted = current.as_ref().and_then(|c| c.structure(0)).map(|s| {
-            let mut s = s.to_owned();
-            s.set("width", rect.width as i32);
-            s.set("height", rect.height as i32);
-            gst::Caps::builder_full().structure(s).build()
-        });
-        if let Some(caps) = wanted {
-            if current.as_ref() != Some(&caps) {
-                caps_filter.set_property("caps", &caps);
-            }
+/// A tile branch's frame size, asked for by the room and applied by the branch's own streaming
+/// thread. Setting the `tile_caps` filter from the room's thread races the branch's negotiation:
+/// its source (videotestsrc, or the videoscale before the filter) may query the old size, the
+/// filter change to the new one, and the caps it then sends be refused — `not-negotiated`, and
+/// the branch dies. Applied from a probe just before the filter, the change lands between two
+/// frames of the same thread, and the next frame is negotiated at the new size.
+#[derive(Clone)]
+pub struct TileSize {
+    wanted: Arc<std::sync::Mutex<Option<(u32, u32)>>>,
+}
+
+impl TileSize {
+    /// Watches the branch's `tile_caps` filter; sizes asked for later are applied by the probe.
+    pub fn follow(bin: &gst::Bin) -> Result<Self> {
+        let caps_filter = bin
+            .by_name("tile_caps")
+            .with_context(|| format!("{} has no element named tile_caps", bin.name()))?;
+        let sink = caps_filter
+            .static_pad("sink")
+            .context("tile_caps has no sink pad")?;
+        let size = TileSize {
+            wanted: Arc::default(),
+        };
+        let wanted = size.wanted.clone();
+        sink.add_probe(
+            gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
+            move |_, _| {
+                let next = wanted.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some((width, height)) = next {
+                    resize_filter(&caps_filter, width, height);
+                }
+                gst::PadProbeReturn::Ok
+            },
+        );
+        Ok(size)
+    }
+
+    fn ask(&self, rect: Rect) {
+        *self.wanted.lock().unwrap_or_else(|e| e.into_inner()) = Some((rect.width, rect.height));
+    }
+}
+
+/// Sets the filter's width and height, keeping the rest of its caps (format, rate, aspect).
+fn resize_filter(caps_filter: &gst::Element, width: u32, height: u32) {
+    let current: Option<gst::Caps> = caps_filter.property("caps");
+    let wanted = current.as_ref().and_then(|c| c.structure(0)).map(|s| {
+        let mut s = s.to_owned();
+        s.set("width", width as i32);
+        s.set("height", height as i32);
+        gst::Caps::builder_full().structure(s).build()
+    });
+    if let Some(caps) = wanted {
+        if current.as_ref() != Some(&caps) {
+            caps_filter.set_property("caps", &caps);
         }
     }
+}
+
+/// Puts a tile branch at `rect`: the branch scales (and letterboxes) to the tile size itself, from
+/// its next frame on, and the compositor pad positions it. The pad's size is set too, so the
+/// frames still on their way at the old size are scaled to fit instead of overlapping a neighbour
+/// (the compositor scales only when a frame's size differs from its pad's).
+pub fn place(size: &TileSize, pad: &gst::Pad, rect: Rect) {
+    size.ask(rect);
     pad.set_property("xpos", rect.x as i32);
     pad.set_property("ypos", rect.y as i32);
     pad.set_property("width", rect.width as i32);
