@@ -3,7 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::protocol::{validate_room_name, NameError};
+use crate::protocol::{validate_room_name, TextError};
 
 /// A participant, unique within its room for the room's lifetime (ids are never reused, so a
 /// late event about someone who left cannot be mistaken for a newcomer). Shown as `p7`.
@@ -31,7 +31,7 @@ impl FromStr for ParticipantId {
 pub struct RoomId(String);
 
 impl RoomId {
-    pub fn new(name: &str) -> Result<Self, NameError> {
+    pub fn new(name: &str) -> Result<Self, TextError> {
         validate_room_name(name)?;
         Ok(RoomId(name.to_string()))
     }

@@ -285,7 +285,7 @@ impl SharedTrack {
 
 /// A local candidate as the protocol sends it; `None` when webrtc-rs cannot write it out (then it
 /// is not worth sending).
-pub fn candidate_to_protocol(candidate: &RTCIceCandidate) -> Option<IceCandidate> {
+fn candidate_to_protocol(candidate: &RTCIceCandidate) -> Option<IceCandidate> {
     let init = candidate.to_json().ok()?;
     Some(IceCandidate {
         candidate: init.candidate,
@@ -293,6 +293,15 @@ pub fn candidate_to_protocol(candidate: &RTCIceCandidate) -> Option<IceCandidate
         sdp_m_line_index: init.sdp_mline_index,
         username_fragment: init.username_fragment,
     })
+}
+
+/// What to signal for webrtc-rs's `on_ice_candidate`: `Some(Some(c))` a candidate, `Some(None)`
+/// the end of gathering (webrtc-rs passes no candidate), `None` nothing (one it cannot write out).
+pub fn gathered_candidate(candidate: Option<&RTCIceCandidate>) -> Option<Option<IceCandidate>> {
+    match candidate {
+        Some(c) => candidate_to_protocol(c).map(Some),
+        None => Some(None),
+    }
 }
 
 /// A remote candidate from the protocol, for `add_ice_candidate`.

@@ -101,10 +101,8 @@ impl Link {
             pc.on_ice_candidate(Box::new(move |candidate| {
                 let out = out.clone();
                 Box::pin(async move {
-                    let candidate = match candidate.as_ref().map(rtc::candidate_to_protocol) {
-                        Some(None) => return,
-                        Some(c) => c,
-                        None => None,
+                    let Some(candidate) = rtc::gathered_candidate(candidate.as_ref()) else {
+                        return;
                     };
                     let _ = out
                         .send(Message::text(to_text(&ClientMessage::Candidate {

@@ -355,18 +355,18 @@ mod tests {
             .collect()
     }
 
+    /// p1's report over the first `seconds` after `t0`, held to 20 fps.
+    fn evaluate_p1(obs: &Observation, t0: Instant, seconds: u64) -> ParticipantReport {
+        let window = (t0, t0 + Duration::from_secs(seconds));
+        evaluate(obs, &own0(), &roster(), window, 20.0)
+    }
+
     #[test]
     fn a_correct_observation_passes() {
         let t0 = Instant::now();
         let tiles = vec![("p1".into(), colour_for(0)), ("p2".into(), colour_for(1))];
         let obs = observation("p1", tiles, tone(tone_for(1)), t0);
-        let r = evaluate(
-            &obs,
-            &own0(),
-            &roster(),
-            (t0, t0 + Duration::from_secs(1)),
-            20.0,
-        );
+        let r = evaluate_p1(&obs, t0, 1);
         assert!(r.ok, "{r:#?}");
         assert!(r.fps > 29.0);
     }
@@ -381,13 +381,7 @@ mod tests {
             .map(|(a, b)| a + b)
             .collect();
         let obs = observation("p1", tiles, both, t0);
-        let r = evaluate(
-            &obs,
-            &own0(),
-            &roster(),
-            (t0, t0 + Duration::from_secs(1)),
-            20.0,
-        );
+        let r = evaluate_p1(&obs, t0, 1);
         assert!(!r.ok);
         assert!(r.tones.iter().any(|t| !t.expect_present && !t.ok));
     }
@@ -397,13 +391,7 @@ mod tests {
         let t0 = Instant::now();
         let tiles = vec![("p1".into(), colour_for(1)), ("p2".into(), colour_for(0))];
         let obs = observation("p1", tiles, tone(tone_for(1)), t0);
-        let r = evaluate(
-            &obs,
-            &own0(),
-            &roster(),
-            (t0, t0 + Duration::from_secs(3)),
-            20.0,
-        );
+        let r = evaluate_p1(&obs, t0, 3);
         assert!(!r.ok);
         assert!(r.tiles.iter().all(|t| !t.ok));
         assert!(r.fps < 20.0 && r.max_frame_gap_ms > 1900.0);

@@ -306,8 +306,9 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, ServerMessage> 
     })
 }
 
+/// Why a name or text a person typed (room, display name, chat message, file name) was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum NameError {
+pub enum TextError {
     #[error("must not be empty")]
     Empty,
     #[error("is longer than {0} characters")]
@@ -316,38 +317,52 @@ pub enum NameError {
     BadCharacter(char),
 }
 
+/// The checks every text shown to people shares: something is left after trimming, at most `max`
+/// characters, and no control character (they could forge log lines or hide text) but those in
+/// `allowed`. Returns the trimmed text.
+pub(crate) fn checked_text<'a>(
+    text: &'a str,
+    max: usize,
+    allowed: &[char],
+) -> Result<&'a str, TextError> {
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Err(TextError::Empty);
+    }
+    if trimmed.chars().count() > max {
+        return Err(TextError::TooLong(max));
+    }
+    match trimmed
+        .chars()
+        .find(|c| c.is_control() && !allowed.contains(c))
+    {
+        Some(c) => Err(TextError::BadCharacter(c)),
+        None => Ok(trimmed),
+    }
+}
+
 /// Room names end up in URLs, log lines and recording file names, so they are a strict slug:
 /// ASCII letters, digits, `-` and `_`. No dots, so no `..`, no hidden files, no extensions.
-pub fn validate_room_name(name: &str) -> Result<(), NameError> {
+pub fn validate_room_name(name: &str) -> Result<(), TextError> {
     if name.is_empty() {
-        return Err(NameError::Empty);
+        return Err(TextError::Empty);
     }
     if name.len() > MAX_ROOM_NAME_LEN {
-        return Err(NameError::TooLong(MAX_ROOM_NAME_LEN));
+        return Err(TextError::TooLong(MAX_ROOM_NAME_LEN));
     }
     match name
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
     {
-        Some(c) => Err(NameError::BadCharacter(c)),
+        Some(c) => Err(TextError::BadCharacter(c)),
         None => Ok(()),
     }
 }
 
 /// Display names are shown to people, so any script is welcome; control characters (which could
 /// forge log lines or break the tile text) are not. Returns the trimmed name.
-pub fn validate_display_name(name: &str) -> Result<String, NameError> {
-    let trimmed = name.trim();
-    if trimmed.is_empty() {
-        return Err(NameError::Empty);
-    }
-    if trimmed.chars().count() > MAX_DISPLAY_NAME_LEN {
-        return Err(NameError::TooLong(MAX_DISPLAY_NAME_LEN));
-    }
-    if let Some(c) = trimmed.chars().find(|c| c.is_control()) {
-        return Err(NameError::BadCharacter(c));
-    }
-    Ok(trimmed.to_string())
+pub fn validate_display_name(name: &str) -> Result<String, TextError> {
+    checked_text(name, MAX_DISPLAY_NAME_LEN, &[]).map(str::to_string)
 }
 
 #[cfg(test)]

@@ -8,6 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::{checked_text, TextError};
+
 /// Longest chat message, in characters: a paragraph, not a document (that is what files are for).
 pub const MAX_CHAT_CHARS: usize = 2000;
 /// Longest file name shown, in characters (common file systems stop at 255 bytes).
@@ -54,33 +56,10 @@ pub struct FileInfo {
     pub at: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TextError {
-    #[error("is empty")]
-    Empty,
-    #[error("is longer than {0} characters")]
-    TooLong(usize),
-    #[error("contains a control character ({0:?})")]
-    BadCharacter(char),
-}
-
 /// A chat text is shown as typed, line breaks and tabs included; other control characters (which
 /// could forge log lines or hide text) are refused. Surrounding blank lines are trimmed.
 pub fn validate_chat_text(text: &str) -> Result<String, TextError> {
-    let trimmed = text.trim();
-    if trimmed.is_empty() {
-        return Err(TextError::Empty);
-    }
-    if trimmed.chars().count() > MAX_CHAT_CHARS {
-        return Err(TextError::TooLong(MAX_CHAT_CHARS));
-    }
-    if let Some(c) = trimmed
-        .chars()
-        .find(|c| c.is_control() && !matches!(c, '\n' | '\t'))
-    {
-        return Err(TextError::BadCharacter(c));
-    }
-    Ok(trimmed.to_string())
+    checked_text(text, MAX_CHAT_CHARS, &['\n', '\t']).map(str::to_string)
 }
 
 /// The name a file is shown under: only its last path component (a browser sends a bare name,
@@ -88,16 +67,10 @@ pub fn validate_chat_text(text: &str) -> Result<String, TextError> {
 /// and not empty, `.` or `..`.
 pub fn validate_file_name(name: &str) -> Result<String, TextError> {
     let last = name.rsplit(['/', '\\']).next().unwrap_or_default().trim();
-    if last.is_empty() || last == "." || last == ".." {
+    if last == "." || last == ".." {
         return Err(TextError::Empty);
     }
-    if last.chars().count() > MAX_FILE_NAME_CHARS {
-        return Err(TextError::TooLong(MAX_FILE_NAME_CHARS));
-    }
-    if let Some(c) = last.chars().find(|c| c.is_control()) {
-        return Err(TextError::BadCharacter(c));
-    }
-    Ok(last.to_string())
+    checked_text(last, MAX_FILE_NAME_CHARS, &[]).map(str::to_string)
 }
 
 /// A media type such as `image/png`: the receiver's browser uses it for the saved file, so it

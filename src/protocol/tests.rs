@@ -261,29 +261,29 @@ fn chat_and_file_messages_read_from_the_documented_json() {
 #[test]
 fn room_names_are_strict_slugs() {
     assert!(validate_room_name("standup-2024_q1").is_ok());
-    assert_eq!(validate_room_name(""), Err(NameError::Empty));
+    assert_eq!(validate_room_name(""), Err(TextError::Empty));
     assert_eq!(
         validate_room_name("../etc"),
-        Err(NameError::BadCharacter('.'))
+        Err(TextError::BadCharacter('.'))
     );
-    assert_eq!(validate_room_name("a/b"), Err(NameError::BadCharacter('/')));
+    assert_eq!(validate_room_name("a/b"), Err(TextError::BadCharacter('/')));
     assert_eq!(
         validate_room_name("café"),
-        Err(NameError::BadCharacter('é'))
+        Err(TextError::BadCharacter('é'))
     );
     assert_eq!(
         validate_room_name(&"x".repeat(MAX_ROOM_NAME_LEN + 1)),
-        Err(NameError::TooLong(MAX_ROOM_NAME_LEN))
+        Err(TextError::TooLong(MAX_ROOM_NAME_LEN))
     );
 }
 
 #[test]
 fn display_names_allow_any_script_but_no_control_characters() {
     assert_eq!(validate_display_name("  Zoë 李  ").unwrap(), "Zoë 李");
-    assert_eq!(validate_display_name("   "), Err(NameError::Empty));
+    assert_eq!(validate_display_name("   "), Err(TextError::Empty));
     assert_eq!(
         validate_display_name("a\nb"),
-        Err(NameError::BadCharacter('\n'))
+        Err(TextError::BadCharacter('\n'))
     );
     assert!(validate_display_name(&"é".repeat(MAX_DISPLAY_NAME_LEN)).is_ok());
     assert!(validate_display_name(&"é".repeat(MAX_DISPLAY_NAME_LEN + 1)).is_err());

@@ -96,7 +96,7 @@ impl Room {
         size: u64,
         mime: Option<String>,
     ) -> Result<Upload, ServerMessage> {
-        let bad = |what: &str, e: crate::protocol::sharing::TextError| {
+        let bad = |what: &str, e: crate::protocol::TextError| {
             ServerMessage::error(ErrorCode::BadMessage, format!("the file's {what} {e}"))
         };
         let name = validate_file_name(&name).map_err(|e| bad("name", e))?;

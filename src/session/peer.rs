@@ -47,18 +47,14 @@ impl Session {
         })
         .await
         .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out negotiating")));
-        match result {
+        let applied = match result {
             Ok(answer) => {
                 self.reply(ServerMessage::Answer { sdp: answer }).await;
-                for c in self.signalling.remote_description_applied() {
-                    self.add_candidate(c).await;
-                }
+                Ok(())
             }
-            Err(e) => {
-                self.reply(ServerMessage::error(ErrorCode::BadSdp, format!("{e:#}")))
-                    .await
-            }
-        }
+            Err(e) => Err(e),
+        };
+        self.remote_description_done(applied).await;
     }
 
     pub(super) async fn apply_answer(&mut self, sdp: String) {
@@ -71,7 +67,13 @@ impl Session {
                 .context("applying the answer")
         }
         .await;
-        match result {
+        self.remote_description_done(result).await;
+    }
+
+    /// After an offer or answer: the candidates that waited for it go in, or the participant is
+    /// told why it was refused.
+    async fn remote_description_done(&mut self, applied: anyhow::Result<()>) {
+        match applied {
             Ok(()) => {
                 for c in self.signalling.remote_description_applied() {
                     self.add_candidate(c).await;
@@ -154,12 +156,9 @@ pub(super) fn install_callbacks(
     pc.on_ice_candidate(Box::new(move |candidate| {
         let tx = tx.clone();
         Box::pin(async move {
-            let candidate = match candidate.as_ref().map(rtc::candidate_to_protocol) {
-                Some(None) => return,
-                Some(c) => c,
-                None => None,
-            };
-            let _ = tx.send(PeerEvent::LocalCandidate(candidate)).await;
+            if let Some(candidate) = rtc::gathered_candidate(candidate.as_ref()) {
+                let _ = tx.send(PeerEvent::LocalCandidate(candidate)).await;
+            }
         })
     }));
     let tx = events.clone();
