@@ -12,15 +12,22 @@ WORKDIR /src
 COPY .ci/install-packages.sh .ci/packages-build.txt .ci/
 RUN .ci/install-packages.sh .ci/packages-build.txt
 # Dependencies are fetched in their own layer, so a change to the sources does not fetch again.
+# (cargo fetch only needs each workspace member's manifest and a target to exist.)
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src && touch src/lib.rs && cargo fetch --locked && rm -r src
+COPY crates/mcu-server/Cargo.toml crates/mcu-server/
+COPY crates/mcu-probe/Cargo.toml crates/mcu-probe/
+RUN for dir in src crates/mcu-server/src crates/mcu-probe/src; do mkdir -p $dir; done \
+    && touch src/main.rs crates/mcu-server/src/lib.rs crates/mcu-probe/src/lib.rs \
+    && cargo fetch --locked \
+    && rm -r src crates/mcu-server/src crates/mcu-probe/src
 COPY src src
+COPY crates crates
 COPY pipelines pipelines
 COPY web web
 # The cache mounts keep compiled dependencies between builds (BuildKit, Docker's default builder).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked && cp target/release/mcu /usr/local/bin/mcu
+    cargo build --release --locked --bin mcu && cp target/release/mcu /usr/local/bin/mcu
 
 FROM debian:bookworm-slim AS runtime
 COPY .ci/install-packages.sh .ci/packages-runtime.txt .ci/provision-runtime.sh /tmp/mcu-setup/

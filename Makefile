@@ -20,7 +20,7 @@ test-deps: deps
 	cd tests/browser && npm ci --no-audit --no-fund --loglevel=error
 
 build: deps
-	$(CARGO) build --release --locked
+	$(CARGO) build --release --locked --bin mcu
 
 ## Build and serve on http://localhost:8080 (pass more flags with ARGS="--fps 25 ...").
 run: build
@@ -30,11 +30,11 @@ run: build
 ## ships and the one checked in a Debian root. End-to-end tests run one at a time: each is a
 ## whole conference on a 2-core machine. (For a quick debug-build loop: cargo test.)
 test: test-deps
-	$(CARGO) build --release --locked --all-targets
+	$(CARGO) build --release --locked --workspace --all-targets
 	$(MAKE) test-rust test-browser test-rootfs
 
 test-rust:
-	$(CARGO) test --release --locked -- --test-threads=1
+	$(CARGO) test --release --locked --workspace -- --test-threads=1
 
 ## Headless Chromium through the web client (screenshots land in target/browser-artifacts/).
 test-browser:
@@ -47,7 +47,7 @@ test-rootfs:
 
 lint: deps
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 
 clean:
 	$(CARGO) clean

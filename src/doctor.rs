@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use gst::prelude::*;
 use gstreamer as gst;
 
-use crate::media::pipelines;
+use mcu_server::media::pipelines;
 
 /// Where each element the pipelines use comes from on Debian 12: (element, plugin, package).
 /// A unit test fails when a pipeline gains an element that is not listed here.
@@ -73,7 +73,7 @@ pub fn required_elements() -> BTreeMap<String, BTreeSet<String>> {
         .map(|t| (format!("pipelines/{}", t.file), t.elements()))
         .collect();
     sources.extend(
-        crate::probe::pipeline_descriptions()
+        mcu_probe::probe::pipeline_descriptions()
             .into_iter()
             .map(|(name, description)| (name, pipelines::element_names(&description))),
     );

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::config;
+use mcu_server::config;
 
 /// The whole check (connect, TLS, request, answer) must finish within this; a server that
 /// cannot answer a health request in 5 s is not healthy, and Docker's default timeout is 30 s.

@@ -9,9 +9,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use mcu::config::{self, VideoCodec};
+use mcu_server::codec::VideoCodec;
+use mcu_server::config;
 use warp::http::Method;
 
+mod admin_client;
+mod doctor;
+mod health;
 mod serve_args;
 use serve_args::{server_config, ServeArgs};
 
@@ -129,7 +133,7 @@ struct TokenArgs {
     #[arg(long)]
     name: String,
     /// How long it stays valid: 90s, 30m, 1h, 2d.
-    #[arg(long, default_value = "8h", value_parser = mcu::auth::parse_ttl)]
+    #[arg(long, default_value = "8h", value_parser = mcu_server::auth::parse_ttl)]
     ttl: Duration,
     /// Its holder may start and stop the room's recording.
     #[arg(long)]
@@ -185,7 +189,7 @@ struct ProbeArgs {
     #[arg(long)]
     no_camera: bool,
     /// Lowest received frame rate that passes.
-    #[arg(long, default_value_t = mcu::probe::DEFAULT_MIN_FPS)]
+    #[arg(long, default_value_t = mcu_probe::probe::DEFAULT_MIN_FPS)]
     min_fps: f64,
     /// Write the JSON report here.
     #[arg(long)]
@@ -193,7 +197,7 @@ struct ProbeArgs {
     /// Also check that participant ID (from outside this probe, e.g. a browser) shows this
     /// colour: ID=#RRGGBB (repeatable).
     #[arg(long, value_parser = parse_expectation)]
-    expect: Vec<(String, mcu::probe::analysis::Rgb)>,
+    expect: Vec<(String, mcu_probe::probe::analysis::Rgb)>,
     /// A join token every participant presents (see `mcu token`).
     #[arg(long, env = "MCU_JOIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -207,22 +211,23 @@ struct ProbeArgs {
     file: Option<u64>,
 }
 
-fn parse_expectation(text: &str) -> Result<(String, mcu::probe::analysis::Rgb), String> {
+fn parse_expectation(text: &str) -> Result<(String, mcu_probe::probe::analysis::Rgb), String> {
     let (id, colour) = text
         .split_once('=')
         .ok_or_else(|| format!("{text:?}: expected ID=#RRGGBB"))?;
-    let colour = mcu::probe::analysis::Rgb::parse_hex(colour)
+    let colour = mcu_probe::probe::analysis::Rgb::parse_hex(colour)
         .ok_or_else(|| format!("{colour:?} is not a #RRGGBB colour"))?;
     Ok((id.to_string(), colour))
 }
 
 fn mint_token(args: TokenArgs) -> Result<()> {
-    let secret = mcu::auth::Secret::new(args.jwt_secret);
-    mcu::auth::check_secret(&secret).map_err(|e| anyhow::anyhow!("--jwt-secret: {e}"))?;
-    mcu::protocol::validate_room_name(&args.room).map_err(|e| anyhow::anyhow!("room name {e}"))?;
-    let name = mcu::protocol::validate_display_name(&args.name)
+    let secret = mcu_server::auth::Secret::new(args.jwt_secret);
+    mcu_server::auth::check_secret(&secret).map_err(|e| anyhow::anyhow!("--jwt-secret: {e}"))?;
+    mcu_server::protocol::validate_room_name(&args.room)
+        .map_err(|e| anyhow::anyhow!("room name {e}"))?;
+    let name = mcu_server::protocol::validate_display_name(&args.name)
         .map_err(|e| anyhow::anyhow!("display name {e}"))?;
-    let token = mcu::auth::mint(
+    let token = mcu_server::auth::mint(
         &secret,
         &args.room,
         &name,
@@ -246,10 +251,10 @@ async fn admin_call(args: &AdminArgs, method: Method, path: &str) -> Result<bool
         .admin_token
         .clone()
         .filter(|t| !t.is_empty())
-        .map(mcu::auth::Secret::new);
-    let client = mcu::admin::client::AdminClient::new(&args.url, token)?;
+        .map(mcu_server::auth::Secret::new);
+    let client = crate::admin_client::AdminClient::new(&args.url, token)?;
     let answer = client.call(method, path).await?;
-    Ok(mcu::admin::client::print(&answer))
+    Ok(crate::admin_client::print(&answer))
 }
 
 fn init_logging() {
@@ -347,9 +352,11 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => mcu::server::run(server_config(*args)?).await.map(|_| true),
+            Command::Serve(args) => mcu_server::server::run(server_config(*args)?)
+                .await
+                .map(|_| true),
             Command::Probe(args) => {
-                let config = mcu::probe::ProbeConfig {
+                let config = mcu_probe::probe::ProbeConfig {
                     url: args.url,
                     room: args.room,
                     participants: args.participants,
@@ -359,16 +366,16 @@ fn main() -> ExitCode {
                     min_fps: args.min_fps,
                     json: args.json,
                     expect: args.expect,
-                    token: args.token.map(mcu::auth::Secret::new),
+                    token: args.token.map(mcu_server::auth::Secret::new),
                     chat: args.chat,
                     file: args.file.map(|b| b as usize),
                 };
-                let report = mcu::probe::run(&config).await?;
-                print!("{}", mcu::probe::summary(&report));
+                let report = mcu_probe::probe::run(&config).await?;
+                print!("{}", mcu_probe::probe::summary(&report));
                 Ok(report.ok)
             }
             Command::Bench(args) => {
-                let config = mcu::bench::BenchConfig {
+                let config = mcu_probe::bench::BenchConfig {
                     url: args.url,
                     server_pid: args.server_pid,
                     participants: args.participants,
@@ -383,12 +390,12 @@ fn main() -> ExitCode {
                     json: args.json,
                     svg: args.svg,
                 };
-                let report = mcu::bench::run(&config).await?;
-                print!("{}", mcu::bench::summary(&report));
+                let report = mcu_probe::bench::run(&config).await?;
+                print!("{}", mcu_probe::bench::summary(&report));
                 Ok(true)
             }
             Command::BenchFloor(args) => {
-                let report = mcu::bench::floor::run(
+                let report = mcu_probe::bench::floor::run(
                     &args.media,
                     args.participants,
                     args.rooms,
@@ -402,21 +409,21 @@ fn main() -> ExitCode {
             Command::Rooms(args) => admin_call(&args, Method::GET, "rooms").await,
             Command::Recordings(args) => admin_call(&args, Method::GET, "recordings").await,
             Command::Doctor => {
-                let report = mcu::doctor::examine();
-                print!("{}", mcu::doctor::render(&report));
+                let report = crate::doctor::examine();
+                print!("{}", crate::doctor::render(&report));
                 Ok(report.ok())
             }
             Command::Health(args) => {
                 let url = match args.url {
                     Some(url) => url,
-                    None => mcu::health::url_from_env()?,
+                    None => crate::health::url_from_env()?,
                 };
-                let answer = mcu::health::check(&url).await?;
+                let answer = crate::health::check(&url).await?;
                 println!("{} {}", answer.status, answer.body.trim());
                 Ok(answer.healthy())
             }
             Command::Record(args) => {
-                mcu::protocol::validate_room_name(&args.room)
+                mcu_server::protocol::validate_room_name(&args.room)
                     .map_err(|e| anyhow::anyhow!("room name {e}"))?;
                 let method = match args.action {
                     RecordCommand::Start => Method::POST,

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use mcu::config::{self, MediaConfig, ServerConfig, VideoCodec};
+use mcu_server::codec::VideoCodec;
+use mcu_server::config::{self, MediaConfig, ServerConfig};
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -113,7 +114,7 @@ pub fn server_config(args: ServeArgs) -> Result<ServerConfig> {
             .with_context(|| format!("--room-codec {entry:?}: expected ROOM=vp8|h264"))?;
         let codec = VideoCodec::parse(codec)
             .with_context(|| format!("--room-codec {entry:?}: unknown codec {codec:?}"))?;
-        mcu::protocol::validate_room_name(room)
+        mcu_server::protocol::validate_room_name(room)
             .map_err(|e| anyhow::anyhow!("--room-codec {entry:?}: room name {e}"))?;
         room_codecs.insert(room.to_string(), codec);
     }
@@ -127,10 +128,10 @@ pub fn server_config(args: ServeArgs) -> Result<ServerConfig> {
     if !(1..=60).contains(&args.fps) {
         bail!("--fps must be between 1 and 60");
     }
-    if !(1..=mcu::room::layout::MAX_TILES).contains(&args.max_participants) {
+    if !(1..=mcu_server::layout::MAX_TILES).contains(&args.max_participants) {
         bail!(
             "--max-participants must be between 1 and {}",
-            mcu::room::layout::MAX_TILES
+            mcu_server::layout::MAX_TILES
         );
     }
     if args.chat_history > config::MAX_CHAT_HISTORY {
@@ -184,14 +185,14 @@ pub fn server_config(args: ServeArgs) -> Result<ServerConfig> {
     let jwt_secret = args
         .jwt_secret
         .filter(|s| !s.is_empty())
-        .map(mcu::auth::Secret::new);
+        .map(mcu_server::auth::Secret::new);
     if let Some(secret) = &jwt_secret {
-        mcu::auth::check_secret(secret).map_err(|e| anyhow::anyhow!("--jwt-secret: {e}"))?;
+        mcu_server::auth::check_secret(secret).map_err(|e| anyhow::anyhow!("--jwt-secret: {e}"))?;
     }
     let admin_token = args
         .admin_token
         .filter(|t| !t.is_empty())
-        .map(mcu::auth::Secret::new);
+        .map(mcu_server::auth::Secret::new);
     Ok(ServerConfig {
         listen: args.listen,
         media: MediaConfig {

@@ -6,10 +6,10 @@ mod common;
 use std::time::{Duration, SystemTime};
 
 use common::{crowd_of, settle, wait_for, was_told, Server, SETTLE};
-use mcu::auth::Secret;
-use mcu::config::VideoCodec;
-use mcu::probe::{analysis, spec_for, Crowd};
-use mcu::protocol::ServerMessage;
+use mcu_probe::probe::{analysis, spec_for, Crowd};
+use mcu_server::auth::Secret;
+use mcu_server::codec::VideoCodec;
+use mcu_server::protocol::ServerMessage;
 
 const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 const JWT_SECRET: &str = "test-jwt-secret-0123456789abcdef0123";
@@ -328,7 +328,7 @@ async fn join_tokens_admit_their_holder_and_every_bad_token_is_refused_with_its_
     let server = Server::start("admin-jwt", &["--jwt-secret", JWT_SECRET]);
     let secret = Secret::new(JWT_SECRET);
     let now = SystemTime::now();
-    let valid = mcu::auth::mint(
+    let valid = mcu_server::auth::mint(
         &secret,
         "jwt",
         "Grace",
@@ -348,7 +348,7 @@ async fn join_tokens_admit_their_holder_and_every_bad_token_is_refused_with_its_
         "the token's name is used"
     );
 
-    let expired = mcu::auth::mint(
+    let expired = mcu_server::auth::mint(
         &secret,
         "jwt",
         "Grace",
@@ -357,7 +357,7 @@ async fn join_tokens_admit_their_holder_and_every_bad_token_is_refused_with_its_
         now - Duration::from_secs(3600),
     )
     .expect("minting");
-    let wrong_room = mcu::auth::mint(
+    let wrong_room = mcu_server::auth::mint(
         &secret,
         "other",
         "Grace",
@@ -379,7 +379,7 @@ async fn join_tokens_admit_their_holder_and_every_bad_token_is_refused_with_its_
         &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
     )
     .expect("an HS512 token");
-    let forged = mcu::auth::mint(
+    let forged = mcu_server::auth::mint(
         &Secret::new("someone-elses-secret-0123456789abcdef"),
         "jwt",
         "Mallory",
@@ -426,7 +426,7 @@ async fn only_a_token_that_allows_it_may_record_from_the_call() {
     let server = Server::start("admin-jwt-record", &["--jwt-secret", JWT_SECRET]);
     let secret = Secret::new(JWT_SECRET);
     let now = SystemTime::now();
-    let viewer = mcu::auth::mint(
+    let viewer = mcu_server::auth::mint(
         &secret,
         "rec",
         "Viewer",
@@ -435,7 +435,7 @@ async fn only_a_token_that_allows_it_may_record_from_the_call() {
         now,
     )
     .expect("minting");
-    let host = mcu::auth::mint(&secret, "rec", "Host", true, Duration::from_secs(600), now)
+    let host = mcu_server::auth::mint(&secret, "rec", "Host", true, Duration::from_secs(600), now)
         .expect("minting");
     let viewer = join_with_token(&server, "rec", Some(&viewer))
         .await

@@ -4,10 +4,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mcu::config::{MediaConfig, VideoCodec};
-use mcu::ids::ParticipantId;
-use mcu::media::{pipelines, InputSignals, PipelineEvent, RoomPipeline};
-use mcu::room::layout::grid;
+use mcu_server::codec::VideoCodec;
+use mcu_server::config::MediaConfig;
+use mcu_server::ids::ParticipantId;
+use mcu_server::layout::grid;
+use mcu_server::media::{pipelines, InputSignals, PipelineEvent, RoomPipeline};
 
 /// Waits until the recorder has written a second of video; returns the frame count.
 async fn wait_for_recorded_frames(room: &RoomPipeline) -> u64 {
@@ -138,7 +139,7 @@ async fn tiles_follow_layout_changes_that_come_faster_than_frames_without_failin
     let (mut room, _packets) =
         RoomPipeline::start("relayout", &media, VideoCodec::Vp8, events).expect("the room builds");
     let people: Vec<ParticipantId> = (1..=3).map(ParticipantId).collect();
-    let layout = |n: usize| -> Vec<(ParticipantId, mcu::room::layout::Rect)> {
+    let layout = |n: usize| -> Vec<(ParticipantId, mcu_server::layout::Rect)> {
         people
             .iter()
             .copied()

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::recording::decode;
 use common::{crowd_of, settle, wait_for, was_told, Server, SETTLE};
-use mcu::probe::analysis;
+use mcu_probe::probe::analysis;
 
 const FPS: f64 = 30.0;
 
@@ -51,7 +51,7 @@ async fn start_recording(server: &Server, room: &str) -> serde_json::Value {
 fn assert_tiles_show(
     frame: &common::recording::VideoFrame,
     tiles: &serde_json::Value,
-    roster: &std::collections::HashMap<String, mcu::probe::Expected>,
+    roster: &std::collections::HashMap<String, mcu_probe::probe::Expected>,
     when: &str,
 ) {
     for tile in tiles.as_array().expect("tiles") {
@@ -91,8 +91,8 @@ async fn a_recording_shows_every_tile_and_carries_every_voice_for_as_long_as_it_
                 .iter()
                 .all(|m| {
                     was_told(m, |n| {
-                        matches!(n, mcu::protocol::ServerMessage::Recording { state, .. }
-                        if *state == mcu::protocol::RecordingState::Started)
+                        matches!(n, mcu_server::protocol::ServerMessage::Recording { state, .. }
+                        if *state == mcu_server::protocol::RecordingState::Started)
                     })
                 })
                 .then_some(())
@@ -259,7 +259,7 @@ async fn a_recording_outlives_comings_and_goings_ends_with_its_room_and_with_sig
     let mut crowd = crowd_of(&server, "term", 1).await;
     settle(&crowd, "the participant to see itself").await;
     crowd
-        .join(mcu::config::VideoCodec::Vp8)
+        .join(mcu_server::codec::VideoCodec::Vp8)
         .await
         .expect("a second joins");
     settle(&crowd, "two participants to see each other").await;

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use common::{wait_for, Server, MIN_FPS, SETTLE};
 use futures_util::{SinkExt, StreamExt};
-use mcu::config::VideoCodec;
-use mcu::probe::Crowd;
+use mcu_probe::probe::Crowd;
+use mcu_server::codec::VideoCodec;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 

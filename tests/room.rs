@@ -6,8 +6,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{all_ok, crowd_of, settle, wait_for, Server, SETTLE};
-use mcu::config::VideoCodec;
-use mcu::probe::{analysis, Crowd};
+use mcu_probe::probe::{analysis, Crowd};
+use mcu_server::codec::VideoCodec;
 
 /// Frames further apart than this are a stall a person would notice.
 const STALL: Duration = Duration::from_millis(700);
@@ -269,7 +269,7 @@ async fn media_ports_come_from_the_configured_range_and_candidates_carry_the_pub
 }
 
 /// The ports in the server's ICE candidates, as one participant received them.
-fn candidate_ports(p: &mcu::probe::Participant) -> Vec<u16> {
+fn candidate_ports(p: &mcu_probe::probe::Participant) -> Vec<u16> {
     p.observe()
         .server_candidates
         .iter()

@@ -8,12 +8,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{init, wait_for, Server, SETTLE};
-use mcu::config::VideoCodec;
-use mcu::probe::participant::Observation;
-use mcu::probe::sharing::{self, random_bytes, sha256_hex, Transport};
-use mcu::probe::{spec_for, Crowd};
-use mcu::protocol::sharing::DATA_CHANNEL_READ_LIMIT;
-use mcu::protocol::ErrorCode;
+use mcu_probe::probe::participant::Observation;
+use mcu_probe::probe::sharing::{self, random_bytes, sha256_hex, Transport};
+use mcu_probe::probe::{spec_for, Crowd};
+use mcu_server::codec::VideoCodec;
+use mcu_server::protocol::sharing::DATA_CHANNEL_READ_LIMIT;
+use mcu_server::protocol::ErrorCode;
 
 /// Joins one participant that shares over `transport`, and subscribes it.
 async fn join_sharing(crowd: &mut Crowd, transport: Transport) -> usize {

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mcu::config::VideoCodec;
-use mcu::probe::{Crowd, ParticipantReport};
+use mcu_probe::probe::{Crowd, ParticipantReport};
+use mcu_server::codec::VideoCodec;
 
 pub mod recording;
 
@@ -205,8 +205,8 @@ impl Drop for Server {
 
 /// Whether `member` has received a room notice (recording, mute, removal) that `is` describes.
 pub fn was_told(
-    member: &mcu::probe::Participant,
-    is: impl Fn(&mcu::protocol::ServerMessage) -> bool,
+    member: &mcu_probe::probe::Participant,
+    is: impl Fn(&mcu_server::protocol::ServerMessage) -> bool,
 ) -> bool {
     member.observe().notices.iter().any(is)
 }

@@ -9,7 +9,7 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 
-use mcu::probe::analysis::Rgb;
+use mcu_probe::probe::analysis::Rgb;
 
 /// Keep the picture of one frame in this many, enough to look at any second of the recording.
 const KEEP_EVERY: usize = 15;

@@ -1,0 +1,281 @@
+//! The signalling half of a synthetic participant, shared by `mcu probe` and `mcu bench`: the
+//! WebSocket, the peer connection, trickle ICE both ways, the join handshake, and what the
+//! server announces (layout, notices, errors). What the participant sends and how it reads what
+//! it receives is the caller's.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
+use webrtc::peer_connection::RTCPeerConnection;
+use webrtc::track::track_remote::TrackRemote;
+
+use mcu_server::protocol::{ClientMessage, Layout, ServerMessage};
+use mcu_server::rtc::{self, RtcFactory};
+
+/// How long to wait for the server's `joined` reply.
+const JOIN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// What the server told this participant besides the negotiation.
+#[derive(Debug, Default)]
+pub struct Announcements {
+    pub layout: Option<Layout>,
+    pub errors: Vec<String>,
+    /// The ICE candidates the server sent, as SDP candidate lines.
+    pub server_candidates: Vec<String>,
+    /// Room notices received: recording, mute and removal messages, in order.
+    pub notices: Vec<ServerMessage>,
+    /// Chat and file messages (and file bytes) that came on the WebSocket, for a participant
+    /// using the fallback; shared with its data channels' handlers otherwise.
+    pub sharing: super::sharing::SharedState,
+}
+
+pub type Heard = Arc<Mutex<Announcements>>;
+
+pub fn lock(heard: &Heard) -> std::sync::MutexGuard<'_, Announcements> {
+    heard.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Called for each track the server sends.
+pub type OnTrack = Arc<dyn Fn(Arc<TrackRemote>) + Send + Sync>;
+
+pub struct Link {
+    pub id: String,
+    /// When the participant started to connect: the origin of its join-time figures.
+    pub started: Instant,
+    pub pc: Arc<RTCPeerConnection>,
+    pub heard: Heard,
+    ws_out: mpsc::Sender<Message>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Link {
+    /// Connects to `room` on the server at `base_url` (http://host:port) and joins as `name`;
+    /// what the server announces goes into `heard`. The caller then adds its tracks and calls
+    /// `offer`.
+    pub async fn join(
+        base_url: &str,
+        room: &str,
+        name: &str,
+        token: Option<mcu_server::auth::Secret>,
+        rtc: &RtcFactory,
+        heard: Heard,
+        on_track: OnTrack,
+    ) -> Result<Link> {
+        let started = Instant::now();
+        let ws_url = format!(
+            "{}/ws/{room}",
+            base_url
+                .trim_end_matches('/')
+                .replacen("http://", "ws://", 1)
+                .replacen("https://", "wss://", 1)
+        );
+        let (socket, _) = tokio_tungstenite::connect_async(ws_url.as_str())
+            .await
+            .with_context(|| format!("connecting to {ws_url}"))?;
+        let (mut ws_sink, mut ws_stream) = socket.split();
+        let mut tasks = Vec::new();
+
+        let (ws_out, mut ws_out_rx) = mpsc::channel::<Message>(256);
+        tasks.push(tokio::spawn(async move {
+            while let Some(message) = ws_out_rx.recv().await {
+                if ws_sink.send(message).await.is_err() {
+                    break;
+                }
+            }
+            let _ = ws_sink.close().await;
+        }));
+
+        let pc = rtc.peer_connection().await?;
+        pc.on_track(Box::new(move |track, _, _| {
+            on_track(track);
+            Box::pin(async {})
+        }));
+        {
+            let out = ws_out.clone();
+            pc.on_ice_candidate(Box::new(move |candidate| {
+                let out = out.clone();
+                Box::pin(async move {
+                    let Some(candidate) = rtc::gathered_candidate(candidate.as_ref()) else {
+                        return;
+                    };
+                    let _ = out
+                        .send(Message::text(to_text(&ClientMessage::Candidate {
+                            candidate,
+                        })))
+                        .await;
+                })
+            }));
+        }
+
+        let (joined_tx, joined_rx) = oneshot::channel::<Result<String, String>>();
+        {
+            let heard = heard.clone();
+            let pc = pc.clone();
+            let mut joined_tx = Some(joined_tx);
+            let loopback_only = rtc.loopback_only();
+            let sharing = lock(&heard).sharing.clone();
+            tasks.push(tokio::spawn(async move {
+                while let Some(Ok(frame)) = ws_stream.next().await {
+                    let text = match frame {
+                        Message::Text(text) => text,
+                        Message::Binary(frame) => {
+                            super::sharing::lock(&sharing).record_chunk(&frame);
+                            continue;
+                        }
+                        _ => continue,
+                    };
+                    let Ok(message) = serde_json::from_str::<ServerMessage>(text.as_str()) else {
+                        lock(&heard)
+                            .errors
+                            .push(format!("unreadable server message: {text}"));
+                        continue;
+                    };
+                    if message.is_sharing() {
+                        super::sharing::lock(&sharing).record(&message);
+                        continue;
+                    }
+                    match message {
+                        ServerMessage::Joined { participant_id, .. } => {
+                            if let Some(tx) = joined_tx.take() {
+                                let _ = tx.send(Ok(participant_id));
+                            }
+                        }
+                        ServerMessage::Answer { sdp } => {
+                            let result = match RTCSessionDescription::answer(sdp) {
+                                Ok(answer) => pc.set_remote_description(answer).await,
+                                Err(e) => Err(e),
+                            };
+                            if let Err(e) = result {
+                                lock(&heard)
+                                    .errors
+                                    .push(format!("applying the answer: {e}"));
+                            }
+                        }
+                        ServerMessage::Candidate { candidate: Some(c) } => {
+                            lock(&heard).server_candidates.push(c.candidate.clone());
+                            if loopback_only && !rtc::is_loopback_candidate(&c.candidate) {
+                                continue;
+                            }
+                            let init = rtc::candidate_from_protocol(c);
+                            if let Err(e) = pc.add_ice_candidate(init).await {
+                                lock(&heard).errors.push(format!("server candidate: {e}"));
+                            }
+                        }
+                        ServerMessage::Layout(layout) => lock(&heard).layout = Some(layout),
+                        notice @ (ServerMessage::Recording { .. }
+                        | ServerMessage::ParticipantMuted { .. }
+                        | ServerMessage::Removed { .. }) => lock(&heard).notices.push(notice),
+                        ServerMessage::Error { code, message } => {
+                            let text = format!("{code:?}: {message}");
+                            match joined_tx.take() {
+                                Some(tx) => {
+                                    let _ = tx.send(Err(text));
+                                }
+                                // Refusals of chat and file requests are expected answers
+                                // (a file too large, a flood held back): the sharing checks
+                                // read them, they are not the server failing.
+                                None if is_sharing_refusal(code) => {
+                                    super::sharing::lock(&sharing).errors.push((code, message));
+                                }
+                                None => lock(&heard).errors.push(text),
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }));
+        }
+
+        ws_out
+            .send(Message::text(to_text(&ClientMessage::Join {
+                name: name.to_string(),
+                token,
+            })))
+            .await
+            .context("sending join")?;
+        let id = match tokio::time::timeout(JOIN_DEADLINE, joined_rx).await {
+            Ok(Ok(Ok(id))) => id,
+            Ok(Ok(Err(refusal))) => bail!("the server refused the join: {refusal}"),
+            Ok(Err(_)) => bail!("the connection closed before the join was answered"),
+            Err(_) => bail!("no answer to join within {JOIN_DEADLINE:?}"),
+        };
+        Ok(Link {
+            id,
+            started,
+            pc,
+            heard,
+            ws_out,
+            tasks,
+        })
+    }
+
+    /// Offers the tracks added so far.
+    pub async fn offer(&self) -> Result<()> {
+        let offer = self
+            .pc
+            .create_offer(None)
+            .await
+            .context("creating an offer")?;
+        self.pc
+            .set_local_description(offer.clone())
+            .await
+            .context("applying our offer")?;
+        self.ws_out
+            .send(Message::text(to_text(&ClientMessage::Offer {
+                sdp: offer.sdp,
+            })))
+            .await
+            .context("sending the offer")
+    }
+
+    /// Sends a raw text frame on the signalling socket (for tests of bad input).
+    pub async fn send_raw(&self, text: String) -> bool {
+        self.ws_out.send(Message::text(text)).await.is_ok()
+    }
+
+    /// Sends a binary frame on the signalling socket (file bytes, in the fallback).
+    pub async fn send_binary(&self, frame: bytes::Bytes) -> bool {
+        self.ws_out.send(Message::binary(frame)).await.is_ok()
+    }
+
+    /// Leaves politely: a `leave` message, then the connection is closed.
+    pub async fn leave(mut self) {
+        let _ = self
+            .ws_out
+            .send(Message::text(to_text(&ClientMessage::Leave {})))
+            .await;
+        self.close().await;
+    }
+
+    pub async fn close(&mut self) {
+        let _ = self.pc.close().await;
+        for t in self.tasks.drain(..) {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Errors that answer a chat or file request rather than report a fault.
+fn is_sharing_refusal(code: mcu_server::protocol::ErrorCode) -> bool {
+    use mcu_server::protocol::ErrorCode as E;
+    matches!(code, E::RateLimited | E::FileTooLarge | E::UnknownFile)
+}
+
+fn to_text(m: &ClientMessage) -> String {
+    serde_json::to_string(m).expect("client messages always serialise")
+}

@@ -1,0 +1,337 @@
+//! The probe participant's own media: what it sends (a solid colour and a tone) and how it reads
+//! what it receives (tile colours of each composite frame, the last second of audio).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use gst::prelude::*;
+use gstreamer as gst;
+use gstreamer_app as gst_app;
+use gstreamer_video as gst_video;
+use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
+use webrtc::track::track_remote::TrackRemote;
+use webrtc::util::Marshal;
+
+use super::analysis::{self, Rgb, I420};
+use super::link::{self, Heard};
+use mcu_server::codec::VideoCodec;
+use mcu_server::rtc;
+
+/// Decoded frames whose tile colours are kept for the checks (one second at 30 fps).
+const RECENT_FRAMES: usize = 30;
+/// Received audio kept for the tone analysis: one second at 48 kHz.
+pub const AUDIO_WINDOW: usize = 48_000;
+/// The probe's camera: small, because the server scales it into a tile anyway, and cheap to encode.
+const SEND_WIDTH: u32 = 320;
+const SEND_HEIGHT: u32 = 180;
+
+/// The colours found at the centre of each tile of one decoded composite frame.
+#[derive(Debug, Clone)]
+pub struct FrameSample {
+    pub at: Instant,
+    pub width: u32,
+    pub height: u32,
+    pub tiles: Vec<(String, Rgb)>,
+    /// The colour an eighth of the way down each tile: the participant's colour when its video
+    /// fills the tile, black when it is letterboxed, the placeholder's grey before any video.
+    pub tops: Vec<(String, Rgb)>,
+}
+
+#[derive(Default)]
+pub(super) struct Received {
+    pub(super) frame_times: Vec<Instant>,
+    pub(super) recent: VecDeque<FrameSample>,
+    pub(super) first_self_frame: Option<Instant>,
+    pub(super) audio: VecDeque<f32>,
+    pub(super) keyframes: Vec<Instant>,
+}
+
+pub(super) struct Shared {
+    pub(super) heard: Heard,
+    pub(super) own_id: Mutex<Option<String>>,
+    pub(super) own_colour: OnceLock<Rgb>,
+    pub(super) received: Mutex<Received>,
+}
+
+impl Shared {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, Received> {
+        self.received.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The probe's camera chain for `codec`, from raw frames to RTP in an appsink.
+fn camera_description(codec: VideoCodec, argb: u32) -> String {
+    let encoder = match codec {
+        VideoCodec::Vp8 => {
+            "vp8enc name=encoder deadline=1 cpu-used=16 threads=1 \
+             target-bitrate=300000 keyframe-max-dist=150 lag-in-frames=0 \
+             ! rtpvp8pay pt=96 mtu=1200 picture-id-mode=15-bit"
+        }
+        VideoCodec::H264 => {
+            "x264enc name=encoder tune=zerolatency speed-preset=ultrafast \
+             threads=1 bitrate=300 key-int-max=150 \
+             ! video/x-h264,profile=constrained-baseline \
+             ! rtph264pay pt=102 mtu=1200 config-interval=-1 aggregate-mode=zero-latency"
+        }
+    };
+    format!(
+        "videotestsrc is-live=true pattern=solid-color foreground-color={argb} \
+           ! video/x-raw,format=I420,width={SEND_WIDTH},height={SEND_HEIGHT},framerate=30/1 \
+           ! {encoder} ! appsink name=video_sink sync=false "
+    )
+}
+
+/// The probe's microphone: a sine tone, Opus RTP into an appsink.
+fn microphone_description(tone_hz: f64) -> String {
+    format!(
+        "audiotestsrc is-live=true wave=sine freq={tone_hz} volume=0.3 samplesperbuffer=960 \
+           ! audio/x-raw,format=S16LE,rate=48000,channels=1 \
+           ! opusenc bitrate=32000 frame-size=20 ! rtpopuspay pt=111 mtu=1200 \
+           ! appsink name=audio_sink sync=false"
+    )
+}
+
+/// The kinds of track the probe decodes.
+#[derive(Debug, Clone, Copy)]
+enum Incoming {
+    Video(VideoCodec),
+    Audio,
+}
+
+/// Decodes one incoming RTP track (payload type `pt`) into raw frames or samples in an appsink.
+fn receive_description(incoming: Incoming, pt: i32) -> String {
+    let (caps, chain) = match incoming {
+        Incoming::Video(VideoCodec::Vp8) => (
+            format!(
+                "application/x-rtp,media=video,clock-rate=90000,encoding-name=VP8,payload={pt}"
+            ),
+            "rtpvp8depay wait-for-keyframe=true ! vp8dec threads=1",
+        ),
+        Incoming::Video(VideoCodec::H264) => (
+            format!(
+                "application/x-rtp,media=video,clock-rate=90000,encoding-name=H264,payload={pt}"
+            ),
+            "rtph264depay ! avdec_h264 max-threads=1",
+        ),
+        Incoming::Audio => (
+            format!(
+                "application/x-rtp,media=audio,clock-rate=48000,encoding-name=OPUS,payload={pt}"
+            ),
+            "rtpopusdepay ! opusdec",
+        ),
+    };
+    let tail = match incoming {
+        Incoming::Video(_) => {
+            "videoconvert ! video/x-raw,format=I420 ! appsink name=sink sync=false max-buffers=2 drop=true"
+        }
+        Incoming::Audio => {
+            "audioconvert ! audioresample ! audio/x-raw,format=F32LE,rate=48000,channels=1 \
+             ! appsink name=sink sync=false max-buffers=50 drop=true"
+        }
+    };
+    format!(
+        "appsrc name=src format=time is-live=true do-timestamp=true caps=\"{caps}\" \
+         ! rtpjitterbuffer latency=50 ! {chain} ! {tail}"
+    )
+}
+
+/// Every pipeline description the probe may build, named, for `mcu doctor`.
+pub fn descriptions() -> Vec<(String, String)> {
+    let mut all = Vec::new();
+    for codec in [VideoCodec::Vp8, VideoCodec::H264] {
+        let name = codec.mime_type().trim_start_matches("video/");
+        all.push((
+            format!("probe camera ({name})"),
+            camera_description(codec, 0),
+        ));
+        all.push((
+            format!("probe receiver ({name})"),
+            receive_description(Incoming::Video(codec), 96),
+        ));
+    }
+    all.push(("probe microphone".into(), microphone_description(440.0)));
+    all.push((
+        "probe receiver (Opus)".into(),
+        receive_description(Incoming::Audio, 111),
+    ));
+    all
+}
+
+/// The probe's microphone (a sine tone) and, given a codec and colour, its camera (a solid colour).
+pub(super) fn send_pipeline(
+    camera: Option<(VideoCodec, Rgb)>,
+    tone_hz: f64,
+) -> Result<gst::Pipeline> {
+    let video = camera
+        .map(|(codec, colour)| camera_description(codec, colour.argb()))
+        .unwrap_or_default();
+    let description = format!("{video}{}", microphone_description(tone_hz));
+    gst::parse::launch(&description)
+        .context("building the probe's send pipeline")?
+        .downcast::<gst::Pipeline>()
+        .ok()
+        .context("the probe's send pipeline is not a pipeline")
+}
+
+/// Builds a pipeline that decodes one incoming track and records what it shows or sounds like.
+pub(super) fn receive(track: Arc<TrackRemote>, shared: Arc<Shared>) -> Result<gst::Pipeline> {
+    let codec = track.codec();
+    let mime = codec.capability.mime_type.clone();
+    let pt = i32::from(track.payload_type());
+    let incoming = match track.kind() {
+        RTPCodecType::Video => match rtc::video_codec_of(&mime) {
+            Some(codec) => Incoming::Video(codec),
+            None => bail!("unexpected video codec {mime}"),
+        },
+        RTPCodecType::Audio => Incoming::Audio,
+        other => bail!("unexpected {other} track"),
+    };
+    let is_video = track.kind() == RTPCodecType::Video;
+    let h264 = matches!(incoming, Incoming::Video(VideoCodec::H264));
+    let description = receive_description(incoming, pt);
+    let pipeline = gst::parse::launch(&description)
+        .context("building a receive pipeline")?
+        .downcast::<gst::Pipeline>()
+        .ok()
+        .context("the receive pipeline is not a pipeline")?;
+    let appsrc = pipeline
+        .by_name("src")
+        .and_then(|e| e.dynamic_cast::<gst_app::AppSrc>().ok())
+        .context("receive pipeline has no appsrc")?;
+    let appsink = pipeline
+        .by_name("sink")
+        .and_then(|e| e.dynamic_cast::<gst_app::AppSink>().ok())
+        .context("receive pipeline has no appsink")?;
+    let callback_shared = shared.clone();
+    appsink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |sink| {
+                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                if is_video {
+                    on_video_frame(&sample, &callback_shared);
+                } else {
+                    on_audio(&sample, &callback_shared);
+                }
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+    pipeline
+        .set_state(gst::State::Playing)
+        .context("starting a receive pipeline")?;
+    tokio::spawn(async move {
+        while let Ok((packet, _)) = track.read_rtp().await {
+            if is_video && analysis::starts_keyframe(&packet.payload, h264) {
+                shared.lock().keyframes.push(Instant::now());
+            }
+            let Ok(bytes) = packet.marshal() else {
+                continue;
+            };
+            if appsrc.push_buffer(gst::Buffer::from_slice(bytes)).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(pipeline)
+}
+
+fn on_video_frame(sample: &gst::Sample, shared: &Shared) {
+    let now = Instant::now();
+    let (Some(buffer), Some(caps)) = (sample.buffer(), sample.caps()) else {
+        return;
+    };
+    let Ok(info) = gst_video::VideoInfo::from_caps(caps) else {
+        return;
+    };
+    let Ok(frame) = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, &info) else {
+        return;
+    };
+    let plane = |i: u32| frame.plane_data(i).ok();
+    let (Some(y), Some(u), Some(v)) = (plane(0), plane(1), plane(2)) else {
+        return;
+    };
+    let strides = info.stride();
+    let image = I420 {
+        width: info.width() as usize,
+        height: info.height() as usize,
+        y,
+        y_stride: strides[0] as usize,
+        u,
+        u_stride: strides[1] as usize,
+        v,
+        v_stride: strides[2] as usize,
+    };
+    let own_id = shared
+        .own_id
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let layout = link::lock(&shared.heard).layout.clone();
+    let mut r = shared.lock();
+    let Some(layout) = layout else {
+        r.frame_times.push(now);
+        return;
+    };
+    let sx = image.width as f64 / f64::from(layout.width.max(1));
+    let sy = image.height as f64 / f64::from(layout.height.max(1));
+    let sample = |fraction_down: f64| -> Vec<(String, Rgb)> {
+        layout
+            .tiles
+            .iter()
+            .filter_map(|t| {
+                let cx = ((f64::from(t.x) + f64::from(t.width) / 2.0) * sx) as usize;
+                let cy = ((f64::from(t.y) + f64::from(t.height) * fraction_down) * sy) as usize;
+                let half = ((f64::from(t.width.min(t.height)) * sx) as usize / 16).clamp(1, 8);
+                image
+                    .average(cx, cy, half)
+                    .map(|c| (t.participant_id.clone(), c))
+            })
+            .collect()
+    };
+    let tiles = sample(0.5);
+    let tops = sample(0.125);
+    if r.first_self_frame.is_none() {
+        if let Some(own) = own_id {
+            let shows_self = tiles.iter().any(|(p, c)| {
+                *p == own
+                    && shared
+                        .own_colour
+                        .get()
+                        .is_some_and(|own_colour| analysis::shows(*c, *own_colour))
+            });
+            if shows_self {
+                r.first_self_frame = Some(now);
+            }
+        }
+    }
+    r.frame_times.push(now);
+    r.recent.push_back(FrameSample {
+        at: now,
+        width: info.width(),
+        height: info.height(),
+        tiles,
+        tops,
+    });
+    while r.recent.len() > RECENT_FRAMES {
+        r.recent.pop_front();
+    }
+}
+
+fn on_audio(sample: &gst::Sample, shared: &Shared) {
+    let Some(buffer) = sample.buffer() else {
+        return;
+    };
+    let Ok(map) = buffer.map_readable() else {
+        return;
+    };
+    let mut r = shared.lock();
+    for chunk in map.as_slice().chunks_exact(4) {
+        r.audio
+            .push_back(f32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]));
+    }
+    while r.audio.len() > AUDIO_WINDOW {
+        r.audio.pop_front();
+    }
+}

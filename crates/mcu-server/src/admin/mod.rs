@@ -1,0 +1,401 @@
+//! The admin API: JSON over HTTP under `/api/v1` (documented in docs/api.md). Rooms (list, get,
+//! close), participants (remove, mute), recordings (start, stop, list, get, download, delete).
+//!
+//! Access: with `--admin-token`, every request needs `Authorization: Bearer <token>`; without
+//! one, the API answers on loopback only. Errors are `{"error": {"code", "message"}}`.
+//! The routing is a plain match on method and path segments, so the whole API reads in one place.
+
+pub mod download;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use warp::http::{header, Method, Response, StatusCode};
+use warp::hyper::Body;
+
+use crate::auth::Secret;
+use crate::ids::{ParticipantId, RoomId};
+use crate::recordings::{self, StoreError};
+use crate::room::{RecordError, RoomHandle};
+use crate::session::SessionContext;
+
+/// How long a request waits for a room to answer before reporting it stuck.
+const ROOM_ANSWER_DEADLINE: Duration = Duration::from_secs(10);
+/// Closing a room finishes its recording first (see media/recorder.rs FINISH_TIMEOUT).
+const ROOM_CLOSE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// One API request, as the router needs it.
+pub struct ApiRequest {
+    pub method: Method,
+    /// The path below `/api/v1/`, still percent-encoded (an encoded `/` or `.` stays visible and
+    /// is refused by the name checks).
+    pub path: String,
+    pub peer: Option<SocketAddr>,
+    pub authorization: Option<String>,
+    pub range: Option<String>,
+}
+
+fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap_or_else(|_| Response::new(Body::empty()))
+}
+
+pub fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response<Body> {
+    json_response(
+        status,
+        json!({"error": {"code": code, "message": message.into()}}),
+    )
+}
+
+fn no_content() -> Response<Body> {
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    response
+}
+
+/// Why a caller may not use the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No admin token is configured and the caller is not on loopback.
+    NotLoopback,
+    NoToken,
+    WrongToken,
+}
+
+impl Refusal {
+    pub fn status(self) -> StatusCode {
+        match self {
+            Refusal::NotLoopback => StatusCode::FORBIDDEN,
+            Refusal::NoToken | Refusal::WrongToken => StatusCode::UNAUTHORIZED,
+        }
+    }
+
+    fn into_response(self) -> Response<Body> {
+        let (code, message) = match self {
+            Refusal::NotLoopback => (
+                "forbidden",
+                "without --admin-token the admin API answers on loopback only",
+            ),
+            Refusal::NoToken => (
+                "unauthorized",
+                "send the admin token as `Authorization: Bearer <token>`",
+            ),
+            Refusal::WrongToken => (
+                "unauthorized",
+                "the bearer token is not this server's admin token",
+            ),
+        };
+        let mut response = error(self.status(), code, message);
+        if self.status() == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}
+
+/// Who may use the API: the bearer token when one is configured, else loopback callers only.
+pub fn check_access(
+    admin_token: Option<&Secret>,
+    peer: Option<SocketAddr>,
+    authorization: Option<&str>,
+) -> Result<(), Refusal> {
+    match admin_token {
+        Some(token) => {
+            let given = authorization.and_then(|h| {
+                let (scheme, value) = h.trim().split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| value.trim())
+            });
+            match given {
+                Some(given) if token.matches(given) => Ok(()),
+                Some(_) => Err(Refusal::WrongToken),
+                None => Err(Refusal::NoToken),
+            }
+        }
+        None if peer.is_some_and(|p| p.ip().is_loopback()) => Ok(()),
+        None => Err(Refusal::NotLoopback),
+    }
+}
+
+pub async fn handle(ctx: Arc<SessionContext>, request: ApiRequest) -> Response<Body> {
+    let config = ctx.registry.config();
+    if let Err(refusal) = check_access(
+        config.admin_token.as_ref(),
+        request.peer,
+        request.authorization.as_deref(),
+    ) {
+        return refusal.into_response();
+    }
+    let segments: Vec<&str> = request.path.trim_end_matches('/').split('/').collect();
+    let m = &request.method;
+    match segments.as_slice() {
+        ["rooms"] if m == Method::GET => list_rooms(&ctx).await,
+        ["rooms", room] if m == Method::GET => {
+            with_room(&ctx, room, |h| async move { get_room(h).await }).await
+        }
+        ["rooms", room] if m == Method::DELETE => {
+            with_room(&ctx, room, |h| async move { close_room(h).await }).await
+        }
+        ["rooms", room, "recording"] if m == Method::POST => {
+            with_room(&ctx, room, |h| async move {
+                recording_reply(h.start_recording().await, StatusCode::CREATED)
+            })
+            .await
+        }
+        ["rooms", room, "recording"] if m == Method::DELETE => {
+            with_room(&ctx, room, |h| async move {
+                recording_reply(h.stop_recording().await, StatusCode::OK)
+            })
+            .await
+        }
+        ["rooms", room, "participants", who, action @ ("remove" | "mute" | "unmute")]
+            if m == Method::POST =>
+        {
+            let Ok(who) = who.parse::<ParticipantId>() else {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "participant_not_found",
+                    format!("{who:?} is not a participant id (they look like p3)"),
+                );
+            };
+            let action = *action;
+            with_room(
+                &ctx,
+                room,
+                |h| async move { moderate(h, who, action).await },
+            )
+            .await
+        }
+        ["recordings"] if m == Method::GET => list_recordings(&ctx),
+        ["recordings", id] if m == Method::GET => match ctx.registry.store().get(id) {
+            Ok(info) => json_response(StatusCode::OK, json!(info)),
+            Err(e) => store_error(e),
+        },
+        ["recordings", id] if m == Method::DELETE => match ctx.registry.store().delete(id) {
+            Ok(()) => no_content(),
+            Err(e) => store_error(e),
+        },
+        ["recordings", id, "file"] if m == Method::GET => {
+            download_recording(&ctx, id, request.range.as_deref()).await
+        }
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no such endpoint: {} /api/v1/{}", m, request.path),
+        ),
+    }
+}
+
+/// Runs `f` on the named room, or answers 400 (bad name) / 404 (no such room) / 503 (stuck).
+async fn with_room<F, Fut>(ctx: &SessionContext, room: &str, f: F) -> Response<Body>
+where
+    F: FnOnce(RoomHandle) -> Fut,
+    Fut: std::future::Future<Output = Response<Body>>,
+{
+    let id = match RoomId::new(room) {
+        Ok(id) => id,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_room_name",
+                format!("room name {e}"),
+            )
+        }
+    };
+    let Some(handle) = ctx.registry.room(&id) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "room_not_found",
+            format!("no room {id} (a room exists while someone is in it)"),
+        );
+    };
+    match tokio::time::timeout(ROOM_ANSWER_DEADLINE, f(handle)).await {
+        Ok(response) => response,
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "room_stuck",
+            format!("room {id} did not answer within {ROOM_ANSWER_DEADLINE:?}"),
+        ),
+    }
+}
+
+async fn list_rooms(ctx: &SessionContext) -> Response<Body> {
+    let rooms = ctx.registry.snapshots().await;
+    json_response(StatusCode::OK, json!({ "rooms": rooms }))
+}
+
+async fn get_room(handle: RoomHandle) -> Response<Body> {
+    match handle.snapshot().await {
+        Some(snapshot) => json_response(StatusCode::OK, json!(snapshot)),
+        None => room_gone(&handle),
+    }
+}
+
+async fn close_room(handle: RoomHandle) -> Response<Body> {
+    handle.close("the room was closed by a moderator").await;
+    match tokio::time::timeout(ROOM_CLOSE_DEADLINE, handle.closed()).await {
+        Ok(()) => no_content(),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "room_stuck",
+            format!("room {} is still closing", handle.id()),
+        ),
+    }
+}
+
+async fn moderate(handle: RoomHandle, who: ParticipantId, action: &str) -> Response<Body> {
+    let found = match action {
+        "remove" => handle.remove(who, "you were removed by a moderator").await,
+        muting => handle.mute(who, muting == "mute").await,
+    };
+    if !found {
+        return error(
+            StatusCode::NOT_FOUND,
+            "participant_not_found",
+            format!("no participant {who} in room {}", handle.id()),
+        );
+    }
+    match action {
+        "remove" => no_content(),
+        muting => json_response(
+            StatusCode::OK,
+            json!({"participant_id": who.to_string(), "muted": muting == "mute"}),
+        ),
+    }
+}
+
+fn recording_reply(
+    result: Result<recordings::RecordingInfo, RecordError>,
+    success: StatusCode,
+) -> Response<Body> {
+    match result {
+        Ok(info) => json_response(success, json!(info)),
+        Err(e @ (RecordError::AlreadyRecording | RecordError::NotRecording)) => {
+            error(StatusCode::CONFLICT, "conflict", e.to_string())
+        }
+        Err(e @ RecordError::RoomClosed) => {
+            error(StatusCode::NOT_FOUND, "room_not_found", e.to_string())
+        }
+        Err(e @ RecordError::Failed(_)) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "recording_failed",
+            e.to_string(),
+        ),
+    }
+}
+
+fn room_gone(handle: &RoomHandle) -> Response<Body> {
+    error(
+        StatusCode::NOT_FOUND,
+        "room_not_found",
+        format!("room {} has closed", handle.id()),
+    )
+}
+
+fn list_recordings(ctx: &SessionContext) -> Response<Body> {
+    match ctx.registry.store().list() {
+        Ok(list) => json_response(StatusCode::OK, json!({ "recordings": list })),
+        Err(e) => {
+            tracing::error!("listing recordings: {e:#}");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the recordings directory could not be read",
+            )
+        }
+    }
+}
+
+async fn download_recording(ctx: &SessionContext, id: &str, range: Option<&str>) -> Response<Body> {
+    let store = ctx.registry.store();
+    let info = match store.get(id) {
+        Ok(info) => info,
+        Err(e) => return store_error(e),
+    };
+    let content_type = match info.codec {
+        crate::codec::VideoCodec::Vp8 => "video/webm",
+        crate::codec::VideoCodec::H264 => "video/x-matroska",
+    };
+    match download::serve_file(&store.media_path(&info), &info.file, content_type, range).await {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::warn!(recording = %info.id, "download failed: {e:#}");
+            error(
+                StatusCode::NOT_FOUND,
+                "recording_not_found",
+                format!("the file of recording {} is missing", info.id),
+            )
+        }
+    }
+}
+
+fn store_error(e: StoreError) -> Response<Body> {
+    match e {
+        StoreError::BadId(_) => error(
+            StatusCode::BAD_REQUEST,
+            "invalid_recording_id",
+            e.to_string(),
+        ),
+        StoreError::NotFound(_) => {
+            error(StatusCode::NOT_FOUND, "recording_not_found", e.to_string())
+        }
+        StoreError::Active(_) => error(StatusCode::CONFLICT, "conflict", e.to_string()),
+        StoreError::Io(inner) => {
+            tracing::error!("recordings: {inner:#}");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the recording could not be read or removed",
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(ip: &str) -> Option<SocketAddr> {
+        Some(SocketAddr::new(ip.parse().unwrap(), 40000))
+    }
+
+    #[test]
+    fn without_a_token_only_loopback_gets_in() {
+        assert!(check_access(None, addr("127.0.0.1"), None).is_ok());
+        assert!(check_access(None, addr("::1"), None).is_ok());
+        let refused = check_access(None, addr("192.0.2.7"), None).unwrap_err();
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+        assert!(!refused
+            .into_response()
+            .headers()
+            .contains_key(header::WWW_AUTHENTICATE));
+    }
+
+    #[test]
+    fn with_a_token_everyone_needs_it_loopback_included() {
+        let token = Secret::new("s3cret-admin-token");
+        let t = Some(&token);
+        assert!(check_access(t, addr("192.0.2.7"), Some("Bearer s3cret-admin-token")).is_ok());
+        assert!(check_access(t, addr("192.0.2.7"), Some("bearer  s3cret-admin-token ")).is_ok());
+        for header in [
+            None,
+            Some("Bearer nope"),
+            Some("Basic s3cret-admin-token"),
+            Some(""),
+        ] {
+            let refused = check_access(t, addr("127.0.0.1"), header).unwrap_err();
+            assert_eq!(refused.status(), StatusCode::UNAUTHORIZED, "{header:?}");
+            assert!(refused
+                .into_response()
+                .headers()
+                .contains_key(header::WWW_AUTHENTICATE));
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! The server's settings in one struct, each default a named const with the reason for its value.
+//! The command line (main.rs) fills it; everything else reads it.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::codec::VideoCodec;
+use crate::protocol::IceServer;
+
+/// Listen on every interface: the server is meant to be reached from other machines (or from the
+/// host, when it runs in a container).
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+/// 720p is the largest size a 2-core machine composites and encodes at 30 fps with headroom for
+/// 16 decoders (VP8 realtime encode of 720p runs at ~120 fps on one core here).
+pub const DEFAULT_WIDTH: u32 = 1280;
+pub const DEFAULT_HEIGHT: u32 = 720;
+/// 30 fps is what cameras deliver and what viewers expect of a call.
+pub const DEFAULT_FPS: u32 = 30;
+/// 2 Mbit/s gives a clean 720p grid of mostly-static faces in VP8 and fits a typical home uplink.
+pub const DEFAULT_VIDEO_BITRATE_KBPS: u32 = 2000;
+/// 32 kbit/s mono Opus is transparent for speech.
+pub const DEFAULT_AUDIO_BITRATE_BPS: u32 = 32_000;
+/// The jitter buffer only holds packets back when one is missing; 20 ms is enough to reorder on a
+/// normal link and cost ~86 ms end to end in a 4-party chain measured here, against ~290 ms for
+/// GStreamer's 200 ms default.
+pub const DEFAULT_VIDEO_JITTER_MS: u32 = 20;
+/// Audio packets are 20 ms apart; holding 40 ms lets one late packet still make it into the mix.
+pub const DEFAULT_AUDIO_JITTER_MS: u32 = 40;
+/// Extra time the compositor and the audio mix wait for a late input before producing a frame
+/// without it. Small, because a frame is produced every 33 ms and a late input simply shows its
+/// previous frame.
+pub const DEFAULT_MIXER_LATENCY_MS: u32 = 10;
+/// Latency a participant's video branch reports beyond its jitter buffer: one frame held by the
+/// decoder and one by the scaler at 30 fps (measured: 66.7 ms for VP8 with a 20 ms jitter buffer).
+/// The compositor assumes it from the start, so a joining participant never raises the
+/// compositor's latency mid-stream (which stalls the composite once by the difference).
+pub const VIDEO_BRANCH_EXTRA_LATENCY_MS: u32 = 50;
+/// A participant from whom no RTP or RTCP arrived for this long has vanished (laptop lid closed,
+/// network gone) and is removed. Browsers send RTCP at least every few seconds, so 10 s cannot
+/// catch a live participant, and it frees a tile soon enough that the room does not stare at a
+/// frozen face.
+pub const DEFAULT_MEDIA_TIMEOUT: Duration = Duration::from_secs(10);
+/// Recordings go next to where the server runs unless told otherwise; the container sets
+/// `MCU_RECORDINGS_DIR` to its volume.
+pub const DEFAULT_RECORDINGS_DIR: &str = "recordings";
+/// A 5×5 grid is the largest that stays legible at 1280×720 (see layout::MAX_TILES).
+pub const DEFAULT_MAX_PARTICIPANTS: usize = crate::layout::MAX_TILES;
+/// Chat messages a room keeps for whoever joins later: an hour of a lively meeting.
+pub const DEFAULT_CHAT_HISTORY: usize = 100;
+/// Most chat messages a room may keep: a late joiner gets them all at once (see EVENT_QUEUE).
+pub const MAX_CHAT_HISTORY: usize = 200;
+/// Largest shared file: slides, a document, a short clip; not a film.
+pub const DEFAULT_MAX_FILE_SIZE: &str = "50MB";
+/// Bytes of shared files one room holds at once, on the server's disk while the room lasts.
+pub const DEFAULT_MAX_ROOM_FILES_SIZE: &str = "200MB";
+/// Each file transfer (an upload, or a download to one participant) is paced to this many bytes
+/// per second: 16 Mbit/s, what a decent home link carries beside a 2 Mbit/s composite, so a file
+/// never takes the call's bandwidth (data channels know nothing of the media's own estimate).
+/// A 20 MB file takes 10 s. Rooms of people on thin links want it lower.
+pub const DEFAULT_FILE_RATE: &str = "2MB";
+
+#[derive(Debug, Clone)]
+pub struct MediaConfig {
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    pub video_bitrate_kbps: u32,
+    pub audio_bitrate_bps: u32,
+    pub video_jitter_ms: u32,
+    pub audio_jitter_ms: u32,
+    pub mixer_latency_ms: u32,
+}
+
+impl MediaConfig {
+    pub fn video_branch_latency_ms(&self) -> u32 {
+        self.video_jitter_ms + VIDEO_BRANCH_EXTRA_LATENCY_MS
+    }
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            width: DEFAULT_WIDTH,
+            height: DEFAULT_HEIGHT,
+            fps: DEFAULT_FPS,
+            video_bitrate_kbps: DEFAULT_VIDEO_BITRATE_KBPS,
+            audio_bitrate_bps: DEFAULT_AUDIO_BITRATE_BPS,
+            video_jitter_ms: DEFAULT_VIDEO_JITTER_MS,
+            audio_jitter_ms: DEFAULT_AUDIO_JITTER_MS,
+            mixer_latency_ms: DEFAULT_MIXER_LATENCY_MS,
+        }
+    }
+}
+
+/// Where the server's media (ICE/DTLS/SRTP) sockets live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpPolicy {
+    /// A fresh ephemeral port per peer connection (the OS picks).
+    Ephemeral,
+    /// Every peer connection multiplexed on this one port: one firewall rule, one Docker mapping.
+    Muxed(u16),
+    /// Ports for peer connections are taken from this inclusive range.
+    Range(u16, u16),
+}
+
+/// How the HTTPS certificate is obtained.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsConfig {
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+    },
+    /// Generated at start-up for these host names and IP addresses.
+    SelfSigned {
+        hosts: Vec<String>,
+    },
+}
+
+/// The WebRTC side of the server's network settings.
+#[derive(Debug, Clone)]
+pub struct RtcOptions {
+    pub ice_servers: Vec<IceServer>,
+    /// The address clients reach the server at, when it sits behind 1:1 NAT (a cloud VM).
+    pub public_ip: Option<IpAddr>,
+    pub udp: UdpPolicy,
+    /// Gather loopback candidates only: for a participant on the server's own host (`mcu probe`
+    /// against 127.0.0.1), where pairs between loopback and other local addresses only add noise
+    /// (a wildcard-bound media port answers them from the other address, and ICE discards that).
+    pub loopback_only: bool,
+}
+
+impl Default for RtcOptions {
+    fn default() -> Self {
+        RtcOptions {
+            ice_servers: Vec::new(),
+            public_ip: None,
+            udp: UdpPolicy::Ephemeral,
+            loopback_only: false,
+        }
+    }
+}
+
+/// Reads `URL[,username,credential]`, as `--ice-server` takes it.
+pub fn parse_ice_server(text: &str) -> Result<IceServer, String> {
+    let mut parts = text.split(',').map(str::trim);
+    let url = parts
+        .next()
+        .filter(|u| !u.is_empty())
+        .ok_or("empty ICE server")?;
+    if !["stun:", "stuns:", "turn:", "turns:"]
+        .iter()
+        .any(|scheme| url.starts_with(scheme))
+    {
+        return Err(format!(
+            "{url:?} is not a stun:, stuns:, turn: or turns: URL"
+        ));
+    }
+    let username = parts.next().map(str::to_string);
+    let credential = parts.next().map(str::to_string);
+    if parts.next().is_some() {
+        return Err(format!("{text:?}: expected URL[,username,credential]"));
+    }
+    if url.starts_with("turn") && (username.is_none() || credential.is_none()) {
+        return Err(format!(
+            "{url}: a TURN server needs a username and a credential"
+        ));
+    }
+    Ok(IceServer {
+        urls: vec![url.to_string()],
+        username,
+        credential,
+    })
+}
+
+/// Reads `MIN-MAX`, as `--udp-port-range` takes it.
+pub fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
+    let (a, b) = text
+        .split_once('-')
+        .ok_or_else(|| format!("{text:?}: expected MIN-MAX"))?;
+    let min: u16 = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("{a:?} is not a port"))?;
+    let max: u16 = b
+        .trim()
+        .parse()
+        .map_err(|_| format!("{b:?} is not a port"))?;
+    if min == 0 || min > max {
+        return Err(format!("{text:?}: need 0 < MIN <= MAX"));
+    }
+    Ok((min, max))
+}
+
+/// Reads a size as people write it: `52428800`, `50MB`, `50 MiB`, `2GB`, `900kB` (k, M, G are
+/// powers of 1000; Ki, Mi, Gi of 1024; a trailing B is optional).
+pub fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a size such as 50MB"))?;
+    let unit = unit.trim().to_ascii_lowercase();
+    let unit = unit.strip_suffix('b').unwrap_or(&unit);
+    let factor: f64 = match unit {
+        "" => 1.0,
+        "k" => 1e3,
+        "m" => 1e6,
+        "g" => 1e9,
+        "ki" => 1024.0,
+        "mi" => 1024.0 * 1024.0,
+        "gi" => 1024.0 * 1024.0 * 1024.0,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit (use kB, MB, GB, KiB, MiB or GiB)"
+            ))
+        }
+    };
+    let bytes = value * factor;
+    if !(bytes.is_finite() && bytes >= 1.0 && bytes < u64::MAX as f64) {
+        return Err(format!("{text:?}: out of range"));
+    }
+    Ok(bytes.round() as u64)
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub media: MediaConfig,
+    /// The composite's codec for rooms not named in `room_codecs`.
+    pub video_codec: VideoCodec,
+    /// Per-room codec overrides (e.g. an H.264 room for devices that only decode H.264 in hardware).
+    pub room_codecs: HashMap<String, VideoCodec>,
+    pub media_timeout: Duration,
+    pub max_participants: usize,
+    pub rtc: RtcOptions,
+    pub tls: Option<TlsConfig>,
+    /// Serve the web client from this directory instead of the copy built into the binary.
+    pub web_dir: Option<PathBuf>,
+    pub recordings_dir: PathBuf,
+    /// Record every room from its creation until it empties.
+    pub auto_record: bool,
+    /// Bearer token for the admin API; without one, the API answers on loopback only.
+    pub admin_token: Option<crate::auth::Secret>,
+    /// With a secret, joining requires an HS256 token signed with it; without, rooms are open.
+    pub jwt_secret: Option<crate::auth::Secret>,
+    pub chat_history: usize,
+    pub max_file_size: u64,
+    pub max_room_files_size: u64,
+    /// Bytes per second of each file transfer.
+    pub file_rate: u64,
+    /// Keep shared files here after their room ends; without it they go with the room.
+    pub keep_files: Option<PathBuf>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: DEFAULT_LISTEN
+                .parse()
+                .expect("DEFAULT_LISTEN is a valid address"),
+            media: MediaConfig::default(),
+            video_codec: VideoCodec::Vp8,
+            room_codecs: HashMap::new(),
+            media_timeout: DEFAULT_MEDIA_TIMEOUT,
+            max_participants: DEFAULT_MAX_PARTICIPANTS,
+            rtc: RtcOptions::default(),
+            tls: None,
+            web_dir: None,
+            recordings_dir: PathBuf::from(DEFAULT_RECORDINGS_DIR),
+            auto_record: false,
+            admin_token: None,
+            jwt_secret: None,
+            chat_history: DEFAULT_CHAT_HISTORY,
+            max_file_size: parse_byte_size(DEFAULT_MAX_FILE_SIZE)
+                .expect("DEFAULT_MAX_FILE_SIZE is a size"),
+            max_room_files_size: parse_byte_size(DEFAULT_MAX_ROOM_FILES_SIZE)
+                .expect("DEFAULT_MAX_ROOM_FILES_SIZE is a size"),
+            file_rate: parse_byte_size(DEFAULT_FILE_RATE).expect("DEFAULT_FILE_RATE is a size"),
+            keep_files: None,
+        }
+    }
+}
+
+impl ServerConfig {
+    pub fn codec_for_room(&self, room: &str) -> VideoCodec {
+        self.room_codecs
+            .get(room)
+            .copied()
+            .unwrap_or(self.video_codec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ice_servers_read_url_username_and_credential() {
+        let stun = parse_ice_server("stun:stun.example.org:3478").unwrap();
+        assert_eq!(stun.urls, vec!["stun:stun.example.org:3478"]);
+        assert_eq!(stun.username, None);
+        let turn =
+            parse_ice_server("turn:turn.example.org:3478?transport=udp,alice,s3cret").unwrap();
+        assert_eq!(turn.username.as_deref(), Some("alice"));
+        assert_eq!(turn.credential.as_deref(), Some("s3cret"));
+        assert!(
+            parse_ice_server("turn:turn.example.org").is_err(),
+            "TURN needs credentials"
+        );
+        assert!(parse_ice_server("http://example.org").is_err());
+        assert!(parse_ice_server("").is_err());
+        assert!(parse_ice_server("stun:a,b,c,d").is_err());
+    }
+
+    #[test]
+    fn sizes_read_with_decimal_and_binary_units() {
+        assert_eq!(parse_byte_size("52428800"), Ok(52_428_800));
+        assert_eq!(parse_byte_size("50MB"), Ok(50_000_000));
+        assert_eq!(parse_byte_size("50 MiB"), Ok(52_428_800));
+        assert_eq!(parse_byte_size("1.5gb"), Ok(1_500_000_000));
+        assert_eq!(parse_byte_size("900kB"), Ok(900_000));
+        assert_eq!(parse_byte_size("2K"), Ok(2_000));
+        for bad in ["", "MB", "50XB", "-5MB", "0"] {
+            assert!(parse_byte_size(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn port_ranges_are_ordered_and_nonzero() {
+        assert_eq!(parse_port_range("50000-50100"), Ok((50000, 50100)));
+        assert!(parse_port_range("50100-50000").is_err());
+        assert!(parse_port_range("0-10").is_err());
+        assert!(parse_port_range("5000").is_err());
+    }
+}

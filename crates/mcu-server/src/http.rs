@@ -1,0 +1,208 @@
+//! HTTP routes: the WebSocket signalling endpoint, health, the admin API, and the page.
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use warp::http::StatusCode;
+use warp::Filter;
+
+use crate::protocol::MAX_MESSAGE_BYTES;
+use crate::session::{self, SessionContext};
+
+/// warp refuses frames above this on its own, by dropping the connection. It is far above the
+/// protocol's limit, so an oversized message reaches our code and gets a proper 1009 close.
+const WS_TRANSPORT_LIMIT: usize = 16 * MAX_MESSAGE_BYTES;
+/// /healthz fails if a room takes longer than this to answer: its actor is stuck.
+const HEALTH_DEADLINE: Duration = Duration::from_secs(2);
+
+/// /healthz fails if a room's compositor has produced no frame for this long: its pipeline has
+/// stopped (a frozen call), where a CPU hiccup costs a few frame periods, not 60.
+const HEALTH_MAX_COMPOSITE_IDLE_MS: u64 = 2_000;
+
+/// Healthy when every room answered (the caller's deadline) and every room's pipeline is still
+/// producing pictures.
+fn health_verdict(rooms: &[crate::room::RoomSnapshot]) -> (StatusCode, serde_json::Value) {
+    let stuck: Vec<serde_json::Value> = rooms
+        .iter()
+        .filter(|r| r.pipeline.composite_idle_ms > HEALTH_MAX_COMPOSITE_IDLE_MS)
+        .map(|r| serde_json::json!({"room": r.room, "composite_idle_ms": r.pipeline.composite_idle_ms}))
+        .collect();
+    if stuck.is_empty() {
+        (
+            StatusCode::OK,
+            serde_json::json!({"status": "ok", "rooms": rooms.len()}),
+        )
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"status": "stuck", "reason": "a room's pipeline stopped", "rooms": stuck}),
+        )
+    }
+}
+
+/// The web client, built into the binary so one file serves the page. `--web-dir` serves the
+/// same files from disk instead, for editing them without rebuilding.
+const EMBEDDED: [(&str, &str, &str); 4] = [
+    (
+        "index.html",
+        "text/html; charset=utf-8",
+        include_str!("../../../web/index.html"),
+    ),
+    (
+        "app.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../../web/app.js"),
+    ),
+    (
+        "sharing.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../../web/sharing.js"),
+    ),
+    (
+        "style.css",
+        "text/css; charset=utf-8",
+        include_str!("../../../web/style.css"),
+    ),
+];
+
+/// One web client file, from disk when `web_dir` is set, else from the binary.
+async fn asset(
+    file: &str,
+    web_dir: Option<PathBuf>,
+) -> Result<warp::reply::Response, warp::Rejection> {
+    use warp::Reply;
+    // Only the known file names are served, so no path from the URL ever reaches the disk.
+    let Some((name, kind, embedded)) = EMBEDDED.iter().find(|(name, _, _)| *name == file) else {
+        return Err(warp::reject::not_found());
+    };
+    let body = match web_dir {
+        Some(dir) => tokio::fs::read(dir.join(name))
+            .await
+            .map_err(|_| warp::reject::not_found())?,
+        None => embedded.as_bytes().to_vec(),
+    };
+    let mut response = warp::reply::with_header(body, "content-type", *kind).into_response();
+    response.headers_mut().insert(
+        "cache-control",
+        warp::http::HeaderValue::from_static("no-cache"),
+    );
+    Ok(response)
+}
+
+pub fn routes(
+    ctx: Arc<SessionContext>,
+    web_dir: Option<PathBuf>,
+) -> impl Filter<Extract = (impl warp::Reply,), Error = Infallible> + Clone {
+    let with_ctx = {
+        let ctx = ctx.clone();
+        warp::any().map(move || ctx.clone())
+    };
+    let ws = warp::path!("ws" / String)
+        .and(warp::ws())
+        .and(with_ctx.clone())
+        .map(|room: String, ws: warp::ws::Ws, ctx: Arc<SessionContext>| {
+            ws.max_message_size(WS_TRANSPORT_LIMIT)
+                .max_frame_size(WS_TRANSPORT_LIMIT)
+                .on_upgrade(move |socket| session::serve(socket, room, ctx))
+        });
+    let health = warp::path!("healthz")
+        .and(warp::get())
+        .and(with_ctx.clone())
+        .then(|ctx: Arc<SessionContext>| async move {
+            let (status, body) =
+                match tokio::time::timeout(HEALTH_DEADLINE, ctx.registry.snapshots()).await {
+                    Ok(rooms) => health_verdict(&rooms),
+                    Err(_) => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        serde_json::json!({"status": "stuck", "reason": "a room did not answer"}),
+                    ),
+                };
+            warp::reply::with_status(warp::reply::json(&body), status)
+        });
+    // The admin API routes its own paths (see admin/mod.rs) and never rejects.
+    let api = warp::path!("api" / "v1" / ..)
+        .and(warp::method())
+        .and(warp::path::tail())
+        .and(warp::addr::remote())
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::header::optional::<String>("range"))
+        .and(with_ctx)
+        .then(
+            |method, tail: warp::path::Tail, peer, authorization, range, ctx| async move {
+                crate::admin::handle(
+                    ctx,
+                    crate::admin::ApiRequest {
+                        method,
+                        path: tail.as_str().to_string(),
+                        peer,
+                        authorization,
+                        range,
+                    },
+                )
+                .await
+            },
+        );
+    let with_dir = warp::any().map(move || web_dir.clone());
+    // The landing page and every room link load the same page; the script reads the path.
+    let page = warp::path::end()
+        .or(warp::path!("r" / String)
+            .map(|_room: String| ())
+            .untuple_one())
+        .unify()
+        .and(warp::get())
+        .and(with_dir.clone())
+        .and_then(|dir: Option<PathBuf>| async move { asset("index.html", dir).await });
+    let files = warp::path!("static" / String)
+        .and(warp::get())
+        .and(with_dir)
+        .and_then(|file: String, dir: Option<PathBuf>| async move { asset(&file, dir).await });
+    ws.or(health)
+        .or(api)
+        .or(page)
+        .or(files)
+        .recover(|_rejection: warp::Rejection| async move {
+            Ok::<_, Infallible>(warp::reply::with_status(
+                warp::reply::json(&serde_json::json!({"error": {"code": "not_found", "message": "no such route"}})),
+                StatusCode::NOT_FOUND,
+            ))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::VideoCodec;
+    use crate::media::PipelineStats;
+    use crate::protocol::Layout;
+    use crate::room::RoomSnapshot;
+
+    fn room(name: &str, composite_idle_ms: u64) -> RoomSnapshot {
+        RoomSnapshot {
+            room: name.into(),
+            codec: VideoCodec::Vp8,
+            participants: Vec::new(),
+            layout: Layout {
+                width: 1280,
+                height: 720,
+                tiles: Vec::new(),
+            },
+            recording: None,
+            pipeline: PipelineStats {
+                composite_idle_ms,
+                ..PipelineStats::default()
+            },
+        }
+    }
+
+    #[test]
+    fn health_fails_when_a_rooms_pipeline_stops_producing_pictures() {
+        let (status, body) = health_verdict(&[room("a", 40), room("b", 33)]);
+        assert_eq!((status, body["rooms"].as_u64()), (StatusCode::OK, Some(2)));
+        let (status, body) = health_verdict(&[room("a", 40), room("frozen", 5_000)]);
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["rooms"][0]["room"], "frozen");
+        assert_eq!(health_verdict(&[]).0, StatusCode::OK);
+    }
+}

@@ -1,0 +1,511 @@
+//! One room's media graph: a single `gst::Pipeline` that decodes every participant, composites the
+//! video into one frame, encodes it once, and mixes each participant's audio minus their own.
+//! Only the room actor holds a `RoomPipeline`, so every change to the graph happens on one task.
+//! Packets enter through appsrcs (pushed by per-track tasks) and leave through appsinks (drained by
+//! writer tasks): the packet path never passes through the actor.
+
+mod audio;
+mod bus;
+pub mod mixminus;
+mod pace;
+pub mod pipelines;
+pub mod recorder;
+pub mod sink;
+mod video;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use gst::prelude::*;
+use gstreamer as gst;
+use gstreamer_app as gst_app;
+use tokio::sync::mpsc;
+
+use crate::codec::VideoCodec;
+use crate::config::MediaConfig;
+use crate::ids::ParticipantId;
+use crate::layout::Rect;
+use sink::PacketCounters;
+
+pub use video::{push_rtp, InputSignals};
+
+/// How long an appsrc may hold packets the pipeline has not taken yet. Beyond this the oldest are
+/// dropped (leaky downstream): late media is worthless in a call, and memory stays bounded.
+pub const INPUT_QUEUE_MAX: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Forced keyframes aside, a periodic one every 10 s (at 30 fps) lets a recording be cut anywhere
+/// and repairs a viewer whose PLI was lost, at ~1 % of the bitrate.
+pub const KEYFRAME_MAX_DIST_SECONDS: u32 = 10;
+
+/// What the pipeline tells the room actor.
+#[derive(Debug)]
+pub enum PipelineEvent {
+    /// The participant's first video frame was decoded: its placeholder can go.
+    FirstFrame(ParticipantId),
+    /// Something in one participant's branch failed (e.g. undecodable media). Only that participant
+    /// is affected.
+    BranchFailed {
+        participant: ParticipantId,
+        error: String,
+    },
+    /// The recorder numbered `recording` failed (e.g. the disk is full); the call goes on.
+    RecorderFailed { recording: u64, error: String },
+    /// The shared part of the graph failed: the room cannot go on.
+    Failed(String),
+}
+
+/// Counts that show what the graph holds, for the admin view and for tests that check that a
+/// departed participant's resources were released.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PipelineStats {
+    /// Compositor sink pads, the background included.
+    pub compositor_pads: usize,
+    /// Microphones in the room's mix-minus.
+    pub mix_voices: usize,
+    /// Participants the mix-minus feeds (each with an Opus encoder of their own).
+    pub mix_listeners: usize,
+    /// Child elements/bins directly in the pipeline.
+    pub pipeline_children: usize,
+    pub video_packets_out: u64,
+    pub video_packets_dropped: u64,
+    /// Composite frames produced, and how often the compositor fell behind (see media/pace.rs).
+    pub composite_frames: u64,
+    pub composite_stalls: u64,
+    pub longest_composite_gap_ms: u64,
+    /// Time since the compositor last produced a frame (since the room opened, before the first):
+    /// more than a few frame periods means the room's pipeline has stopped.
+    pub composite_idle_ms: u64,
+    /// Times the whole pipeline fell back from PLAYING (every picture freezes); should stay 0.
+    pub lost_playing: u64,
+    /// Voices muted by the server.
+    pub muted_voices: usize,
+    /// What the mix-minus did: frames, and audio that came too late to be heard.
+    pub mix: mixminus::MixCounters,
+}
+
+/// A bin feeding the compositor through one of its request pads.
+struct TileBranch {
+    bin: gst::Bin,
+    pad: gst::Pad,
+    size: video::TileSize,
+}
+
+pub struct RoomPipeline {
+    pipeline: gst::Pipeline,
+    compositor: gst::Element,
+    encoder: gst::Element,
+    codec: VideoCodec,
+    media: MediaConfig,
+    events: mpsc::UnboundedSender<PipelineEvent>,
+    bus_task: tokio::task::JoinHandle<()>,
+    placeholders: HashMap<ParticipantId, TileBranch>,
+    videos: HashMap<ParticipantId, TileBranch>,
+    audio: audio::AudioGraph,
+    video_counters: Arc<PacketCounters>,
+    pace: Arc<pace::Pace>,
+    lost_playing: Arc<std::sync::atomic::AtomicU64>,
+    recorder: Option<recorder::Recorder>,
+}
+
+impl RoomPipeline {
+    /// Builds the room's pipeline and starts it. The composite's RTP packets come out of the
+    /// returned receiver.
+    pub fn start(
+        name: &str,
+        media: &MediaConfig,
+        codec: VideoCodec,
+        events: mpsc::UnboundedSender<PipelineEvent>,
+    ) -> Result<(Self, mpsc::Receiver<Bytes>)> {
+        let keyframe_max_dist = (KEYFRAME_MAX_DIST_SECONDS * media.fps).to_string();
+        let encoder = match codec {
+            VideoCodec::Vp8 => pipelines::ENCODER_VP8.fill(&[
+                ("bitrate_bps", (media.video_bitrate_kbps * 1000).to_string()),
+                ("keyframe_max_dist", keyframe_max_dist),
+            ])?,
+            VideoCodec::H264 => pipelines::ENCODER_H264.fill(&[
+                ("bitrate_kbps", media.video_bitrate_kbps.to_string()),
+                ("keyframe_max_dist", keyframe_max_dist),
+            ])?,
+        };
+        let description = pipelines::ROOM.fill(&[
+            ("width", media.width.to_string()),
+            ("height", media.height.to_string()),
+            ("fps", media.fps.to_string()),
+            ("mixer_latency_ns", ms_to_ns(media.mixer_latency_ms)),
+            (
+                "video_branch_latency_ns",
+                ms_to_ns(media.video_branch_latency_ms()),
+            ),
+            ("queue_max_ns", INPUT_QUEUE_MAX.as_nanos().to_string()),
+            ("encoder", encoder),
+        ])?;
+        let pipeline = gst::parse::launch(&description)
+            .context("parsing pipelines/room.txt")?
+            .downcast::<gst::Pipeline>()
+            .ok()
+            .context("pipelines/room.txt did not give a pipeline")?;
+        pipeline.set_property("name", format!("room-{name}"));
+        let element = |n: &str| {
+            pipeline
+                .by_name(n)
+                .with_context(|| format!("pipelines/room.txt has no element named {n}"))
+        };
+        let compositor = element("compositor")?;
+        let encoder = element("encoder")?;
+        let fullmix = element("fullmix")?;
+        let video_counters = Arc::new(PacketCounters::default());
+        let packets = sink::packets_from(&element("video_out")?, video_counters.clone())?;
+
+        let lost_playing = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let bus_task = bus::watch(&pipeline, events.clone(), lost_playing.clone())?;
+        let pace = Arc::new(pace::Pace::new(media.fps));
+        pace::watch(&compositor, pace.clone(), name)?;
+        // From here on the pipeline may be playing: every early return must stop it first (a
+        // pipeline dropped while playing aborts the process). The mixing thread starts once the
+        // pipeline's clock runs, since it keeps time by it.
+        let audio = start_live(&pipeline)
+            .with_context(|| format!("starting the pipeline of room {name}"))
+            .and_then(|_| audio::AudioGraph::start(pipeline.clone(), fullmix, media.clone()));
+        let audio = match audio {
+            Ok(audio) => audio,
+            Err(e) => {
+                let _ = pipeline.set_state(gst::State::Null);
+                bus_task.abort();
+                return Err(e);
+            }
+        };
+        let room = RoomPipeline {
+            audio,
+            pipeline,
+            compositor,
+            encoder,
+            codec,
+            media: media.clone(),
+            events,
+            bus_task,
+            placeholders: HashMap::new(),
+            videos: HashMap::new(),
+            video_counters,
+            pace,
+            lost_playing,
+            recorder: None,
+        };
+        Ok((room, packets))
+    }
+
+    /// Shows a dark tile with the participant's name until their video arrives.
+    pub fn add_placeholder(&mut self, who: ParticipantId, name: &str, tile: Rect) -> Result<()> {
+        let bin = video::placeholder_bin(who, name, tile, self.media.fps)?;
+        let branch = self.attach_tile(bin, tile, video::PLACEHOLDER_ZORDER)?;
+        self.placeholders.insert(who, branch);
+        Ok(())
+    }
+
+    pub fn remove_placeholder(&mut self, who: ParticipantId) {
+        if let Some(branch) = self.placeholders.remove(&who) {
+            self.detach_tile(branch);
+        }
+    }
+
+    /// Adds a decoding branch for a participant's camera and returns the appsrc to push its RTP
+    /// packets into. A second camera track from the same participant replaces the first.
+    pub fn add_video_input(
+        &mut self,
+        who: ParticipantId,
+        codec: VideoCodec,
+        payload_type: u8,
+        tile: Rect,
+        signals: Arc<InputSignals>,
+    ) -> Result<gst_app::AppSrc> {
+        self.remove_video_input(who);
+        let (bin, appsrc) = video::input_bin(
+            who,
+            codec,
+            payload_type,
+            tile,
+            &self.media,
+            signals,
+            self.events.clone(),
+        )?;
+        let branch = self.attach_tile(bin, tile, video::VIDEO_ZORDER)?;
+        self.videos.insert(who, branch);
+        Ok(appsrc)
+    }
+
+    pub fn remove_video_input(&mut self, who: ParticipantId) {
+        if let Some(branch) = self.videos.remove(&who) {
+            self.detach_tile(branch);
+        }
+    }
+
+    /// Adds a decoding branch for a participant's microphone, mixed into everyone's audio but
+    /// their own, and returns the appsrc for its RTP packets.
+    pub fn add_audio_input(
+        &mut self,
+        who: ParticipantId,
+        payload_type: u8,
+    ) -> Result<gst_app::AppSrc> {
+        self.audio.add_input(who, payload_type)
+    }
+
+    /// Creates what `who` hears (everyone else) and returns its Opus RTP packets.
+    pub fn add_listener(&mut self, who: ParticipantId) -> Result<mpsc::Receiver<Bytes>> {
+        self.audio.add_listener(who)
+    }
+
+    /// Server-side mute: `who`'s audio leaves (or rejoins) every mix.
+    pub fn set_muted(&mut self, who: ParticipantId, muted: bool) {
+        self.audio.set_muted(who, muted);
+    }
+
+    /// Releases everything the participant held in the graph.
+    pub fn remove_participant(&mut self, who: ParticipantId) {
+        self.remove_placeholder(who);
+        self.remove_video_input(who);
+        self.audio.remove_participant(who);
+    }
+
+    /// Moves each participant's tiles (video and placeholder) to its rectangle.
+    pub fn apply_layout(&self, tiles: &[(ParticipantId, Rect)]) {
+        for (who, rect) in tiles {
+            for branch in [self.placeholders.get(who), self.videos.get(who)]
+                .into_iter()
+                .flatten()
+            {
+                video::place(&branch.size, &branch.pad, *rect);
+            }
+        }
+    }
+
+    /// The frame size each of `who`'s tiles (placeholder, then camera) has negotiated, i.e. what
+    /// the compositor is being given now: lets a check see that a layout took effect.
+    pub fn tile_sizes(&self, who: ParticipantId) -> Vec<(i32, i32)> {
+        [self.placeholders.get(&who), self.videos.get(&who)]
+            .into_iter()
+            .flatten()
+            .filter_map(|branch| {
+                let caps = branch.pad.current_caps()?;
+                let s = caps.structure(0)?;
+                Some((s.get::<i32>("width").ok()?, s.get::<i32>("height").ok()?))
+            })
+            .collect()
+    }
+
+    /// Asks the shared encoder for a keyframe (with its headers, so a new viewer can start).
+    pub fn force_keyframe(&self) {
+        let event = gstreamer_video::UpstreamForceKeyUnitEvent::builder()
+            .all_headers(true)
+            .build();
+        match self.encoder.static_pad("src") {
+            Some(pad) => {
+                if !pad.send_event(event) {
+                    tracing::warn!(pipeline = %self.pipeline.name(), "encoder ignored a keyframe request");
+                }
+            }
+            None => tracing::error!("the encoder has no src pad"),
+        }
+    }
+
+    /// Starts recording the composite and the full mix into `path` (see media/recorder.rs), from
+    /// a keyframe forced now. `recording` numbers it in later `RecorderFailed` events.
+    pub fn start_recording(&mut self, path: &std::path::Path, recording: u64) -> Result<()> {
+        anyhow::ensure!(self.recorder.is_none(), "this room is already recording");
+        let recorder = recorder::Recorder::start(
+            &self.pipeline,
+            self.codec,
+            path,
+            recording,
+            self.events.clone(),
+        )?;
+        self.recorder = Some(recorder);
+        self.force_keyframe();
+        Ok(())
+    }
+
+    /// Stops taking media into the recording and returns what completes its file (see
+    /// `Recorder::finish`); `None` when nothing was recording.
+    pub fn stop_recording(
+        &mut self,
+    ) -> Option<impl std::future::Future<Output = Result<()>> + Send + 'static> {
+        self.recorder.take().map(recorder::Recorder::finish)
+    }
+
+    /// Drops a failed recorder without finishing its file.
+    pub fn abort_recording(&mut self) {
+        if let Some(recorder) = self.recorder.take() {
+            recorder.abort();
+        }
+    }
+
+    /// Video frames and audio buffers written to the current recording so far.
+    pub fn recording_counts(&self) -> Option<(u64, u64)> {
+        self.recorder.as_ref().map(|r| {
+            let c = r.counters();
+            (
+                c.video_frames.load(std::sync::atomic::Ordering::Relaxed),
+                c.audio_buffers.load(std::sync::atomic::Ordering::Relaxed),
+            )
+        })
+    }
+
+    pub fn stats(&self) -> PipelineStats {
+        let (mix_voices, mix_listeners, muted_voices, mix) = self.audio.stats();
+        PipelineStats {
+            compositor_pads: self.compositor.sink_pads().len(),
+            mix_voices,
+            mix_listeners,
+            pipeline_children: self.pipeline.children().len(),
+            video_packets_out: self
+                .video_counters
+                .sent
+                .load(std::sync::atomic::Ordering::Relaxed),
+            video_packets_dropped: self
+                .video_counters
+                .dropped
+                .load(std::sync::atomic::Ordering::Relaxed),
+            composite_frames: self.pace.frames(),
+            composite_stalls: self.pace.stalls(),
+            longest_composite_gap_ms: self.pace.longest_gap_ms(),
+            composite_idle_ms: self.pace.idle_ms(),
+            lost_playing: self.lost_playing.load(std::sync::atomic::Ordering::Relaxed),
+            muted_voices,
+            mix,
+        }
+    }
+
+    /// The elements and branches (with their state) that have not reached PLAYING; empty when
+    /// the whole room pipeline plays.
+    pub fn not_playing(&self) -> Vec<String> {
+        std::iter::once(self.pipeline.clone().upcast::<gst::Element>())
+            .chain(self.pipeline.iterate_recurse().into_iter().flatten())
+            .filter(|e| e.current_state() != gst::State::Playing)
+            .map(|e| format!("{} ({:?})", e.name(), e.current_state()))
+            .collect()
+    }
+
+    fn attach_tile(&self, bin: gst::Bin, tile: Rect, zorder: u32) -> Result<TileBranch> {
+        let name = bin.name();
+        align_test_sources(&self.pipeline, &bin);
+        self.pipeline
+            .add(&bin)
+            .with_context(|| format!("adding {name} to the pipeline"))?;
+        let attached = (|| -> Result<TileBranch> {
+            let size = video::TileSize::follow(&bin)?;
+            let src = bin.static_pad("src").context("branch has no src pad")?;
+            let pad = self
+                .compositor
+                .request_pad_simple("sink_%u")
+                .context("compositor gave no sink pad")?;
+            pad.set_property("zorder", zorder);
+            if let Err(e) = src.link(&pad) {
+                self.compositor.release_request_pad(&pad);
+                anyhow::bail!("linking {name} to the compositor: {e:?}");
+            }
+            video::place(&size, &pad, tile);
+            bin.sync_state_with_parent()
+                .with_context(|| format!("starting {name}"))?;
+            Ok(TileBranch {
+                bin: bin.clone(),
+                pad,
+                size,
+            })
+        })();
+        match attached {
+            Ok(branch) => {
+                // A new input changes the compositor's latency; have every element agree again.
+                let _ = self.pipeline.recalculate_latency();
+                Ok(branch)
+            }
+            Err(e) => {
+                let _ = bin.set_state(gst::State::Null);
+                let _ = self.pipeline.remove(&bin);
+                Err(e)
+            }
+        }
+    }
+
+    fn detach_tile(&self, branch: TileBranch) {
+        // Stop the branch first: its pads flush, so its streaming thread leaves the compositor pad
+        // before that pad goes away (releasing first would make the thread post a not-linked error).
+        let _ = branch.bin.set_state(gst::State::Null);
+        self.compositor.release_request_pad(&branch.pad);
+        let _ = self.pipeline.remove(&branch.bin);
+    }
+}
+
+impl Drop for RoomPipeline {
+    fn drop(&mut self) {
+        // The recorder's taps live in the room pipeline: out first.
+        self.abort_recording();
+        // Dropping a pipeline that is not in NULL aborts the process (g_mutex_clear on a held lock).
+        let _ = self.pipeline.set_state(gst::State::Null);
+        self.bus_task.abort();
+    }
+}
+
+/// Starts a live pipeline with its clock and base time in place before anything runs.
+///
+/// Left to itself, a pipeline going to PLAYING hands every element the clock first and its base
+/// time later, one element after another. A live aggregator (the compositor, a mixer) that gets
+/// the clock in between waits for "base time 0 plus its running time", a moment long past, and
+/// so produces seconds of output at once; when its real base time arrives it is that far ahead
+/// and falls silent for as long. Seen on a loaded 2-core machine: the full mix ran 20 s ahead at
+/// start-up and the room's recording got no audio.
+pub fn start_live(pipeline: &gst::Pipeline) -> Result<gst::StateChangeSuccess> {
+    let clock = gst::SystemClock::obtain();
+    pipeline.use_clock(Some(&clock));
+    // No start time: the pipeline keeps the base time set here instead of choosing its own.
+    pipeline.set_start_time(gst::ClockTime::NONE);
+    let base_time = clock.time();
+    pipeline.set_base_time(base_time);
+    for element in pipeline.iterate_recurse().into_iter().flatten() {
+        element.set_base_time(base_time);
+    }
+    Ok(pipeline.set_state(gst::State::Playing)?)
+}
+
+/// Live test sources (the placeholder's videotestsrc, a listener's silence) stamp their buffers
+/// from zero when they start, so one started an hour into a room would first race through an
+/// hour of frames the compositor drops as late. Start their timestamps at the pipeline's current
+/// running time instead (`timestamp-offset` applies before the source syncs to the clock; a pad
+/// offset would apply after, and put the buffers in the future).
+pub(crate) fn align_test_sources(pipeline: &gst::Pipeline, bin: &gst::Bin) {
+    let (Some(clock), Some(base)) = (pipeline.clock(), pipeline.base_time()) else {
+        return;
+    };
+    let Some(now) = clock.time().checked_sub(base) else {
+        return;
+    };
+    let offset = i64::try_from(now.nseconds()).unwrap_or(i64::MAX);
+    for element in bin.iterate_recurse().into_iter().flatten() {
+        let is_test_source = element
+            .factory()
+            .is_some_and(|f| matches!(f.name().as_str(), "videotestsrc" | "audiotestsrc"));
+        if is_test_source {
+            element.set_property("timestamp-offset", offset);
+        }
+    }
+}
+
+pub(crate) fn ms_to_ns(ms: u32) -> String {
+    (u64::from(ms) * 1_000_000).to_string()
+}
+
+/// Where a session pushes one incoming track's RTP packets. Cheap to clone; pushing after the
+/// branch was removed fails with `Flushing`, which tells the pump to stop.
+#[derive(Clone)]
+pub struct InputHandle {
+    appsrc: gst_app::AppSrc,
+}
+
+impl InputHandle {
+    pub(crate) fn new(appsrc: gst_app::AppSrc) -> Self {
+        InputHandle { appsrc }
+    }
+
+    pub fn push(&self, packet: Bytes) -> Result<(), gst::FlowError> {
+        video::push_rtp(&self.appsrc, packet)
+    }
+}
