@@ -81,7 +81,7 @@ struct BenchArgs {
     #[arg(long)]
     server_pid: Option<u32>,
     /// The size each participant sends, WxH (a browser asked for tile-sized video).
-    #[arg(long, default_value = "320x180", value_parser = parse_size)]
+    #[arg(long, default_value = mcu_probe::bench::DEFAULT_SEND_SIZE, value_parser = parse_size)]
     send_size: (usize, usize),
     /// Skip the media floor (no CPU ratio).
     #[arg(long)]
@@ -260,8 +260,10 @@ async fn admin_call(args: &AdminArgs, method: Method, path: &str) -> Result<bool
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,webrtc=error,webrtc_ice=error,webrtc_mdns=error,webrtc_dtls=error,webrtc_srtp=error"));
+    // Colours only for a person at a terminal, not in a log file or `docker logs`.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
 }

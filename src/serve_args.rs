@@ -74,6 +74,9 @@ pub struct ServeArgs {
     /// Where recordings are written (created if missing).
     #[arg(long, env = "MCU_RECORDINGS_DIR", default_value = config::DEFAULT_RECORDINGS_DIR)]
     recordings_dir: PathBuf,
+    /// A pipeline that fails writes a graph of itself here (a `.dot` file; `dot -Tsvg` draws it).
+    #[arg(long, env = "MCU_DEBUG_DIR")]
+    debug_dir: Option<PathBuf>,
     /// Record every room from its first participant until it empties.
     #[arg(long, env = "MCU_AUTO_RECORD", value_parser = clap::builder::FalseyValueParser::new())]
     auto_record: bool,
@@ -200,6 +203,7 @@ pub fn server_config(args: ServeArgs) -> Result<ServerConfig> {
             height: args.height,
             fps: args.fps,
             video_bitrate_kbps: args.video_bitrate_kbps,
+            debug_dir: args.debug_dir,
             ..MediaConfig::default()
         },
         video_codec: args.video_codec,

@@ -1,6 +1,8 @@
 //! Every pipeline description in pipelines/ parses, fills, and reaches PLAYING inside a room
 //! pipeline, and a participant's branches come and go without leaving pads behind.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -60,7 +62,7 @@ async fn room_pipelines_with_every_branch_reach_playing_and_release_their_pads()
     for codec in [VideoCodec::Vp8, VideoCodec::H264] {
         let media = MediaConfig::default();
         let (events, _events_rx) = tokio::sync::mpsc::unbounded_channel();
-        let (mut room, _packets) =
+        let mut room =
             RoomPipeline::start("test", &media, codec, events).expect("the room pipeline builds");
         until_playing(&room, "the empty room").await;
         let empty = room.stats();
@@ -136,7 +138,7 @@ async fn tiles_follow_layout_changes_that_come_faster_than_frames_without_failin
     gstreamer::init().expect("GStreamer initialises");
     let media = MediaConfig::default();
     let (events, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (mut room, _packets) =
+    let mut room =
         RoomPipeline::start("relayout", &media, VideoCodec::Vp8, events).expect("the room builds");
     let people: Vec<ParticipantId> = (1..=3).map(ParticipantId).collect();
     let layout = |n: usize| -> Vec<(ParticipantId, mcu_server::layout::Rect)> {
@@ -190,10 +192,16 @@ async fn tiles_follow_layout_changes_that_come_faster_than_frames_without_failin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_fails_the_recording_and_not_the_room() {
     gstreamer::init().expect("GStreamer initialises");
+    let debug_dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("debug-full-disk");
+    let _ = std::fs::remove_dir_all(&debug_dir);
+    std::fs::create_dir_all(&debug_dir).expect("creating the debug directory");
+    let media = MediaConfig {
+        debug_dir: Some(debug_dir.clone()),
+        ..MediaConfig::default()
+    };
     let (events, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (mut room, _packets) =
-        RoomPipeline::start("full", &MediaConfig::default(), VideoCodec::Vp8, events)
-            .expect("the room pipeline builds");
+    let mut room = RoomPipeline::start("full", &media, VideoCodec::Vp8, events)
+        .expect("the room pipeline builds");
     until_playing(&room, "the room").await;
     let baseline = room.stats().pipeline_children;
     // Every write to /dev/full fails with ENOSPC, as on a full disk.
@@ -215,6 +223,25 @@ async fn a_full_disk_fails_the_recording_and_not_the_room() {
     .expect("the recorder reports the full disk");
     assert_eq!(failure.0, 7, "the failure names its recording");
     println!("recorder failure: {}", failure.1);
+    // The failed recorder left a graph of itself in the debug directory: its file sink is there.
+    let graph = common::wait_for(
+        "the failed recorder's graph",
+        Duration::from_secs(10),
+        || {
+            std::fs::read_dir(&debug_dir)
+                .ok()?
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| p.extension().is_some_and(|x| x == "dot"))
+        },
+    )
+    .await;
+    let dot = std::fs::read_to_string(&graph).expect("reading the graph");
+    assert!(
+        graph.to_string_lossy().contains("recorder-room-full") && dot.contains("GstFileSink"),
+        "{} is not the recorder's graph",
+        graph.display()
+    );
     room.abort_recording();
     assert_eq!(
         room.stats().pipeline_children,

@@ -41,7 +41,7 @@ async fn one_participant_sees_itself_full_frame() {
     let frame = obs.recent.last().expect("frames arrived");
     assert_eq!((frame.width, frame.height), (1280, 720));
     // Full frame: the colour reaches the top of the picture too (no bars).
-    let colour = crowd.members[0].colour;
+    let colour = crowd.members[0].colour();
     assert!(
         frame.tops.iter().all(|(_, c)| analysis::shows(*c, colour)),
         "{frame:?}"
@@ -201,6 +201,15 @@ async fn an_h264_room_sends_an_h264_composite() {
         all_ok(&crowd)
     })
     .await;
+    // The colours were decoded from an H.264 track: the room's codec, not the senders' VP8.
+    for member in &crowd.members {
+        assert_eq!(
+            member.observe().composite_codec,
+            Some(VideoCodec::H264),
+            "{} received the composite in another codec",
+            member.id()
+        );
+    }
     crowd.leave_all().await;
 }
 

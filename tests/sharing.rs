@@ -8,9 +8,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{init, wait_for, Server, SETTLE};
-use mcu_probe::probe::participant::Observation;
-use mcu_probe::probe::sharing::{self, random_bytes, sha256_hex, Transport};
+use mcu_probe::heard::lock;
+use mcu_probe::probe::Observation;
 use mcu_probe::probe::{spec_for, Crowd};
+use mcu_probe::sharing::{random_bytes, sha256_hex, Transport};
 use mcu_server::codec::VideoCodec;
 use mcu_server::protocol::sharing::DATA_CHANNEL_READ_LIMIT;
 use mcu_server::protocol::ErrorCode;
@@ -33,7 +34,7 @@ fn chats(crowd: &Crowd, member: usize) -> Vec<(String, String)> {
     let state = crowd.members[member]
         .sharing_state()
         .expect("a sharing participant");
-    let s = sharing::lock(&state);
+    let s = lock(&state);
     s.chats
         .iter()
         .map(|c| (c.from.clone(), c.text.clone()))
@@ -44,7 +45,7 @@ fn errors(crowd: &Crowd, member: usize) -> Vec<(ErrorCode, String)> {
     let state = crowd.members[member]
         .sharing_state()
         .expect("a sharing participant");
-    let errors = sharing::lock(&state).errors.clone();
+    let errors = lock(&state).errors.clone();
     errors
 }
 
@@ -151,7 +152,7 @@ async fn a_20_mb_file_reaches_two_others_intact_while_their_composite_keeps_its_
     for i in 0..3 {
         let announced = wait_for("the file to be ready", SETTLE, || {
             let state = crowd.members[i].sharing_state()?;
-            let s = sharing::lock(&state);
+            let s = lock(&state);
             s.files.get(&file_id).and_then(|f| f.sha256.clone())
         })
         .await;
@@ -236,7 +237,7 @@ async fn files_over_the_limits_are_refused_before_a_byte_is_sent_and_bad_input_s
         (0..3)
             .all(|i| {
                 let state = crowd.members[i].sharing_state().expect("sharing");
-                let s = sharing::lock(&state);
+                let s = lock(&state);
                 s.files.len() == 1 && s.files.values().all(|f| f.sha256.is_some())
             })
             .then_some(())

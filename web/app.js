@@ -247,12 +247,6 @@ class Call {
       case "answer":
         await this.pc?.setRemoteDescription({ type: "answer", sdp: message.sdp });
         break;
-      case "offer":
-        // The server renegotiates: answer it.
-        await this.pc?.setRemoteDescription({ type: "offer", sdp: message.sdp });
-        await this.pc?.setLocalDescription(await this.pc.createAnswer());
-        this.send({ type: "answer", sdp: this.pc.localDescription.sdp });
-        break;
       case "candidate":
         if (message.candidate) await this.pc?.addIceCandidate(message.candidate).catch(() => {});
         break;

@@ -71,6 +71,8 @@ pub struct MediaConfig {
     pub video_jitter_ms: u32,
     pub audio_jitter_ms: u32,
     pub mixer_latency_ms: u32,
+    /// A pipeline that fails writes a `.dot` graph of itself here (`--debug-dir`).
+    pub debug_dir: Option<PathBuf>,
 }
 
 impl MediaConfig {
@@ -90,6 +92,7 @@ impl Default for MediaConfig {
             video_jitter_ms: DEFAULT_VIDEO_JITTER_MS,
             audio_jitter_ms: DEFAULT_AUDIO_JITTER_MS,
             mixer_latency_ms: DEFAULT_MIXER_LATENCY_MS,
+            debug_dir: None,
         }
     }
 }

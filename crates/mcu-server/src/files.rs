@@ -131,7 +131,8 @@ impl FileStore {
         }
     }
 
-    pub fn dir(&self) -> &Path {
+    #[cfg(test)]
+    fn dir(&self) -> &Path {
         &self.dir
     }
 }

@@ -90,10 +90,6 @@ impl RecordingStore {
         })
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Reserves a file for a new recording of `room` starting `now`, and writes its sidecar.
     pub fn begin(
         &self,

@@ -28,6 +28,10 @@ pub async fn run(config: ServerConfig) -> Result<()> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating --keep-files {}", dir.display()))?;
     }
+    if let Some(dir) = &config.media.debug_dir {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating --debug-dir {}", dir.display()))?;
+    }
     let registry = Registry::new(config.clone(), store);
     let ctx = Arc::new(SessionContext {
         registry: registry.clone(),

@@ -1,6 +1,9 @@
 //! The signalling state of one WebSocket session, as a pure state machine: it takes a parsed
 //! client message and says what the session should do, or which error to send back. The session
 //! task does the I/O; this module decides, so every ordering rule is tested without a socket.
+//!
+//! Only the client offers (first and to renegotiate): the server answers, and never sends an
+//! offer of its own, so an `answer` from a client is always out of order.
 
 use crate::auth::Secret;
 use crate::protocol::{
@@ -18,14 +21,6 @@ enum Phase {
     Left,
 }
 
-/// Which side's offer is outstanding, per RFC 8829's signalling states, reduced to what we use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Negotiation {
-    Stable,
-    /// The server sent an offer and waits for the client's answer.
-    ServerOffered,
-}
-
 /// What the session must do for a message.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
@@ -34,9 +29,6 @@ pub enum Action {
         token: Option<Secret>,
     },
     ApplyOffer {
-        sdp: String,
-    },
-    ApplyAnswer {
         sdp: String,
     },
     AddCandidate(IceCandidate),
@@ -68,7 +60,6 @@ pub enum Share {
 #[derive(Debug)]
 pub struct Signalling {
     phase: Phase,
-    negotiation: Negotiation,
     has_remote_description: bool,
     early_candidates: Vec<IceCandidate>,
 }
@@ -83,14 +74,9 @@ impl Signalling {
     pub fn new() -> Self {
         Signalling {
             phase: Phase::AwaitingJoin,
-            negotiation: Negotiation::Stable,
             has_remote_description: false,
             early_candidates: Vec::new(),
         }
-    }
-
-    pub fn is_joined(&self) -> bool {
-        self.phase == Phase::Joined
     }
 
     /// Decides what a client message means now. `Err` is the error reply for the client; the
@@ -112,16 +98,10 @@ impl Signalling {
             }
             (Phase::AwaitingJoin, _) => Err(out_of_order("send join first")),
             (Phase::Joined, M::Join { .. }) => Err(out_of_order("already joined")),
-            (Phase::Joined, M::Offer { sdp }) => match self.negotiation {
-                Negotiation::Stable => Ok(Action::ApplyOffer { sdp }),
-                Negotiation::ServerOffered => Err(out_of_order(
-                    "the server's offer is waiting for your answer; answer it before offering",
-                )),
-            },
-            (Phase::Joined, M::Answer { sdp }) => match self.negotiation {
-                Negotiation::ServerOffered => Ok(Action::ApplyAnswer { sdp }),
-                Negotiation::Stable => Err(out_of_order("no offer from the server to answer")),
-            },
+            (Phase::Joined, M::Offer { sdp }) => Ok(Action::ApplyOffer { sdp }),
+            (Phase::Joined, M::Answer { .. }) => Err(out_of_order(
+                "the server never offers, so there is nothing to answer: send an offer",
+            )),
             (Phase::Joined, M::Candidate { candidate: None }) => Ok(Action::EndOfCandidates),
             (Phase::Joined, M::Candidate { candidate: Some(c) }) => {
                 if self.has_remote_description {
@@ -166,15 +146,8 @@ impl Signalling {
         self.phase = Phase::Joined;
     }
 
-    /// The server sent an offer of its own.
-    pub fn server_offered(&mut self) {
-        self.negotiation = Negotiation::ServerOffered;
-    }
-
-    /// A remote offer or answer was applied: negotiation is stable again, and candidates that
-    /// waited for it can now be added.
+    /// The client's offer was applied: the candidates that waited for it can now be added.
     pub fn remote_description_applied(&mut self) -> Vec<IceCandidate> {
-        self.negotiation = Negotiation::Stable;
         self.has_remote_description = true;
         std::mem::take(&mut self.early_candidates)
     }
@@ -337,23 +310,19 @@ mod tests {
     }
 
     #[test]
-    fn answers_only_follow_a_server_offer_and_offers_wait_for_it() {
+    fn only_the_client_offers_so_an_answer_is_out_of_order() {
         let mut s = Signalling::new();
         s.joined();
         assert_eq!(
             code(s.on_message(ClientMessage::Answer { sdp: "v=0".into() })),
             ErrorCode::OutOfOrder
         );
-        s.server_offered();
-        assert_eq!(
-            code(s.on_message(ClientMessage::Offer { sdp: "v=0".into() })),
-            ErrorCode::OutOfOrder
-        );
-        assert_eq!(
-            s.on_message(ClientMessage::Answer { sdp: "v=0".into() }),
-            Ok(Action::ApplyAnswer { sdp: "v=0".into() })
-        );
+        assert!(matches!(
+            s.on_message(ClientMessage::Offer { sdp: "v=0".into() }),
+            Ok(Action::ApplyOffer { .. })
+        ));
         s.remote_description_applied();
+        // Renegotiation is the client's offer again.
         assert!(matches!(
             s.on_message(ClientMessage::Offer { sdp: "v=0".into() }),
             Ok(Action::ApplyOffer { .. })

@@ -19,7 +19,7 @@ use mcu_server::codec::VideoCodec;
 use mcu_server::config::MediaConfig;
 use mcu_server::ids::ParticipantId;
 use mcu_server::layout;
-use mcu_server::media::{InputSignals, RoomPipeline};
+use mcu_server::media::{FeedReader, InputSignals, RoomPipeline};
 use mcu_server::rtc::{PT_OPUS, PT_VP8};
 
 /// Time for every branch to start decoding before the CPU is counted.
@@ -58,18 +58,22 @@ pub async fn run(
     let drain = |mut rx: mpsc::Receiver<bytes::Bytes>| {
         tokio::spawn(async move { while rx.recv().await.is_some() {} })
     };
+    // A viewer's writer reads every composite packet; the floor's reads and drops them.
+    let drain_composite = |mut reader: FeedReader| {
+        tokio::spawn(async move { while reader.next().await.is_some() {} })
+    };
     let log = Arc::new(SendLog::new(participants, super::media::VIDEO_LOOP_FRAMES));
     let (pump, pump_task) = pump::spawn(media.clone(), log);
     let mut drains = Vec::new();
     let mut pipelines = Vec::new();
     for room_index in 0..rooms.max(1) {
-        let (mut room, composite) = RoomPipeline::start(
+        let mut room = RoomPipeline::start(
             &format!("floor-{room_index}"),
             &config,
             VideoCodec::Vp8,
             events.clone(),
         )?;
-        drains.push(drain(composite));
+        drains.push(drain_composite(room.composite()));
         // The bench puts participant i in room i % rooms.
         let members: Vec<usize> = (room_index..participants).step_by(rooms.max(1)).collect();
         let tiles = layout::grid(members.len(), config.width, config.height);
@@ -87,8 +91,8 @@ pub async fn run(
             placed.push((who, *tile));
             pump.send(Stream::new(
                 index,
-                Output::Appsrc(video),
-                Output::Appsrc(audio),
+                Output::Input(video),
+                Output::Input(audio),
             ))
             .ok()
             .context("the pump stopped")?;

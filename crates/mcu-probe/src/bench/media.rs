@@ -20,10 +20,9 @@ use crate::probe::analysis::tone_for;
 /// enough to encode 25 participants in a few seconds.
 pub const VIDEO_LOOP_FRAMES: usize = 300;
 pub const VIDEO_FPS: u32 = 30;
-/// The size a sender sends by default: a tile of the 4×4 grid at 1280×720, what a browser asked
-/// to send tile-sized video would send in a 16-person room.
-pub const DEFAULT_SEND_WIDTH: usize = 320;
-pub const DEFAULT_SEND_HEIGHT: usize = 180;
+/// The size a sender sends by default (`mcu bench --send-size`): a tile of the 4×4 grid at
+/// 1280×720, what a browser asked to send tile-sized video would send in a 16-person room.
+pub const DEFAULT_SEND_SIZE: &str = "320x180";
 /// What a browser sends for a small layer.
 const VIDEO_BITRATE_BPS: u32 = 300_000;
 const AUDIO_BITRATE_BPS: u32 = 32_000;

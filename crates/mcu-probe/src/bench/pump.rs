@@ -11,9 +11,14 @@ use tokio::sync::mpsc;
 use webrtc::rtp::header::Header;
 use webrtc::rtp::packet::Packet;
 
+use anyhow::Context;
+use mcu_server::codec::VideoCodec;
+
 use super::marks::{self, AUDIO_LOOP_PACKETS, PACKET_SAMPLES};
 use super::media::{BenchMedia, VIDEO_FPS};
-use mcu_server::rtc::{SharedTrack, PT_OPUS, PT_VP8};
+use crate::participant::{Sending, Source};
+use mcu_server::media::InputHandle;
+use mcu_server::rtc::{OutboundTrack, PT_OPUS, PT_VP8};
 
 const VIDEO_TICKS_PER_FRAME: u32 = 90_000 / VIDEO_FPS;
 /// Bursts remembered per participant: a few loops, plenty for any plausible latency.
@@ -83,11 +88,11 @@ impl SendLog {
     }
 }
 
-/// Where a stream's packets go: a WebRTC track to the server, or straight into a pipeline's
-/// appsrc (the floor, see floor.rs).
+/// Where a stream's packets go: a WebRTC track to the server, or straight into a branch of a
+/// room pipeline (the floor, see floor.rs).
 pub enum Output {
-    Track(SharedTrack),
-    Appsrc(gstreamer_app::AppSrc),
+    Track(OutboundTrack),
+    Input(InputHandle),
 }
 
 impl Output {
@@ -97,9 +102,9 @@ impl Output {
             Output::Track(track) => {
                 let _ = track.write_rtp(packet).await;
             }
-            Output::Appsrc(appsrc) => {
+            Output::Input(input) => {
                 if let Ok(bytes) = webrtc::util::Marshal::marshal(packet) {
-                    let _ = mcu_server::media::push_rtp(appsrc, bytes);
+                    let _ = input.push(bytes);
                 }
             }
         }
@@ -236,4 +241,24 @@ async fn send_audio(s: &mut Stream, slot: usize, media: &BenchMedia, log: &SendL
     s.audio_seq = s.audio_seq.wrapping_add(1);
     s.audio_ts = s.audio_ts.wrapping_add(PACKET_SAMPLES as u32);
     s.audio.write(&p).await;
+}
+
+/// A participant's source that replays loop `index` through the pump: its tracks join the
+/// pump's streams, a keyframe request restarts the loop at its keyframe, and leaving takes the
+/// stream out.
+pub fn replay_source(index: usize, pump: mpsc::UnboundedSender<Stream>) -> Source {
+    Source {
+        camera: Some(VideoCodec::Vp8),
+        start: Box::new(move |audio, video| {
+            let video = video.context("the bench's participants send video")?;
+            let stream = Stream::new(index, Output::Track(video), Output::Track(audio));
+            let (restart, alive) = (stream.restart.clone(), stream.alive.clone());
+            pump.send(stream).ok().context("the pump has stopped")?;
+            Ok(Sending {
+                keyframe: Arc::new(move || restart.store(true, Ordering::Relaxed)),
+                stop: Box::new(move || alive.store(false, Ordering::Relaxed)),
+                tasks: Vec::new(),
+            })
+        }),
+    }
 }

@@ -19,8 +19,8 @@ use webrtc::util::Marshal;
 
 use super::marks::{self, Area, OnsetDetector};
 use super::pump::SendLog;
+use crate::heard::{self, Heard};
 use crate::probe::analysis::tone_for;
-use crate::probe::link::{self, Heard};
 
 /// A tile whose code has not changed for this long is frozen (a person would notice a picture
 /// stuck for a fifth of a second); normal beats between 30-fps senders and a 30-fps composite
@@ -245,7 +245,7 @@ fn on_composite(
         return;
     };
     let stride = info.stride()[0] as usize;
-    let layout = link::lock(&ctx.heard).layout.clone();
+    let layout = heard::lock(&ctx.heard).layout.clone();
     let mut observed = lock(&ctx.observed);
     observed.frames_decoded += 1;
     let Some(layout) = layout else { return };

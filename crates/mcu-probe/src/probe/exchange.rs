@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::participant::Participant;
-use super::sharing::{self, random_bytes, sha256_hex};
+use super::member::Participant;
+use crate::heard::lock;
+use crate::sharing::{random_bytes, sha256_hex};
 
 /// Chat messages each participant sends.
 pub const CHAT_MESSAGES: usize = 3;
@@ -63,7 +64,7 @@ pub async fn chat(members: &[Participant]) -> Vec<ChatCheck> {
     let mut send_errors = vec![None; members.len()];
     for round in 1..=CHAT_MESSAGES {
         for (i, m) in members.iter().enumerate() {
-            let text = format!("message {round} of {CHAT_MESSAGES} from {}", m.spec.name);
+            let text = format!("message {round} of {CHAT_MESSAGES} from {}", m.spec().name);
             if let Err(e) = m.send_chat(&text).await {
                 send_errors[i] = Some(format!("{e:#}"));
             }
@@ -76,7 +77,7 @@ pub async fn chat(members: &[Participant]) -> Vec<ChatCheck> {
             .iter()
             .map(|m| {
                 m.sharing_state().map_or_else(Vec::new, |state| {
-                    sharing::lock(&state)
+                    lock(&state)
                         .chats
                         .iter()
                         .map(|c| (c.from.clone(), c.text.clone()))
@@ -147,7 +148,7 @@ pub async fn file(members: &[Participant], bytes: usize, rate: u64) -> FileRepor
     let deadline = Instant::now() + transfer_time + FILE_SLACK;
     let announced = loop {
         let hash = sender.sharing_state().and_then(|state| {
-            let s = sharing::lock(&state);
+            let s = lock(&state);
             s.files.get(&file_id).and_then(|f| f.sha256.clone())
         });
         if hash.is_some() || Instant::now() > deadline {

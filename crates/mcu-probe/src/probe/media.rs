@@ -6,18 +6,21 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use bytes::Bytes;
 use gst::prelude::*;
 use gstreamer as gst;
 use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
+use tokio::sync::mpsc;
 use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
 use webrtc::track::track_remote::TrackRemote;
 use webrtc::util::Marshal;
 
 use super::analysis::{self, Rgb, I420};
-use super::link::{self, Heard};
+use crate::heard::{lock, Heard};
+use crate::participant::{Sending, Source};
 use mcu_server::codec::VideoCodec;
-use mcu_server::rtc;
+use mcu_server::rtc::{self, OutboundTrack};
 
 /// Decoded frames whose tile colours are kept for the checks (one second at 30 fps).
 const RECENT_FRAMES: usize = 30;
@@ -26,6 +29,9 @@ pub const AUDIO_WINDOW: usize = 48_000;
 /// The probe's camera: small, because the server scales it into a tile anyway, and cheap to encode.
 const SEND_WIDTH: u32 = 320;
 const SEND_HEIGHT: u32 = 180;
+/// Encoded packets queued between the send pipeline and its track; beyond this (a writer stalled
+/// for seconds) they are dropped, as late media is worthless.
+const SEND_QUEUE: usize = 512;
 
 /// The colours found at the centre of each tile of one decoded composite frame.
 #[derive(Debug, Clone)]
@@ -46,6 +52,8 @@ pub(super) struct Received {
     pub(super) first_self_frame: Option<Instant>,
     pub(super) audio: VecDeque<f32>,
     pub(super) keyframes: Vec<Instant>,
+    /// The codec the composite arrived in, as negotiated for its track.
+    pub(super) composite_codec: Option<VideoCodec>,
 }
 
 pub(super) struct Shared {
@@ -159,20 +167,97 @@ pub fn descriptions() -> Vec<(String, String)> {
     all
 }
 
-/// The probe's microphone (a sine tone) and, given a codec and colour, its camera (a solid colour).
-pub(super) fn send_pipeline(
+/// The probe's microphone (a sine tone) and, given a codec and colour, its camera (a solid
+/// colour), encoded live by GStreamer.
+pub(super) fn live_source(camera: Option<(VideoCodec, Rgb)>, tone_hz: f64) -> Source {
+    Source {
+        camera: camera.map(|(codec, _)| codec),
+        start: Box::new(move |audio, video| start_live(camera, tone_hz, audio, video)),
+    }
+}
+
+fn start_live(
     camera: Option<(VideoCodec, Rgb)>,
     tone_hz: f64,
-) -> Result<gst::Pipeline> {
-    let video = camera
+    audio: OutboundTrack,
+    video: Option<OutboundTrack>,
+) -> Result<Sending> {
+    let camera_part = camera
         .map(|(codec, colour)| camera_description(codec, colour.argb()))
         .unwrap_or_default();
-    let description = format!("{video}{}", microphone_description(tone_hz));
-    gst::parse::launch(&description)
+    let description = format!("{camera_part}{}", microphone_description(tone_hz));
+    let pipeline = gst::parse::launch(&description)
         .context("building the probe's send pipeline")?
         .downcast::<gst::Pipeline>()
         .ok()
-        .context("the probe's send pipeline is not a pipeline")
+        .context("the probe's send pipeline is not a pipeline")?;
+    let element = |name: &str| {
+        pipeline
+            .by_name(name)
+            .with_context(|| format!("the probe's send pipeline has no {name}"))
+    };
+    let mut tasks = vec![tokio::spawn(
+        audio.write_all(packets_of(&element("audio_sink")?)?),
+    )];
+    let mut encoder = None;
+    if let Some(video) = video {
+        tasks.push(tokio::spawn(
+            video.write_all(packets_of(&element("video_sink")?)?),
+        ));
+        encoder = Some(element("encoder")?);
+    }
+    let pipeline = StopOnDrop(pipeline);
+    pipeline
+        .0
+        .set_state(gst::State::Playing)
+        .context("starting the probe's send pipeline")?;
+    Ok(Sending {
+        keyframe: Arc::new(move || {
+            let pad = encoder.as_ref().and_then(|e| e.static_pad("src"));
+            if let Some(pad) = pad {
+                pad.send_event(
+                    gst_video::UpstreamForceKeyUnitEvent::builder()
+                        .all_headers(true)
+                        .build(),
+                );
+            }
+        }),
+        stop: Box::new(move || drop(pipeline)),
+        tasks,
+    })
+}
+
+/// A pipeline that is stopped when it goes out of scope, on every path: one dropped while
+/// playing aborts the process.
+struct StopOnDrop(gst::Pipeline);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.set_state(gst::State::Null);
+    }
+}
+
+/// The RTP packets `sink` (an appsink) receives, handed over without ever blocking its
+/// streaming thread.
+fn packets_of(sink: &gst::Element) -> Result<mpsc::Receiver<Bytes>> {
+    let appsink = sink
+        .clone()
+        .dynamic_cast::<gst_app::AppSink>()
+        .ok()
+        .with_context(|| format!("{} is not an appsink", sink.name()))?;
+    let (tx, rx) = mpsc::channel(SEND_QUEUE);
+    appsink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |appsink| {
+                let sample = appsink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                if let Some(map) = sample.buffer().and_then(|b| b.map_readable().ok()) {
+                    let _ = tx.try_send(Bytes::copy_from_slice(map.as_slice()));
+                }
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+    Ok(rx)
 }
 
 /// Builds a pipeline that decodes one incoming track and records what it shows or sounds like.
@@ -190,6 +275,9 @@ pub(super) fn receive(track: Arc<TrackRemote>, shared: Arc<Shared>) -> Result<gs
     };
     let is_video = track.kind() == RTPCodecType::Video;
     let h264 = matches!(incoming, Incoming::Video(VideoCodec::H264));
+    if let Incoming::Video(codec) = incoming {
+        shared.lock().composite_codec = Some(codec);
+    }
     let description = receive_description(incoming, pt);
     let pipeline = gst::parse::launch(&description)
         .context("building a receive pipeline")?
@@ -268,7 +356,7 @@ fn on_video_frame(sample: &gst::Sample, shared: &Shared) {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    let layout = link::lock(&shared.heard).layout.clone();
+    let layout = lock(&shared.heard).layout.clone();
     let mut r = shared.lock();
     let Some(layout) = layout else {
         r.frame_times.push(now);

@@ -4,12 +4,10 @@
 //! it took to see themselves.
 
 pub mod analysis;
-pub mod exchange;
-pub mod link;
+mod exchange;
 mod media;
-pub mod participant;
+mod member;
 mod report;
-pub mod sharing;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -22,7 +20,7 @@ use analysis::percentile;
 use mcu_server::codec::VideoCodec;
 use mcu_server::rtc::RtcFactory;
 pub use media::descriptions as pipeline_descriptions;
-pub use participant::{Expected, Observation, Participant, Roster, Spec};
+pub use member::{Expected, FrameSample, Observation, Participant, Roster, Spec};
 pub use report::{evaluate, summary, ParticipantReport, Report, TileCheck, ToneCheck};
 
 /// A tile passes when at least this share of the last second's frames shows the right colour; the
@@ -120,8 +118,7 @@ impl Crowd {
 
     pub async fn join_with(&mut self, spec: Spec) -> Result<&Participant> {
         self.next_index += 1;
-        let p =
-            Participant::join(&self.url, &self.room, spec, &self.rtc, self.roster.clone()).await?;
+        let p = member::join(&self.url, &self.room, spec, &self.rtc, self.roster.clone()).await?;
         self.members.push(p);
         Ok(self.members.last().expect("just pushed"))
     }
@@ -152,10 +149,10 @@ impl Crowd {
             .iter()
             .map(|p| {
                 let own = Expected {
-                    name: p.spec.name.clone(),
-                    colour: p.colour,
-                    tone_hz: Some(p.tone_hz),
-                    camera: p.spec.camera,
+                    name: p.spec().name.clone(),
+                    colour: p.colour(),
+                    tone_hz: Some(p.tone_hz()),
+                    camera: p.spec().camera,
                 };
                 evaluate(&p.observe(), &own, &roster, window, min_fps)
             })
@@ -194,7 +191,7 @@ pub async fn run(config: &ProbeConfig) -> Result<Report> {
         spec.camera = config.camera;
         spec.token = config.token.clone();
         let shares = config.chat || config.file.is_some();
-        spec.sharing = shares.then_some(sharing::Transport::DataChannel);
+        spec.sharing = shares.then_some(crate::sharing::Transport::DataChannel);
         let member = crowd
             .join_with(spec)
             .await

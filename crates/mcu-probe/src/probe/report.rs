@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::analysis::{self, tone_share, TONE_ABSENT, TONE_PRESENT};
 use super::exchange;
-use super::participant::{Expected, Observation};
+use super::member::{Expected, Observation};
 use super::TILE_MATCH_SHARE;
 use mcu_server::codec::VideoCodec;
 
@@ -288,7 +288,7 @@ pub fn summary(report: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::probe::participant::FrameSample;
+    use crate::probe::FrameSample;
     use analysis::{colour_for, tone_for};
     use std::time::Duration;
 
@@ -317,6 +317,7 @@ mod tests {
             first_self_frame: Some(Duration::from_millis(300)),
             audio,
             keyframes: vec![],
+            composite_codec: Some(mcu_server::codec::VideoCodec::Vp8),
             errors: vec![],
             layout: None,
             server_candidates: vec![],

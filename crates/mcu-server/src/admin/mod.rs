@@ -18,7 +18,7 @@ use warp::hyper::Body;
 use crate::auth::Secret;
 use crate::ids::{ParticipantId, RoomId};
 use crate::recordings::{self, StoreError};
-use crate::room::{RecordError, RoomHandle};
+use crate::room::{RoomError, RoomHandle};
 use crate::session::SessionContext;
 
 /// How long a request waits for a room to answer before reporting it stuck.
@@ -145,13 +145,13 @@ pub async fn handle(ctx: Arc<SessionContext>, request: ApiRequest) -> Response<B
         }
         ["rooms", room, "recording"] if m == Method::POST => {
             with_room(&ctx, room, |h| async move {
-                recording_reply(h.start_recording().await, StatusCode::CREATED)
+                recording_reply(&h, h.start_recording().await, StatusCode::CREATED)
             })
             .await
         }
         ["rooms", room, "recording"] if m == Method::DELETE => {
             with_room(&ctx, room, |h| async move {
-                recording_reply(h.stop_recording().await, StatusCode::OK)
+                recording_reply(&h, h.stop_recording().await, StatusCode::OK)
             })
             .await
         }
@@ -233,8 +233,8 @@ async fn list_rooms(ctx: &SessionContext) -> Response<Body> {
 
 async fn get_room(handle: RoomHandle) -> Response<Body> {
     match handle.snapshot().await {
-        Some(snapshot) => json_response(StatusCode::OK, json!(snapshot)),
-        None => room_gone(&handle),
+        Ok(snapshot) => json_response(StatusCode::OK, json!(snapshot)),
+        Err(e) => room_error(&handle, e),
     }
 }
 
@@ -251,16 +251,12 @@ async fn close_room(handle: RoomHandle) -> Response<Body> {
 }
 
 async fn moderate(handle: RoomHandle, who: ParticipantId, action: &str) -> Response<Body> {
-    let found = match action {
+    let done = match action {
         "remove" => handle.remove(who, "you were removed by a moderator").await,
         muting => handle.mute(who, muting == "mute").await,
     };
-    if !found {
-        return error(
-            StatusCode::NOT_FOUND,
-            "participant_not_found",
-            format!("no participant {who} in room {}", handle.id()),
-        );
+    if let Err(e) = done {
+        return room_error(&handle, e);
     }
     match action {
         "remove" => no_content(),
@@ -272,31 +268,40 @@ async fn moderate(handle: RoomHandle, who: ParticipantId, action: &str) -> Respo
 }
 
 fn recording_reply(
-    result: Result<recordings::RecordingInfo, RecordError>,
+    handle: &RoomHandle,
+    result: Result<recordings::RecordingInfo, RoomError>,
     success: StatusCode,
 ) -> Response<Body> {
     match result {
         Ok(info) => json_response(success, json!(info)),
-        Err(e @ (RecordError::AlreadyRecording | RecordError::NotRecording)) => {
-            error(StatusCode::CONFLICT, "conflict", e.to_string())
+        Err(e) => room_error(handle, e),
+    }
+}
+
+/// A room's refusal as the API answers it.
+fn room_error(handle: &RoomHandle, e: RoomError) -> Response<Body> {
+    let (status, code, message) = match &e {
+        RoomError::Closed => (
+            StatusCode::NOT_FOUND,
+            "room_not_found",
+            format!("room {} has closed", handle.id()),
+        ),
+        RoomError::NotHere(who) => (
+            StatusCode::NOT_FOUND,
+            "participant_not_found",
+            format!("no participant {who} in room {}", handle.id()),
+        ),
+        RoomError::AlreadyRecording | RoomError::NotRecording => {
+            (StatusCode::CONFLICT, "conflict", e.to_string())
         }
-        Err(e @ RecordError::RoomClosed) => {
-            error(StatusCode::NOT_FOUND, "room_not_found", e.to_string())
-        }
-        Err(e @ RecordError::Failed(_)) => error(
+        RoomError::RecordingFailed(_) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             "recording_failed",
             e.to_string(),
         ),
-    }
-}
-
-fn room_gone(handle: &RoomHandle) -> Response<Body> {
-    error(
-        StatusCode::NOT_FOUND,
-        "room_not_found",
-        format!("room {} has closed", handle.id()),
-    )
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    };
+    error(status, code, message)
 }
 
 fn list_recordings(ctx: &SessionContext) -> Response<Body> {

@@ -6,11 +6,11 @@
 
 mod audio;
 mod bus;
-pub mod mixminus;
+mod mixminus;
 mod pace;
 pub mod pipelines;
-pub mod recorder;
-pub mod sink;
+mod recorder;
+mod sink;
 mod video;
 
 use std::collections::HashMap;
@@ -27,9 +27,10 @@ use crate::codec::VideoCodec;
 use crate::config::MediaConfig;
 use crate::ids::ParticipantId;
 use crate::layout::Rect;
-use sink::PacketCounters;
+pub use sink::FeedReader;
+use sink::PacketFeed;
 
-pub use video::{push_rtp, InputSignals};
+pub use video::InputSignals;
 
 /// How long an appsrc may hold packets the pipeline has not taken yet. Beyond this the oldest are
 /// dropped (leaky downstream): late media is worthless in a call, and memory stays bounded.
@@ -68,6 +69,8 @@ pub struct PipelineStats {
     pub mix_listeners: usize,
     /// Child elements/bins directly in the pipeline.
     pub pipeline_children: usize,
+    /// Composite packets the encoder produced while someone watched, and packets viewers
+    /// missed because their writers fell behind.
     pub video_packets_out: u64,
     pub video_packets_dropped: u64,
     /// Composite frames produced, and how often the compositor fell behind (see media/pace.rs).
@@ -103,21 +106,22 @@ pub struct RoomPipeline {
     placeholders: HashMap<ParticipantId, TileBranch>,
     videos: HashMap<ParticipantId, TileBranch>,
     audio: audio::AudioGraph,
-    video_counters: Arc<PacketCounters>,
+    /// The encoded composite, for every viewer.
+    composite: PacketFeed,
     pace: Arc<pace::Pace>,
     lost_playing: Arc<std::sync::atomic::AtomicU64>,
     recorder: Option<recorder::Recorder>,
 }
 
 impl RoomPipeline {
-    /// Builds the room's pipeline and starts it. The composite's RTP packets come out of the
-    /// returned receiver.
+    /// Builds the room's pipeline and starts it. Viewers read the composite's RTP packets
+    /// through `composite`.
     pub fn start(
         name: &str,
         media: &MediaConfig,
         codec: VideoCodec,
         events: mpsc::UnboundedSender<PipelineEvent>,
-    ) -> Result<(Self, mpsc::Receiver<Bytes>)> {
+    ) -> Result<Self> {
         let keyframe_max_dist = (KEYFRAME_MAX_DIST_SECONDS * media.fps).to_string();
         let encoder = match codec {
             VideoCodec::Vp8 => pipelines::ENCODER_VP8.fill(&[
@@ -155,11 +159,15 @@ impl RoomPipeline {
         let compositor = element("compositor")?;
         let encoder = element("encoder")?;
         let fullmix = element("fullmix")?;
-        let video_counters = Arc::new(PacketCounters::default());
-        let packets = sink::packets_from(&element("video_out")?, video_counters.clone())?;
+        let composite = PacketFeed::from_appsink(&element("video_out")?)?;
 
         let lost_playing = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let bus_task = bus::watch(&pipeline, events.clone(), lost_playing.clone())?;
+        let bus_task = bus::watch(
+            &pipeline,
+            events.clone(),
+            lost_playing.clone(),
+            media.debug_dir.clone(),
+        )?;
         let pace = Arc::new(pace::Pace::new(media.fps));
         pace::watch(&compositor, pace.clone(), name)?;
         // From here on the pipeline may be playing: every early return must stop it first (a
@@ -187,12 +195,17 @@ impl RoomPipeline {
             bus_task,
             placeholders: HashMap::new(),
             videos: HashMap::new(),
-            video_counters,
+            composite,
             pace,
             lost_playing,
             recorder: None,
         };
-        Ok((room, packets))
+        Ok(room)
+    }
+
+    /// A reader of the encoded composite's RTP packets, from now on.
+    pub fn composite(&self) -> FeedReader {
+        self.composite.subscribe()
     }
 
     /// Shows a dark tile with the participant's name until their video arrives.
@@ -209,8 +222,8 @@ impl RoomPipeline {
         }
     }
 
-    /// Adds a decoding branch for a participant's camera and returns the appsrc to push its RTP
-    /// packets into. A second camera track from the same participant replaces the first.
+    /// Adds a decoding branch for a participant's camera and returns where to push its RTP
+    /// packets. A second camera track from the same participant replaces the first.
     pub fn add_video_input(
         &mut self,
         who: ParticipantId,
@@ -218,7 +231,7 @@ impl RoomPipeline {
         payload_type: u8,
         tile: Rect,
         signals: Arc<InputSignals>,
-    ) -> Result<gst_app::AppSrc> {
+    ) -> Result<InputHandle> {
         self.remove_video_input(who);
         let (bin, appsrc) = video::input_bin(
             who,
@@ -231,7 +244,7 @@ impl RoomPipeline {
         )?;
         let branch = self.attach_tile(bin, tile, video::VIDEO_ZORDER)?;
         self.videos.insert(who, branch);
-        Ok(appsrc)
+        Ok(InputHandle { appsrc })
     }
 
     pub fn remove_video_input(&mut self, who: ParticipantId) {
@@ -241,13 +254,10 @@ impl RoomPipeline {
     }
 
     /// Adds a decoding branch for a participant's microphone, mixed into everyone's audio but
-    /// their own, and returns the appsrc for its RTP packets.
-    pub fn add_audio_input(
-        &mut self,
-        who: ParticipantId,
-        payload_type: u8,
-    ) -> Result<gst_app::AppSrc> {
-        self.audio.add_input(who, payload_type)
+    /// their own, and returns where to push its RTP packets.
+    pub fn add_audio_input(&mut self, who: ParticipantId, payload_type: u8) -> Result<InputHandle> {
+        let appsrc = self.audio.add_input(who, payload_type)?;
+        Ok(InputHandle { appsrc })
     }
 
     /// Creates what `who` hears (everyone else) and returns its Opus RTP packets.
@@ -318,6 +328,7 @@ impl RoomPipeline {
             path,
             recording,
             self.events.clone(),
+            self.media.debug_dir.clone(),
         )?;
         self.recorder = Some(recorder);
         self.force_keyframe();
@@ -358,11 +369,13 @@ impl RoomPipeline {
             mix_listeners,
             pipeline_children: self.pipeline.children().len(),
             video_packets_out: self
-                .video_counters
+                .composite
+                .counters()
                 .sent
                 .load(std::sync::atomic::Ordering::Relaxed),
             video_packets_dropped: self
-                .video_counters
+                .composite
+                .counters()
                 .dropped
                 .load(std::sync::atomic::Ordering::Relaxed),
             composite_frames: self.pace.frames(),
@@ -501,10 +514,6 @@ pub struct InputHandle {
 }
 
 impl InputHandle {
-    pub(crate) fn new(appsrc: gst_app::AppSrc) -> Self {
-        InputHandle { appsrc }
-    }
-
     pub fn push(&self, packet: Bytes) -> Result<(), gst::FlowError> {
         video::push_rtp(&self.appsrc, packet)
     }

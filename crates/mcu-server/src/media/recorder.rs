@@ -74,6 +74,7 @@ impl Recorder {
         path: &Path,
         recording: u64,
         events: mpsc::UnboundedSender<PipelineEvent>,
+        debug_dir: Option<PathBuf>,
     ) -> Result<Self> {
         let template = match codec {
             VideoCodec::Vp8 => pipelines::RECORDER_VP8,
@@ -105,7 +106,7 @@ impl Recorder {
         element("file")?.set_property("location", path.to_string_lossy().to_string());
 
         let (eos_tx, eos_rx) = oneshot::channel();
-        let bus_task = watch_bus(&pipeline, recording, events, eos_tx)?;
+        let bus_task = watch_bus(&pipeline, recording, events, eos_tx, debug_dir)?;
         if let Err(e) = pipeline.set_state(gst::State::Playing) {
             let _ = pipeline.set_state(gst::State::Null);
             // The state change failure says little; the bus says which file could not be opened.
@@ -129,10 +130,6 @@ impl Recorder {
             return Err(e);
         }
         Ok(recorder)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     pub fn counters(&self) -> &Arc<RecorderCounters> {
@@ -360,14 +357,20 @@ fn watch_bus(
     recording: u64,
     events: mpsc::UnboundedSender<PipelineEvent>,
     eos: oneshot::Sender<()>,
+    debug_dir: Option<PathBuf>,
 ) -> Result<tokio::task::JoinHandle<()>> {
     let bus = pipeline.bus().context("a pipeline always has a bus")?;
+    let weak = pipeline.downgrade();
+    let mut graphs = super::bus::GraphWriter::new(debug_dir);
     let mut eos = Some(eos);
     Ok(tokio::spawn(async move {
         let mut messages = bus.stream();
         while let Some(message) = messages.next().await {
             match message.view() {
                 gst::MessageView::Error(err) => {
+                    if let Some(pipeline) = weak.upgrade() {
+                        graphs.write(&pipeline).await;
+                    }
                     let text = format!(
                         "{}: {}",
                         err.src().map(|s| s.name().to_string()).unwrap_or_default(),

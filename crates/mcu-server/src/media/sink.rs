@@ -1,6 +1,8 @@
-//! Packets leave the pipeline through an appsink whose callback hands each RTP packet to a bounded
-//! channel; a task on the other end writes them to WebRTC tracks. The callback runs on a GStreamer
-//! streaming thread, so it never blocks: when the channel is full the packet is dropped and counted.
+//! Packets leave the pipeline through an appsink whose callback hands each RTP packet on without
+//! waiting: to a bounded channel with one reader (a listener's audio), or to a feed that any number
+//! of readers follow (the composite, read by every viewer). The callback runs on a GStreamer
+//! streaming thread, so it never blocks: a full channel drops the packet, and a feed's reader that
+//! falls too far behind skips ahead; either way what was lost is counted.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -10,7 +12,7 @@ use bytes::Bytes;
 use gst::prelude::*;
 use gstreamer as gst;
 use gstreamer_app as gst_app;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 
 /// Packets queued between an appsink and its track writer. A 720p keyframe is ~60–120 packets of
 /// 1200 bytes; 512 holds a few of them, so only a writer stalled for ~half a second loses packets.
@@ -28,12 +30,102 @@ pub fn packets_from(
     sink: &gst::Element,
     counters: Arc<PacketCounters>,
 ) -> Result<mpsc::Receiver<Bytes>> {
+    let (tx, rx) = mpsc::channel(PACKET_QUEUE);
+    on_each_packet(sink, move |packet| match tx.try_send(packet) {
+        Ok(()) => {
+            counters.sent.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            counters.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        // Nobody listens any more (the writer ended): the branch is being torn down.
+        Err(mpsc::error::TrySendError::Closed(_)) => {}
+    })?;
+    Ok(rx)
+}
+
+/// The packets of one appsink for any number of readers, each of which gets every packet from
+/// the moment it subscribes. Only the appsink's callback sends, so the feed ends (its readers
+/// get `None`) when the appsink goes away with its pipeline.
+pub struct PacketFeed {
+    sender: broadcast::WeakSender<Bytes>,
+    counters: Arc<PacketCounters>,
+}
+
+impl PacketFeed {
+    /// Connects `sink` (an appsink) to a new feed.
+    pub fn from_appsink(sink: &gst::Element) -> Result<Self> {
+        let (tx, _) = broadcast::channel(PACKET_QUEUE);
+        let feed = PacketFeed {
+            sender: tx.downgrade(),
+            counters: Arc::default(),
+        };
+        let counters = feed.counters.clone();
+        on_each_packet(sink, move |packet| {
+            // No reader yet (nobody in the room watches) is not a loss.
+            if tx.send(packet).is_ok() {
+                counters.sent.fetch_add(1, Ordering::Relaxed);
+            }
+        })?;
+        Ok(feed)
+    }
+
+    /// A reader that gets every packet from now on.
+    pub fn subscribe(&self) -> FeedReader {
+        FeedReader {
+            receiver: self.sender.upgrade().map(|s| s.subscribe()),
+            counters: self.counters.clone(),
+        }
+    }
+
+    /// Packets handed out, and packets readers missed because they fell behind.
+    pub fn counters(&self) -> &PacketCounters {
+        &self.counters
+    }
+}
+
+/// One reader of a `PacketFeed`.
+pub struct FeedReader {
+    /// None when the feed had already ended as this reader subscribed.
+    receiver: Option<broadcast::Receiver<Bytes>>,
+    counters: Arc<PacketCounters>,
+}
+
+impl FeedReader {
+    /// The packets from now on, as a stream.
+    pub fn into_stream(self) -> impl futures_util::Stream<Item = Bytes> + Send {
+        futures_util::stream::unfold(self, |mut reader| async move {
+            reader.next().await.map(|packet| (packet, reader))
+        })
+    }
+
+    /// The next packet, or None once the feed has ended. A reader more than `PACKET_QUEUE`
+    /// packets behind skips to the oldest packet still held; what it skipped is counted as
+    /// dropped (the viewer's decoder asks for a keyframe to recover).
+    pub async fn next(&mut self) -> Option<Bytes> {
+        let receiver = self.receiver.as_mut()?;
+        loop {
+            match receiver.recv().await {
+                Ok(packet) => return Some(packet),
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    self.counters.dropped.fetch_add(missed, Ordering::Relaxed);
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+}
+
+/// Calls `deliver` with every packet `sink` (an appsink) receives, on its streaming thread.
+fn on_each_packet(
+    sink: &gst::Element,
+    deliver: impl Fn(Bytes) + Send + Sync + 'static,
+) -> Result<()> {
     let appsink = sink
         .clone()
         .dynamic_cast::<gst_app::AppSink>()
         .ok()
         .with_context(|| format!("{} is not an appsink", sink.name()))?;
-    let (tx, rx) = mpsc::channel(PACKET_QUEUE);
     appsink.set_callbacks(
         gst_app::AppSinkCallbacks::builder()
             .new_sample(move |appsink| {
@@ -44,19 +136,10 @@ pub fn packets_from(
                 let Ok(map) = buffer.map_readable() else {
                     return Err(gst::FlowError::Error);
                 };
-                match tx.try_send(Bytes::copy_from_slice(map.as_slice())) {
-                    Ok(()) => {
-                        counters.sent.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        counters.dropped.fetch_add(1, Ordering::Relaxed);
-                    }
-                    // Nobody listens any more (the writer ended): the branch is being torn down.
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
-                }
+                deliver(Bytes::copy_from_slice(map.as_slice()));
                 Ok(gst::FlowSuccess::Ok)
             })
             .build(),
     );
-    Ok(rx)
+    Ok(())
 }

@@ -34,7 +34,8 @@ pub enum ClientMessage {
     },
     /// An SDP offer (the client starts or renegotiates the session).
     Offer { sdp: String },
-    /// An SDP answer to an offer the server sent.
+    /// An SDP answer. The server never offers, so this is always refused as out of order; it
+    /// stays a known message so that a client which sends one is told why.
     Answer { sdp: String },
     /// A trickled ICE candidate; `candidate: null` means the client finished gathering.
     Candidate { candidate: Option<IceCandidate> },
@@ -102,9 +103,7 @@ pub enum ServerMessage {
         #[serde(default)]
         max_file_size: u64,
     },
-    Offer {
-        sdp: String,
-    },
+    /// The server's answer to the client's offer.
     Answer {
         sdp: String,
     },

@@ -194,7 +194,6 @@ fn every_server_message_round_trips() {
         ServerMessage::Removed {
             reason: "removed by a moderator".into(),
         },
-        ServerMessage::Offer { sdp: "v=0".into() },
         ServerMessage::Answer { sdp: "v=0".into() },
         ServerMessage::Candidate { candidate: None },
         ServerMessage::Pong,

@@ -1,47 +1,27 @@
 //! The room's interface to the rest of the server: the commands it takes, the handle sessions and
-//! the admin API send them through, and what it answers (a join, a snapshot).
+//! the admin API send them through (one typed method per command), and what it answers.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use super::recording::{RecordError, StopReply};
-use super::share_commands::{Download, OfferReply, Upload};
+use super::recording::StopReply;
+use super::sharing::{Download, ShareCommand, Upload};
+use super::RoomError;
 use crate::codec::VideoCodec;
 use crate::ids::{ParticipantId, RoomId};
-use crate::media::{InputSignals, PipelineStats};
-use crate::protocol::{ErrorCode, Layout, ParticipantInfo, ServerMessage};
+use crate::media::{FeedReader, InputHandle, InputSignals, PipelineStats};
+use crate::protocol::{Layout, ParticipantInfo, ServerMessage};
 use crate::recordings::RecordingInfo;
-use crate::rtc::SharedTrack;
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum JoinError {
-    #[error("the room is full ({0} participants)")]
-    Full(usize),
-    /// The room was closing when the join arrived; the caller retries with a fresh room.
-    #[error("the room is closing")]
-    Closing,
-    #[error("{0}")]
-    Media(String),
-}
-
-impl JoinError {
-    pub fn to_message(&self) -> ServerMessage {
-        let code = match self {
-            JoinError::Full(_) => ErrorCode::RoomFull,
-            JoinError::Closing | JoinError::Media(_) => ErrorCode::Internal,
-        };
-        ServerMessage::error(code, self.to_string())
-    }
-}
 
 /// What a participant gets on joining.
 pub struct Joined {
     pub id: ParticipantId,
     pub participants: Vec<ParticipantInfo>,
-    /// The room's one composite stream, shared by every participant's peer connection.
-    pub video_track: SharedTrack,
+    /// The room's one composite encode, as RTP packets of `video_codec`: every viewer reads the
+    /// same packets and puts them on a track of its own.
+    pub video_packets: FeedReader,
     pub video_codec: VideoCodec,
     /// This participant's mix-minus audio, as Opus RTP packets.
     pub audio_packets: mpsc::Receiver<Bytes>,
@@ -56,83 +36,102 @@ pub enum TrackKind {
     Audio { payload_type: u8 },
 }
 
-pub enum RoomCommand {
+type Reply<T> = oneshot::Sender<Result<T, RoomError>>;
+
+/// What the room actor itself does: membership, media, recording and moderation. Chat and files
+/// go to the room's sharing component instead (`ShareCommand`).
+pub(super) enum RoomCommand {
     Join {
         name: String,
         events: mpsc::Sender<ServerMessage>,
         /// Fired with the reason when a moderator removes the participant: the session ends.
         removed: oneshot::Sender<String>,
-        reply: oneshot::Sender<Result<Joined, JoinError>>,
+        reply: Reply<Joined>,
     },
     AddTrack {
         who: ParticipantId,
         kind: TrackKind,
         signals: Arc<InputSignals>,
-        reply: oneshot::Sender<Result<crate::media::InputHandle, String>>,
+        reply: Reply<InputHandle>,
     },
     Leave {
         who: ParticipantId,
     },
     RequestKeyframe,
     Snapshot {
-        reply: oneshot::Sender<RoomSnapshot>,
+        reply: Reply<RoomSnapshot>,
     },
     StartRecording {
-        reply: oneshot::Sender<Result<RecordingInfo, RecordError>>,
+        reply: Reply<RecordingInfo>,
     },
     /// Answered once the file is complete.
     StopRecording {
         reply: StopReply,
     },
-    /// Removes a participant; answers whether they were here.
+    /// Removes a participant (`NotHere` if they are not in the room).
     Remove {
         who: ParticipantId,
         reason: String,
-        reply: oneshot::Sender<bool>,
+        reply: Reply<()>,
     },
-    /// Server-side mute: the participant's audio leaves every mix. Answers whether they were here.
+    /// Server-side mute: the participant's audio leaves every mix.
     Mute {
         who: ParticipantId,
         muted: bool,
-        reply: oneshot::Sender<bool>,
+        reply: Reply<()>,
     },
     /// Ends the room: everyone is removed, the recording is finished.
     Close {
         reason: String,
     },
-    /// Deliver chat and files to this participant from now on, the backlog first.
-    ChatSubscribe {
-        who: ParticipantId,
-    },
-    Chat {
-        who: ParticipantId,
-        text: String,
-    },
-    /// Admit a file (or say why not) and open the file its bytes go to.
-    OfferFile {
-        who: ParticipantId,
-        name: String,
-        size: u64,
-        mime: Option<String>,
-        reply: OfferReply,
-    },
-    FileProgress {
-        file_id: u32,
-        received: u64,
-    },
-    FileDone {
-        file_id: u32,
-        sha256: String,
-    },
-    FileFailed {
-        file_id: u32,
-        reason: String,
-    },
-    /// A shared file that is ready, for a download.
-    LookupFile {
-        file_id: u32,
-        reply: oneshot::Sender<Option<Download>>,
-    },
+}
+
+impl RoomCommand {
+    /// For the actor's watchdog log.
+    pub(super) fn name(&self) -> &'static str {
+        match self {
+            RoomCommand::Join { .. } => "join",
+            RoomCommand::AddTrack { .. } => "add_track",
+            RoomCommand::Leave { .. } => "leave",
+            RoomCommand::RequestKeyframe => "request_keyframe",
+            RoomCommand::Snapshot { .. } => "snapshot",
+            RoomCommand::StartRecording { .. } => "start_recording",
+            RoomCommand::StopRecording { .. } => "stop_recording",
+            RoomCommand::Remove { .. } => "remove",
+            RoomCommand::Mute { .. } => "mute",
+            RoomCommand::Close { .. } => "close",
+        }
+    }
+
+    /// Answers a command the room can no longer carry out (it is closing).
+    pub(super) fn refuse(self) {
+        match self {
+            RoomCommand::Join { reply, .. } => drop(reply.send(Err(RoomError::Closed))),
+            RoomCommand::AddTrack { reply, .. } => drop(reply.send(Err(RoomError::Closed))),
+            RoomCommand::Snapshot { reply } => drop(reply.send(Err(RoomError::Closed))),
+            RoomCommand::StartRecording { reply } => drop(reply.send(Err(RoomError::Closed))),
+            RoomCommand::StopRecording { reply } => drop(reply.send(Err(RoomError::Closed))),
+            RoomCommand::Remove { reply, .. } | RoomCommand::Mute { reply, .. } => {
+                drop(reply.send(Err(RoomError::Closed)))
+            }
+            RoomCommand::Leave { .. }
+            | RoomCommand::RequestKeyframe
+            | RoomCommand::Close { .. } => {}
+        }
+    }
+}
+
+/// Sends `command` with a reply channel and waits for the answer; a room that closed before it
+/// answered is `Closed`.
+async fn request<C, T>(
+    to: &mpsc::Sender<C>,
+    command: impl FnOnce(Reply<T>) -> C,
+) -> Result<T, RoomError> {
+    let (reply, answer) = oneshot::channel();
+    to.send(command(reply))
+        .await
+        .map_err(|_| RoomError::Closed)?;
+    answer.await.map_err(|_| RoomError::Closed)?
 }
 
 /// The room as the admin view and the tests see it.
@@ -160,15 +159,42 @@ pub struct ParticipantView {
 pub struct RoomHandle {
     id: RoomId,
     commands: mpsc::Sender<RoomCommand>,
+    sharing: mpsc::Sender<ShareCommand>,
 }
 
 impl RoomHandle {
-    pub(super) fn new(id: RoomId, commands: mpsc::Sender<RoomCommand>) -> Self {
-        RoomHandle { id, commands }
+    pub(super) fn new(
+        id: RoomId,
+        commands: mpsc::Sender<RoomCommand>,
+        sharing: mpsc::Sender<ShareCommand>,
+    ) -> Self {
+        RoomHandle {
+            id,
+            commands,
+            sharing,
+        }
     }
 
     pub fn id(&self) -> &RoomId {
         &self.id
+    }
+
+    /// Sends the room a command that is answered, and waits for the answer.
+    async fn ask<T>(&self, command: impl FnOnce(Reply<T>) -> RoomCommand) -> Result<T, RoomError> {
+        request(&self.commands, command).await
+    }
+
+    /// The same, for the room's chat and files.
+    async fn ask_sharing<T>(
+        &self,
+        command: impl FnOnce(Reply<T>) -> ShareCommand,
+    ) -> Result<T, RoomError> {
+        request(&self.sharing, command).await
+    }
+
+    /// Fire and forget: a closed room has nothing left to do with it.
+    async fn tell_sharing(&self, command: ShareCommand) {
+        let _ = self.sharing.send(command).await;
     }
 
     pub async fn join(
@@ -176,18 +202,14 @@ impl RoomHandle {
         name: String,
         events: mpsc::Sender<ServerMessage>,
         removed: oneshot::Sender<String>,
-    ) -> Result<Joined, JoinError> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(RoomCommand::Join {
-                name,
-                events,
-                removed,
-                reply,
-            })
-            .await
-            .map_err(|_| JoinError::Closing)?;
-        answer.await.map_err(|_| JoinError::Closing)?
+    ) -> Result<Joined, RoomError> {
+        self.ask(|reply| RoomCommand::Join {
+            name,
+            events,
+            removed,
+            reply,
+        })
+        .await
     }
 
     pub async fn add_track(
@@ -195,20 +217,14 @@ impl RoomHandle {
         who: ParticipantId,
         kind: TrackKind,
         signals: Arc<InputSignals>,
-    ) -> Result<crate::media::InputHandle, String> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(RoomCommand::AddTrack {
-                who,
-                kind,
-                signals,
-                reply,
-            })
-            .await
-            .map_err(|_| "the room has closed".to_string())?;
-        answer
-            .await
-            .map_err(|_| "the room has closed".to_string())?
+    ) -> Result<InputHandle, RoomError> {
+        self.ask(|reply| RoomCommand::AddTrack {
+            who,
+            kind,
+            signals,
+            reply,
+        })
+        .await
     }
 
     /// Fire and forget: a room that is already gone has nothing left to release.
@@ -222,60 +238,37 @@ impl RoomHandle {
         let _ = self.commands.try_send(RoomCommand::RequestKeyframe);
     }
 
-    pub async fn snapshot(&self) -> Option<RoomSnapshot> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(RoomCommand::Snapshot { reply })
-            .await
-            .ok()?;
-        answer.await.ok()
+    pub async fn snapshot(&self) -> Result<RoomSnapshot, RoomError> {
+        self.ask(|reply| RoomCommand::Snapshot { reply }).await
     }
 
-    pub async fn start_recording(&self) -> Result<RecordingInfo, RecordError> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(RoomCommand::StartRecording { reply })
+    pub async fn start_recording(&self) -> Result<RecordingInfo, RoomError> {
+        self.ask(|reply| RoomCommand::StartRecording { reply })
             .await
-            .map_err(|_| RecordError::RoomClosed)?;
-        answer.await.map_err(|_| RecordError::RoomClosed)?
     }
 
     /// Returns once the file is complete.
-    pub async fn stop_recording(&self) -> Result<RecordingInfo, RecordError> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(RoomCommand::StopRecording { reply })
+    pub async fn stop_recording(&self) -> Result<RecordingInfo, RoomError> {
+        self.ask(|reply| RoomCommand::StopRecording { reply }).await
+    }
+
+    /// Removes a participant; `NotHere` if they are not in the room.
+    pub async fn remove(&self, who: ParticipantId, reason: &str) -> Result<(), RoomError> {
+        let reason = reason.to_string();
+        self.ask(|reply| RoomCommand::Remove { who, reason, reply })
             .await
-            .map_err(|_| RecordError::RoomClosed)?;
-        answer.await.map_err(|_| RecordError::RoomClosed)?
     }
 
-    /// Removes a participant; false if they are not in the room.
-    pub async fn remove(&self, who: ParticipantId, reason: &str) -> bool {
-        let (reply, answer) = oneshot::channel();
-        let command = RoomCommand::Remove {
-            who,
-            reason: reason.to_string(),
-            reply,
-        };
-        self.commands.send(command).await.is_ok() && answer.await.unwrap_or(false)
-    }
-
-    /// Mutes (or unmutes) a participant server-side; false if they are not in the room.
-    pub async fn mute(&self, who: ParticipantId, muted: bool) -> bool {
-        let (reply, answer) = oneshot::channel();
-        let command = RoomCommand::Mute { who, muted, reply };
-        self.commands.send(command).await.is_ok() && answer.await.unwrap_or(false)
+    /// Mutes (or unmutes) a participant server-side; `NotHere` if they are not in the room.
+    pub async fn mute(&self, who: ParticipantId, muted: bool) -> Result<(), RoomError> {
+        self.ask(|reply| RoomCommand::Mute { who, muted, reply })
+            .await
     }
 
     /// Asks the room to close; `closed` waits until it has.
     pub async fn close(&self, reason: &str) {
-        let _ = self
-            .commands
-            .send(RoomCommand::Close {
-                reason: reason.to_string(),
-            })
-            .await;
+        let reason = reason.to_string();
+        let _ = self.commands.send(RoomCommand::Close { reason }).await;
     }
 
     /// Resolves when the room's actor has finished (its recording included).
@@ -283,35 +276,52 @@ impl RoomHandle {
         self.commands.closed().await
     }
 
-    /// Fire and forget, like `leave`: a closed room has no chat to give.
-    pub async fn send(&self, command: RoomCommand) {
-        let _ = self.commands.send(command).await;
+    /// From now on the room's chat and files go to `who`, the backlog first.
+    pub async fn subscribe_chat(&self, who: ParticipantId) {
+        self.tell_sharing(ShareCommand::Subscribe { who }).await
     }
 
+    /// A chat message whose text and rate the session already checked.
+    pub async fn chat(&self, who: ParticipantId, text: String) {
+        self.tell_sharing(ShareCommand::Chat { who, text }).await
+    }
+
+    /// Admits a file (or says why not) and opens the file its bytes go to.
     pub async fn offer_file(
         &self,
         who: ParticipantId,
         name: String,
         size: u64,
         mime: Option<String>,
-    ) -> Result<Upload, ServerMessage> {
-        let closed = || ServerMessage::error(ErrorCode::Internal, "the room has closed");
-        let (reply, answer) = oneshot::channel();
-        let command = RoomCommand::OfferFile {
+    ) -> Result<Upload, RoomError> {
+        self.ask_sharing(|reply| ShareCommand::Offer {
             who,
             name,
             size,
             mime,
             reply,
-        };
-        self.commands.send(command).await.map_err(|_| closed())?;
-        answer.await.map_err(|_| closed())?
+        })
+        .await
     }
 
-    pub async fn lookup_file(&self, file_id: u32) -> Option<Download> {
-        let (reply, answer) = oneshot::channel();
-        let command = RoomCommand::LookupFile { file_id, reply };
-        self.commands.send(command).await.ok()?;
-        answer.await.ok()?
+    pub async fn file_progress(&self, file_id: u32, received: u64) {
+        self.tell_sharing(ShareCommand::Progress { file_id, received })
+            .await
+    }
+
+    pub async fn file_done(&self, file_id: u32, sha256: String) {
+        self.tell_sharing(ShareCommand::Done { file_id, sha256 })
+            .await
+    }
+
+    pub async fn file_failed(&self, file_id: u32, reason: String) {
+        self.tell_sharing(ShareCommand::Failed { file_id, reason })
+            .await
+    }
+
+    /// A shared file that is ready, for a download (`UnknownFile` otherwise).
+    pub async fn lookup_file(&self, file_id: u32) -> Result<Download, RoomError> {
+        self.ask_sharing(|reply| ShareCommand::Lookup { file_id, reply })
+            .await
     }
 }

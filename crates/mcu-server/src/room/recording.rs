@@ -1,135 +1,148 @@
-//! The room's side of recording: starting and stopping the recorder on the room's pipeline,
-//! keeping the recording's sidecar up to date, and telling the participants.
+//! The room's recording, as a component the room owns: starting and stopping the recorder on the
+//! room's pipeline, keeping the recording's sidecar up to date, and finishing files on tasks of
+//! their own. What participants are told is the room's business: these methods say what happened
+//! and the room announces it.
 
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
 
-use super::Room;
-use crate::protocol::{RecordingState, ServerMessage};
+use super::RoomError;
+use crate::codec::VideoCodec;
+use crate::ids::RoomId;
+use crate::media::RoomPipeline;
 use crate::recordings::{RecordingInfo, RecordingStore};
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RecordError {
-    #[error("the room is already being recorded")]
-    AlreadyRecording,
-    #[error("the room is not being recorded")]
-    NotRecording,
-    #[error("the recording could not start: {0}")]
-    Failed(String),
-    #[error("the room has closed")]
-    RoomClosed,
-}
+pub(super) type StopReply = oneshot::Sender<Result<RecordingInfo, RoomError>>;
 
 /// The recording a room is writing now.
-pub(super) struct ActiveRecording {
-    pub info: RecordingInfo,
+struct Active {
+    info: RecordingInfo,
     /// Tells this recorder's failure apart from an earlier one's late report.
-    pub number: u64,
+    number: u64,
 }
 
-pub(super) type StopReply = oneshot::Sender<Result<RecordingInfo, RecordError>>;
+pub(super) struct Recording {
+    store: Arc<RecordingStore>,
+    active: Option<Active>,
+    started: u64,
+    /// Recordings whose files are still being finished.
+    finishing: Vec<JoinHandle<()>>,
+}
 
-impl Room {
-    pub(super) fn start_recording(&mut self) -> Result<RecordingInfo, RecordError> {
-        if self.recording.is_some() {
-            return Err(RecordError::AlreadyRecording);
+impl Recording {
+    pub fn new(store: Arc<RecordingStore>) -> Self {
+        Recording {
+            store,
+            active: None,
+            started: 0,
+            finishing: Vec::new(),
+        }
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.active.is_some()
+    }
+
+    pub fn start(
+        &mut self,
+        room: &RoomId,
+        codec: VideoCodec,
+        pipeline: &mut RoomPipeline,
+    ) -> Result<RecordingInfo, RoomError> {
+        if self.active.is_some() {
+            return Err(RoomError::AlreadyRecording);
         }
         let mut info = self
             .store
-            .begin(&self.id, self.codec, SystemTime::now())
-            .map_err(|e| RecordError::Failed(format!("{e:#}")))?;
-        self.recordings_started += 1;
-        let number = self.recordings_started;
+            .begin(room, codec, SystemTime::now())
+            .map_err(|e| RoomError::RecordingFailed(format!("{e:#}")))?;
+        self.started += 1;
+        let number = self.started;
         let path = self.store.media_path(&info);
-        if let Err(e) = self.pipeline.start_recording(&path, number) {
+        if let Err(e) = pipeline.start_recording(&path, number) {
             let reason = format!("{e:#}");
             let _ = self
                 .store
                 .end(&mut info, SystemTime::now(), Err(reason.clone()));
-            tracing::error!(room = %self.id, file = %path.display(), "recording could not start: {reason}");
-            return Err(RecordError::Failed(reason));
+            tracing::error!(file = %path.display(), "recording could not start: {reason}");
+            return Err(RoomError::RecordingFailed(reason));
         }
-        tracing::info!(room = %self.id, file = %path.display(), "recording started");
-        self.recording = Some(ActiveRecording {
+        tracing::info!(file = %path.display(), "recording started");
+        self.active = Some(Active {
             info: info.clone(),
             number,
-        });
-        self.broadcast(ServerMessage::Recording {
-            state: RecordingState::Started,
-            message: None,
         });
         Ok(info)
     }
 
     /// Stops taking media at once; the file is finished on a task of its own, which answers
-    /// `reply` when the file is complete. The room waits for it before it closes.
-    pub(super) fn stop_recording(&mut self, reply: Option<StopReply>) {
-        let Some(active) = self.recording.take() else {
+    /// `reply` when the file is complete. False (and `NotRecording` to `reply`) when nothing was
+    /// recording.
+    pub fn stop(&mut self, pipeline: &mut RoomPipeline, reply: Option<StopReply>) -> bool {
+        let Some(active) = self.active.take() else {
             if let Some(reply) = reply {
-                let _ = reply.send(Err(RecordError::NotRecording));
+                let _ = reply.send(Err(RoomError::NotRecording));
             }
-            return;
+            return false;
         };
-        let finish = self.pipeline.stop_recording();
-        self.broadcast(ServerMessage::Recording {
-            state: RecordingState::Stopped,
-            message: None,
-        });
-        let store: Arc<RecordingStore> = self.store.clone();
-        let room = self.id.clone();
-        self.finishing.push(tokio::spawn(async move {
+        let finish = pipeline.stop_recording();
+        let store = self.store.clone();
+        let finishing = async move {
             let outcome = match finish {
                 Some(finish) => finish.await.map_err(|e| format!("{e:#}")),
                 None => Ok(()),
             };
             let mut info = active.info;
             match &outcome {
-                Ok(()) => tracing::info!(%room, file = %info.file, "recording finished"),
-                Err(e) => tracing::warn!(%room, file = %info.file, "recording ended badly: {e}"),
+                Ok(()) => tracing::info!(file = %info.file, "recording finished"),
+                Err(e) => tracing::warn!(file = %info.file, "recording ended badly: {e}"),
             }
             if let Err(e) = store.end(&mut info, SystemTime::now(), outcome) {
-                tracing::error!(%room, file = %info.file, "could not update the recording's sidecar: {e:#}");
+                tracing::error!(file = %info.file, "could not update the recording's sidecar: {e:#}");
             }
             if let Some(reply) = reply {
                 let _ = reply.send(Ok(info));
             }
-        }));
+        };
+        self.finishing
+            .push(tokio::spawn(finishing.in_current_span()));
+        true
     }
 
-    /// The recorder failed (e.g. a full disk): the recording ends, the call goes on.
-    pub(super) fn on_recorder_failed(&mut self, number: u64, error: String) {
-        if self.recording.as_ref().map(|r| r.number) != Some(number) {
-            return;
+    /// The recorder numbered `number` failed (e.g. a full disk): the recording ends, the call
+    /// goes on. False when it was not the current recording (an earlier one's late report).
+    pub fn failed(&mut self, number: u64, error: &str, pipeline: &mut RoomPipeline) -> bool {
+        if self.active.as_ref().map(|r| r.number) != Some(number) {
+            return false;
         }
-        let Some(active) = self.recording.take() else {
-            return;
+        let Some(active) = self.active.take() else {
+            return false;
         };
-        self.pipeline.abort_recording();
+        pipeline.abort_recording();
         let mut info = active.info;
-        tracing::error!(room = %self.id, file = %info.file, "recording failed, the call goes on: {error}");
+        tracing::error!(file = %info.file, "recording failed, the call goes on: {error}");
         if let Err(e) = self
             .store
-            .end(&mut info, SystemTime::now(), Err(error.clone()))
+            .end(&mut info, SystemTime::now(), Err(error.to_string()))
         {
-            tracing::error!(room = %self.id, "could not update the recording's sidecar: {e:#}");
+            tracing::error!("could not update the recording's sidecar: {e:#}");
         }
-        self.broadcast(ServerMessage::Recording {
-            state: RecordingState::Failed,
-            message: Some(error),
-        });
+        true
     }
 
     /// The recording as the room view shows it: its sidecar data with the time so far.
-    pub(super) fn recording_view(&self) -> Option<RecordingInfo> {
-        let active = self.recording.as_ref()?;
+    pub fn view(&self) -> Option<RecordingInfo> {
+        let active = self.active.as_ref()?;
         self.store.get(&active.info.id).ok()
     }
 
-    /// Waits for every file still being finished (the room is closing).
-    pub(super) async fn finish_recordings(&mut self) {
-        self.stop_recording(None);
+    /// Stops any recording and waits until every file is complete (the room is closing).
+    pub async fn finish_all(&mut self, pipeline: &mut RoomPipeline) {
+        self.stop(pipeline, None);
         for task in self.finishing.drain(..) {
             let _ = task.await;
         }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Result;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{JoinError, Joined, RoomHandle, RoomSnapshot};
+use super::{Joined, RoomError, RoomHandle, RoomSnapshot};
 use crate::config::ServerConfig;
 use crate::ids::RoomId;
 use crate::protocol::ServerMessage;
@@ -53,20 +53,19 @@ impl Registry {
         room: &RoomId,
         name: &str,
         events: mpsc::Sender<ServerMessage>,
-    ) -> Result<(RoomHandle, Joined, oneshot::Receiver<String>), JoinError> {
-        let mut last = JoinError::Closing;
+    ) -> Result<(RoomHandle, Joined, oneshot::Receiver<String>), RoomError> {
         for _ in 0..JOIN_ATTEMPTS {
             let handle = self
                 .get_or_create(room)
-                .map_err(|e| JoinError::Media(format!("{e:#}")))?;
+                .map_err(|e| RoomError::Media(format!("{e:#}")))?;
             let (removed, removed_rx) = oneshot::channel();
             match handle.join(name.to_string(), events.clone(), removed).await {
                 Ok(joined) => return Ok((handle, joined, removed_rx)),
-                Err(JoinError::Closing) => last = JoinError::Closing,
+                Err(RoomError::Closed) => continue,
                 Err(e) => return Err(e),
             }
         }
-        Err(last)
+        Err(RoomError::Closed)
     }
 
     fn get_or_create(self: &Arc<Self>, room: &RoomId) -> Result<RoomHandle> {
@@ -99,10 +98,6 @@ impl Registry {
         rooms.get(room).map(|(h, _)| h.clone())
     }
 
-    pub fn room_count(&self) -> usize {
-        self.rooms.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
     fn handles(&self) -> Vec<RoomHandle> {
         let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
         rooms.values().map(|(h, _)| h.clone()).collect()
@@ -130,7 +125,7 @@ impl Registry {
         let handles = self.handles();
         let mut out = Vec::new();
         for h in handles {
-            if let Some(s) = h.snapshot().await {
+            if let Ok(s) = h.snapshot().await {
                 out.push(s);
             }
         }

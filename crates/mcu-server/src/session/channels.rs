@@ -96,7 +96,7 @@ impl Session {
                 self.reply_on(&Transport::DataChannel(dc), refusal).await;
             }
             ChannelInput::Failed(dc, reason) => {
-                tracing::info!(room = %self.room, channel = dc.label(), %reason, "data channel failed");
+                tracing::info!(channel = dc.label(), %reason, "data channel failed");
                 // The channel is closing, so the reason goes on the WebSocket, which also carries
                 // this participant's chat and files from here on.
                 let why = if reason.contains("Short buffer") {

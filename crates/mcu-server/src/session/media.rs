@@ -134,19 +134,11 @@ impl Session {
         let input = member
             .room
             .add_track(member.id, kind, signals.clone())
-            .await
-            .map_err(anyhow::Error::msg)?;
-        self.tasks.push(tokio::spawn(pump(
-            track.clone(),
-            input,
-            self.activity.clone(),
-        )));
+            .await?;
+        let pc = Arc::downgrade(&member.pc);
+        self.spawn(pump(track.clone(), input, self.activity.clone()));
         if let TrackKind::Video { .. } = kind {
-            self.tasks.push(tokio::spawn(request_keyframes(
-                Arc::downgrade(&member.pc),
-                track.ssrc(),
-                signals,
-            )));
+            self.spawn(request_keyframes(pc, track.ssrc(), signals));
         }
         Ok(())
     }

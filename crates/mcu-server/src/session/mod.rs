@@ -1,13 +1,15 @@
 //! One task per WebSocket: it reads signalling messages, drives the participant's peer connection,
-//! and talks to the room actor. Media never passes through here: incoming tracks are pumped
-//! straight into their pipeline branch by their own tasks, and outgoing packets are written to the
-//! tracks by the room's writer tasks. Chat and files travel on the participant's data channels
-//! (see `sharing`), or on the WebSocket when those cannot open.
+//! and talks to the room actor. Media never passes through this task: incoming tracks are pumped
+//! straight into their pipeline branch by tasks of their own, and the packets the room hands out
+//! (the composite everyone shares, this participant's audio mix) are written to this peer
+//! connection's tracks by tasks of their own too. Chat and files travel on the participant's data
+//! channels (see `sharing`), or on the WebSocket when those cannot open.
 
 mod channels;
 mod media;
 mod peer;
 mod sharing;
+mod transfer;
 mod writer;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +21,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 use warp::ws::WebSocket;
 use webrtc::peer_connection::RTCPeerConnection;
 
@@ -29,9 +32,8 @@ use crate::protocol::{
     CLOSE_MESSAGE_TOO_BIG, MAX_MESSAGE_BYTES,
 };
 use crate::room::registry::Registry;
-use crate::room::RecordError;
 use crate::room::{RoomHandle, EVENT_QUEUE};
-use crate::rtc::{RtcFactory, SharedTrack};
+use crate::rtc::{OutboundTrack, RtcFactory};
 use crate::signalling::{Action, Signalling};
 use peer::{install_callbacks, PeerEvent};
 use sharing::{ChannelInput, Route, Sharing, Transport};
@@ -85,20 +87,28 @@ struct Membership {
     can_record: bool,
 }
 
+/// Serves one WebSocket until it closes; everything it logs carries the room and, once joined,
+/// the participant.
 pub async fn serve(socket: WebSocket, room_name: String, ctx: Arc<SessionContext>) {
+    let span = tracing::info_span!(
+        "session",
+        room = %room_name,
+        participant = tracing::field::Empty
+    );
+    run(socket, room_name, ctx).instrument(span).await
+}
+
+async fn run(socket: WebSocket, room_name: String, ctx: Arc<SessionContext>) {
     let (ws_out, mut ws_in) = socket.split();
     let (outbox, outbox_rx) = mpsc::channel::<ServerMessage>(EVENT_QUEUE);
     let (close_tx, close_rx) = mpsc::channel::<(u16, &'static str)>(1);
     let (ws_binary, ws_binary_rx) = mpsc::channel::<Bytes>(sharing::WS_BINARY_QUEUE);
     let route: Route = Arc::default();
 
-    let writer = tokio::spawn(writer::write_socket(
-        ws_out,
-        outbox_rx,
-        ws_binary_rx,
-        close_rx,
-        route.clone(),
-    ));
+    let writer = tokio::spawn(
+        writer::write_socket(ws_out, outbox_rx, ws_binary_rx, close_rx, route.clone())
+            .in_current_span(),
+    );
 
     let room = match RoomId::new(&room_name) {
         Ok(room) => room,
@@ -144,7 +154,7 @@ pub async fn serve(socket: WebSocket, room_name: String, ctx: Arc<SessionContext
                     continue;
                 }
                 if frame.as_bytes().len() > MAX_MESSAGE_BYTES {
-                    tracing::info!(room = %session.room, bytes = frame.as_bytes().len(), "oversized message, closing");
+                    tracing::info!(bytes = frame.as_bytes().len(), "oversized message, closing");
                     break (CLOSE_MESSAGE_TOO_BIG, "message too big");
                 }
                 let Ok(text) = frame.to_str() else {
@@ -159,7 +169,7 @@ pub async fn serve(socket: WebSocket, room_name: String, ctx: Arc<SessionContext
                     Ok(true) => {}
                     Ok(false) => break (1000, "left"),
                     Err(e) => {
-                        tracing::warn!(room = %session.room, "session failed: {e:#}");
+                        tracing::warn!("session failed: {e:#}");
                         session.reply(ServerMessage::error(ErrorCode::Internal, format!("{e:#}"))).await;
                         break (1011, "internal error");
                     }
@@ -173,13 +183,13 @@ pub async fn serve(socket: WebSocket, room_name: String, ctx: Arc<SessionContext
             Some(input) = channel_rx.recv() => session.on_channel_input(input).await,
             Some(reason) = removed_rx.recv() => {
                 // The room already told the client why (a `removed` message) and forgot them.
-                tracing::info!(room = %session.room, "participant removed: {reason}");
+                tracing::info!("participant removed: {reason}");
                 break (CLOSE_REMOVED, "removed");
             }
             _ = liveness.tick() => {
                 let timeout = session.ctx.registry.config().media_timeout;
                 if session.member.is_some() && session.activity.idle() > timeout {
-                    tracing::info!(room = %session.room, "no media for {timeout:?}, removing the participant");
+                    tracing::info!("no media for {timeout:?}, removing the participant");
                     session.reply(ServerMessage::error(ErrorCode::Internal, "no media arrived for too long; you were removed")).await;
                     break (1000, "media timeout");
                 }
@@ -234,7 +244,6 @@ impl Session {
         match action {
             Action::Join { name, token } => self.join(name, token, peer_tx).await?,
             Action::ApplyOffer { sdp } => self.apply_offer(sdp).await,
-            Action::ApplyAnswer { sdp } => self.apply_answer(sdp).await,
             Action::AddCandidate(c) => self.add_candidate(c).await,
             Action::EndOfCandidates | Action::Buffered => {}
             Action::Leave => return Ok(false),
@@ -252,7 +261,7 @@ impl Session {
             return Ok((name, true));
         };
         let refuse = |e: crate::auth::TokenError| {
-            tracing::info!(room = %self.room, "join refused: {e}");
+            tracing::info!("join refused: {e}");
             ServerMessage::error(ErrorCode::Unauthorized, e.to_string())
         };
         let token = token.ok_or_else(|| refuse(crate::auth::TokenError::Missing))?;
@@ -293,6 +302,7 @@ impl Session {
             }
         };
         let id = joined.id;
+        tracing::Span::current().record("participant", tracing::field::display(id));
         self.activity.touch();
         // Registered before anything can fail, so `close` always tells the room we left.
         let pc = match self.ctx.rtc.peer_connection().await {
@@ -310,35 +320,41 @@ impl Session {
         });
         self.signalling.joined();
         let removed_tx = self.removed_tx.clone();
-        self.tasks.push(tokio::spawn(async move {
+        self.spawn(async move {
             if let Ok(reason) = removed.await {
                 let _ = removed_tx.send(reason).await;
             }
-        }));
+        });
 
         // Our tracks go in before any remote offer is applied, or webrtc-rs 0.17 puts them on
-        // transceivers outside the answer and the browser never receives them.
+        // transceivers outside the answer and the browser never receives them. The composite's
+        // stream id names the room, the audio's this participant's own mix.
+        let video_track = OutboundTrack::video(
+            joined.video_codec,
+            "composite",
+            &format!("mcu-{}", self.room),
+        );
         let video_sender = pc
-            .add_track(joined.video_track.as_local())
+            .add_track(video_track.as_local())
             .await
             .context("adding the composite track")?;
-        let audio_track = SharedTrack::audio(&format!("mcu-{}-{id}", self.room));
+        let audio_track = OutboundTrack::audio(&format!("mcu-{}-{id}", self.room));
         let audio_sender = pc
             .add_track(audio_track.as_local())
             .await
             .context("adding the audio mix track")?;
-        self.tasks
-            .push(tokio::spawn(audio_track.write_all(joined.audio_packets)));
-        self.tasks.push(tokio::spawn(media::read_sender_rtcp(
+        self.spawn(video_track.write_stream(joined.video_packets.into_stream()));
+        self.spawn(audio_track.write_all(joined.audio_packets));
+        self.spawn(media::read_sender_rtcp(
             video_sender,
             Some(room.clone()),
             self.activity.clone(),
-        )));
-        self.tasks.push(tokio::spawn(media::read_sender_rtcp(
+        ));
+        self.spawn(media::read_sender_rtcp(
             audio_sender,
             None,
             self.activity.clone(),
-        )));
+        ));
         let file_rate = self.ctx.registry.config().file_rate;
         install_callbacks(&pc, peer_tx.clone(), self.channel_tx.clone(), file_rate);
         self.sharing = Some(Sharing::new(
@@ -359,8 +375,13 @@ impl Session {
             max_file_size: self.ctx.registry.config().max_file_size,
         })
         .await;
-        tracing::info!(room = %self.room, participant = %id, codec = ?joined.video_codec, "session joined");
+        tracing::info!(codec = ?joined.video_codec, "session joined");
         Ok(())
+    }
+
+    /// Runs `task` for as long as this session, inside its span.
+    fn spawn(&mut self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tasks.push(tokio::spawn(task.in_current_span()));
     }
 
     async fn record(&mut self, action: RecordAction) {
@@ -379,11 +400,7 @@ impl Session {
         };
         // Success is announced to the whole room by the room itself.
         if let Err(e) = result {
-            let code = match e {
-                RecordError::AlreadyRecording | RecordError::NotRecording => ErrorCode::Conflict,
-                RecordError::Failed(_) | RecordError::RoomClosed => ErrorCode::Internal,
-            };
-            self.reply(ServerMessage::error(code, e.to_string())).await;
+            self.reply(e.to_message()).await;
         }
     }
 

@@ -57,20 +57,7 @@ impl Session {
         self.remote_description_done(applied).await;
     }
 
-    pub(super) async fn apply_answer(&mut self, sdp: String) {
-        let Some(member) = &self.member else { return };
-        let pc = member.pc.clone();
-        let result = async {
-            let answer = RTCSessionDescription::answer(sdp).context("reading the answer")?;
-            pc.set_remote_description(answer)
-                .await
-                .context("applying the answer")
-        }
-        .await;
-        self.remote_description_done(result).await;
-    }
-
-    /// After an offer or answer: the candidates that waited for it go in, or the participant is
+    /// After the client's offer: the candidates that waited for it go in, or the participant is
     /// told why it was refused.
     async fn remote_description_done(&mut self, applied: anyhow::Result<()>) {
         match applied {
@@ -106,7 +93,7 @@ impl Session {
                 true
             }
             PeerEvent::State(state) => {
-                tracing::debug!(room = %self.room, ?state, "peer connection state");
+                tracing::debug!(?state, "peer connection state");
                 match state {
                     RTCPeerConnectionState::Connected => {
                         // A new viewer needs a keyframe to start decoding.
@@ -116,7 +103,7 @@ impl Session {
                         true
                     }
                     RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
-                        tracing::info!(room = %self.room, ?state, "peer connection ended");
+                        tracing::info!(?state, "peer connection ended");
                         false
                     }
                     _ => true,
@@ -136,7 +123,7 @@ impl Session {
             }
             PeerEvent::Track(track) => {
                 if let Err(e) = self.on_track(track).await {
-                    tracing::warn!(room = %self.room, "incoming track refused: {e:#}");
+                    tracing::warn!("incoming track refused: {e:#}");
                     self.reply(ServerMessage::error(ErrorCode::BadSdp, format!("{e:#}")))
                         .await;
                 }

@@ -9,20 +9,27 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 use webrtc::data_channel::data_channel_message::DataChannelMessage;
 use webrtc::data_channel::RTCDataChannel;
 
+use super::transfer::{hex, send_file, ChunkSink, Pacer, LOW_WATER};
 use crate::ids::ParticipantId;
-use crate::protocol::sharing::{decode_chunk, encode_chunk, validate_chat_text, FILE_CHUNK_BYTES};
+use crate::protocol::sharing::{decode_chunk, validate_chat_text};
 use crate::protocol::{ErrorCode, ServerMessage};
-use crate::room::sharing::{RateLimit, CHAT_BURST, CHAT_PER_SECOND};
-use crate::room::{Download, RoomCommand, RoomHandle, Upload};
+use crate::rate::RateLimit;
+use crate::room::{RoomHandle, Upload};
+
+/// How many chat messages a participant may send at once before the rate applies: a burst of
+/// quick replies is normal, a script pasting lines is not.
+pub const CHAT_BURST: f64 = 8.0;
+/// The rate a participant's chat refills at, in messages per second: faster than anyone types.
+pub const CHAT_PER_SECOND: f64 = 2.0;
 
 /// The data channel a client opens for chat and file control messages (ordered, reliable).
 pub const CHAT_CHANNEL: &str = "chat";
@@ -30,11 +37,6 @@ pub const CHAT_CHANNEL: &str = "chat";
 pub const FILES_CHANNEL: &str = "files";
 /// Upload progress goes to the room at most this often: enough for a smooth progress bar.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
-/// A download waits while more than this is queued on its data channel, and resumes once the
-/// queue is down to `LOW_WATER`: a second or so of a slow link, so the file flows without
-/// crowding out the participant's audio and video.
-const HIGH_WATER: usize = 1024 * 1024;
-const LOW_WATER: usize = 256 * 1024;
 /// Downloads one participant may run at once.
 const MAX_DOWNLOADS: usize = 2;
 /// Binary WebSocket frames (the fallback's file bytes) queued for the socket; the download waits
@@ -62,37 +64,6 @@ pub enum ChannelInput {
     /// association); webrtc-rs closes it next.
     Failed(Arc<RTCDataChannel>, String),
     Closed(Arc<RTCDataChannel>),
-}
-
-/// Spaces a transfer's bytes out to `rate` bytes per second on average (after a first burst),
-/// so a file never takes the whole of a participant's link from their audio and video.
-#[derive(Debug)]
-pub struct Pacer {
-    rate: f64,
-    started: Option<Instant>,
-    sent: u64,
-}
-
-/// What a transfer may send at once before the pace applies: a few frames, so a small file
-/// goes at once.
-const PACER_BURST: u64 = 256 * 1024;
-
-impl Pacer {
-    pub fn new(bytes_per_second: u64) -> Self {
-        Pacer {
-            rate: bytes_per_second.max(1) as f64,
-            started: None,
-            sent: 0,
-        }
-    }
-
-    /// How long to wait before sending `bytes` more at `now`.
-    pub fn delay(&mut self, bytes: usize, now: Instant) -> Duration {
-        let started = *self.started.get_or_insert(now);
-        self.sent += bytes as u64;
-        let due = self.sent.saturating_sub(PACER_BURST) as f64 / self.rate;
-        Duration::from_secs_f64(due).saturating_sub(now.saturating_duration_since(started))
-    }
 }
 
 /// Forwards a data channel's events into the session. Each message is handed over before the
@@ -254,15 +225,15 @@ impl Sharing {
             Transport::WebSocket => None,
         };
         tracing::info!(
-            room = %self.room.id(),
-            participant = %self.who,
-            via = if channel.is_some() { "data channel" } else { "websocket" },
+            via = if channel.is_some() {
+                "data channel"
+            } else {
+                "websocket"
+            },
             "chat subscribed"
         );
         *self.route.lock().unwrap_or_else(|e| e.into_inner()) = channel;
-        self.room
-            .send(RoomCommand::ChatSubscribe { who: self.who })
-            .await;
+        self.room.subscribe_chat(self.who).await;
     }
 
     fn rate_limited(&mut self) -> Option<ServerMessage> {
@@ -289,12 +260,7 @@ impl Sharing {
                 ))
             }
         };
-        self.room
-            .send(RoomCommand::Chat {
-                who: self.who,
-                text,
-            })
-            .await;
+        self.room.chat(self.who, text).await;
         None
     }
 
@@ -335,7 +301,7 @@ impl Sharing {
                     reference,
                 }
             }
-            Err(refusal) => refused(refusal),
+            Err(refusal) => refused(refusal.to_message()),
         }
     }
 
@@ -381,26 +347,17 @@ impl Sharing {
                 return None;
             }
             let sha256 = hex(&done.hash.finalize());
-            self.room
-                .send(RoomCommand::FileDone { file_id, sha256 })
-                .await;
+            self.room.file_done(file_id, sha256).await;
         } else if upload.last_progress.elapsed() >= PROGRESS_INTERVAL {
             upload.last_progress = Instant::now();
-            self.room
-                .send(RoomCommand::FileProgress { file_id, received })
-                .await;
+            self.room.file_progress(file_id, received).await;
         }
         None
     }
 
     async fn fail_upload(&mut self, file_id: u32, reason: &str) {
         self.uploads.remove(&file_id);
-        self.room
-            .send(RoomCommand::FileFailed {
-                file_id,
-                reason: reason.to_string(),
-            })
-            .await;
+        self.room.file_failed(file_id, reason.to_string()).await;
     }
 
     /// `file_get`: sends the file's bytes on the transport the request came on. `Some` is an
@@ -431,20 +388,19 @@ impl Sharing {
             },
             Transport::WebSocket => ChunkSink::WebSocket(self.ws_binary.clone()),
         };
-        let Some(download) = self.room.lookup_file(file_id).await else {
-            return Some(ServerMessage::error(
-                ErrorCode::UnknownFile,
-                format!("no file {file_id} is ready in this room"),
-            ));
+        let download = match self.room.lookup_file(file_id).await {
+            Ok(download) => download,
+            Err(e) => return Some(e.to_message()),
         };
-        let (who, rate) = (self.who, self.rate);
-        let task = tokio::spawn(async move {
+        let rate = self.rate;
+        let sending = async move {
             if let Err(e) = send_file(&download, sink, rate).await {
-                tracing::info!(participant = %who, file_id, "download stopped: {e:#}");
+                tracing::info!(file_id, "download stopped: {e:#}");
             } else {
-                tracing::debug!(participant = %who, file_id, "download sent");
+                tracing::debug!(file_id, "download sent");
             }
-        });
+        };
+        let task = tokio::spawn(sending.in_current_span());
         self.downloads.push((file_id, task));
         None
     }
@@ -460,84 +416,5 @@ impl Sharing {
             task.abort();
             let _ = task.await;
         }
-    }
-}
-
-/// Where a download's frames go.
-enum ChunkSink {
-    Channel(Arc<RTCDataChannel>, Arc<Notify>),
-    WebSocket(mpsc::Sender<Bytes>),
-}
-
-async fn send_file(download: &Download, sink: ChunkSink, rate: u64) -> Result<()> {
-    let file_id = download.info.file_id;
-    let mut file = tokio::fs::File::open(&download.path)
-        .await
-        .with_context(|| format!("opening {}", download.path.display()))?;
-    let mut buffer = vec![0u8; FILE_CHUNK_BYTES];
-    let mut pacer = Pacer::new(rate);
-    loop {
-        let n = file.read(&mut buffer).await.context("reading the file")?;
-        if n == 0 {
-            return Ok(());
-        }
-        let wait = pacer.delay(n, Instant::now());
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
-        }
-        let frame = Bytes::from(encode_chunk(file_id, &buffer[..n]));
-        match &sink {
-            ChunkSink::Channel(dc, drained) => {
-                while dc.buffered_amount().await > HIGH_WATER {
-                    // The low-water callback wakes us; the timeout only guards a missed wake-up.
-                    let _ =
-                        tokio::time::timeout(Duration::from_millis(200), drained.notified()).await;
-                }
-                dc.send(&frame)
-                    .await
-                    .context("sending on the files channel")?;
-            }
-            ChunkSink::WebSocket(out) => out
-                .send(frame)
-                .await
-                .map_err(|_| anyhow::anyhow!("the WebSocket closed"))?,
-        }
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_pacer_lets_a_burst_go_then_keeps_to_the_rate() {
-        let t0 = Instant::now();
-        let mut pacer = Pacer::new(1_000_000);
-        // The first 256 KiB go at once.
-        for _ in 0..16 {
-            assert_eq!(pacer.delay(16 * 1024, t0), Duration::ZERO);
-        }
-        // Then 1 MB more is due one second in.
-        let mut wait = Duration::ZERO;
-        for _ in 0..61 {
-            wait = pacer.delay(16_393, t0);
-        }
-        assert!((wait.as_secs_f64() - 1.0).abs() < 0.01, "{wait:?}");
-        // Time that passed counts: a second later, that same byte count is due now.
-        assert!(pacer.delay(0, t0 + Duration::from_secs(1)) < Duration::from_millis(10));
-    }
-
-    #[test]
-    fn hashes_print_as_lower_case_hex() {
-        use sha2::Digest;
-        let digest = sha2::Sha256::digest(b"abc");
-        assert_eq!(
-            super::hex(&digest),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
     }
 }

@@ -1,9 +1,8 @@
-//! The signalling half of a synthetic participant, shared by `mcu probe` and `mcu bench`: the
-//! WebSocket, the peer connection, trickle ICE both ways, the join handshake, and what the
-//! server announces (layout, notices, errors). What the participant sends and how it reads what
-//! it receives is the caller's.
+//! The signalling half of a synthetic participant: the WebSocket, the peer connection, trickle
+//! ICE both ways, the join handshake, and what the server announces (into `heard`). What the
+//! participant sends and how it reads what it receives is `participant.rs`'s and its caller's.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -15,31 +14,15 @@ use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::track::track_remote::TrackRemote;
 
-use mcu_server::protocol::{ClientMessage, Layout, ServerMessage};
+use crate::heard::{lock, Heard, SharedState};
+use mcu_server::protocol::{ClientMessage, ServerMessage};
 use mcu_server::rtc::{self, RtcFactory};
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// How long to wait for the server's `joined` reply.
 const JOIN_DEADLINE: Duration = Duration::from_secs(10);
-
-/// What the server told this participant besides the negotiation.
-#[derive(Debug, Default)]
-pub struct Announcements {
-    pub layout: Option<Layout>,
-    pub errors: Vec<String>,
-    /// The ICE candidates the server sent, as SDP candidate lines.
-    pub server_candidates: Vec<String>,
-    /// Room notices received: recording, mute and removal messages, in order.
-    pub notices: Vec<ServerMessage>,
-    /// Chat and file messages (and file bytes) that came on the WebSocket, for a participant
-    /// using the fallback; shared with its data channels' handlers otherwise.
-    pub sharing: super::sharing::SharedState,
-}
-
-pub type Heard = Arc<Mutex<Announcements>>;
-
-pub fn lock(heard: &Heard) -> std::sync::MutexGuard<'_, Announcements> {
-    heard.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// Called for each track the server sends.
 pub type OnTrack = Arc<dyn Fn(Arc<TrackRemote>) + Send + Sync>;
@@ -78,7 +61,7 @@ impl Link {
         let (socket, _) = tokio_tungstenite::connect_async(ws_url.as_str())
             .await
             .with_context(|| format!("connecting to {ws_url}"))?;
-        let (mut ws_sink, mut ws_stream) = socket.split();
+        let (mut ws_sink, ws_stream) = socket.split();
         let mut tasks = Vec::new();
 
         let (ws_out, mut ws_out_rx) = mpsc::channel::<Message>(256);
@@ -113,84 +96,15 @@ impl Link {
             }));
         }
 
-        let (joined_tx, joined_rx) = oneshot::channel::<Result<String, String>>();
-        {
-            let heard = heard.clone();
-            let pc = pc.clone();
-            let mut joined_tx = Some(joined_tx);
-            let loopback_only = rtc.loopback_only();
-            let sharing = lock(&heard).sharing.clone();
-            tasks.push(tokio::spawn(async move {
-                while let Some(Ok(frame)) = ws_stream.next().await {
-                    let text = match frame {
-                        Message::Text(text) => text,
-                        Message::Binary(frame) => {
-                            super::sharing::lock(&sharing).record_chunk(&frame);
-                            continue;
-                        }
-                        _ => continue,
-                    };
-                    let Ok(message) = serde_json::from_str::<ServerMessage>(text.as_str()) else {
-                        lock(&heard)
-                            .errors
-                            .push(format!("unreadable server message: {text}"));
-                        continue;
-                    };
-                    if message.is_sharing() {
-                        super::sharing::lock(&sharing).record(&message);
-                        continue;
-                    }
-                    match message {
-                        ServerMessage::Joined { participant_id, .. } => {
-                            if let Some(tx) = joined_tx.take() {
-                                let _ = tx.send(Ok(participant_id));
-                            }
-                        }
-                        ServerMessage::Answer { sdp } => {
-                            let result = match RTCSessionDescription::answer(sdp) {
-                                Ok(answer) => pc.set_remote_description(answer).await,
-                                Err(e) => Err(e),
-                            };
-                            if let Err(e) = result {
-                                lock(&heard)
-                                    .errors
-                                    .push(format!("applying the answer: {e}"));
-                            }
-                        }
-                        ServerMessage::Candidate { candidate: Some(c) } => {
-                            lock(&heard).server_candidates.push(c.candidate.clone());
-                            if loopback_only && !rtc::is_loopback_candidate(&c.candidate) {
-                                continue;
-                            }
-                            let init = rtc::candidate_from_protocol(c);
-                            if let Err(e) = pc.add_ice_candidate(init).await {
-                                lock(&heard).errors.push(format!("server candidate: {e}"));
-                            }
-                        }
-                        ServerMessage::Layout(layout) => lock(&heard).layout = Some(layout),
-                        notice @ (ServerMessage::Recording { .. }
-                        | ServerMessage::ParticipantMuted { .. }
-                        | ServerMessage::Removed { .. }) => lock(&heard).notices.push(notice),
-                        ServerMessage::Error { code, message } => {
-                            let text = format!("{code:?}: {message}");
-                            match joined_tx.take() {
-                                Some(tx) => {
-                                    let _ = tx.send(Err(text));
-                                }
-                                // Refusals of chat and file requests are expected answers
-                                // (a file too large, a flood held back): the sharing checks
-                                // read them, they are not the server failing.
-                                None if is_sharing_refusal(code) => {
-                                    super::sharing::lock(&sharing).errors.push((code, message));
-                                }
-                                None => lock(&heard).errors.push(text),
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-            }));
-        }
+        let (joined_tx, joined_rx) = oneshot::channel();
+        let reader = Reader {
+            sharing: lock(&heard).sharing.clone(),
+            heard: heard.clone(),
+            pc: pc.clone(),
+            joined: Some(joined_tx),
+            loopback_only: rtc.loopback_only(),
+        };
+        tasks.push(tokio::spawn(reader.run(ws_stream)));
 
         ws_out
             .send(Message::text(to_text(&ClientMessage::Join {
@@ -266,6 +180,100 @@ impl Drop for Link {
     fn drop(&mut self) {
         for t in &self.tasks {
             t.abort();
+        }
+    }
+}
+
+/// The answer to `join`: the participant id, or the server's refusal.
+type JoinAnswer = oneshot::Sender<Result<String, String>>;
+
+/// Reads what the server sends: the answer and candidates go to the peer connection, the rest
+/// into `heard` (and chat and files into its sharing state).
+struct Reader {
+    heard: Heard,
+    sharing: SharedState,
+    pc: Arc<RTCPeerConnection>,
+    /// Taken by the answer to `join`.
+    joined: Option<JoinAnswer>,
+    /// Only loopback candidates are tried (see RtcOptions::loopback_only).
+    loopback_only: bool,
+}
+
+impl Reader {
+    async fn run(mut self, mut ws_stream: futures_util::stream::SplitStream<Socket>) {
+        while let Some(Ok(frame)) = ws_stream.next().await {
+            let text = match frame {
+                Message::Text(text) => text,
+                Message::Binary(frame) => {
+                    lock(&self.sharing).record_chunk(&frame);
+                    continue;
+                }
+                _ => continue,
+            };
+            match serde_json::from_str::<ServerMessage>(text.as_str()) {
+                Ok(message) if message.is_sharing() => {
+                    lock(&self.sharing).record(&message);
+                }
+                Ok(message) => self.on_message(message).await,
+                Err(_) => lock(&self.heard)
+                    .errors
+                    .push(format!("unreadable server message: {text}")),
+            }
+        }
+    }
+
+    async fn on_message(&mut self, message: ServerMessage) {
+        match message {
+            ServerMessage::Joined { participant_id, .. } => {
+                if let Some(tx) = self.joined.take() {
+                    let _ = tx.send(Ok(participant_id));
+                }
+            }
+            ServerMessage::Answer { sdp } => {
+                let result = match RTCSessionDescription::answer(sdp) {
+                    Ok(answer) => self.pc.set_remote_description(answer).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = result {
+                    lock(&self.heard)
+                        .errors
+                        .push(format!("applying the answer: {e}"));
+                }
+            }
+            ServerMessage::Candidate { candidate: Some(c) } => {
+                lock(&self.heard)
+                    .server_candidates
+                    .push(c.candidate.clone());
+                if self.loopback_only && !rtc::is_loopback_candidate(&c.candidate) {
+                    return;
+                }
+                let init = rtc::candidate_from_protocol(c);
+                if let Err(e) = self.pc.add_ice_candidate(init).await {
+                    lock(&self.heard)
+                        .errors
+                        .push(format!("server candidate: {e}"));
+                }
+            }
+            ServerMessage::Layout(layout) => lock(&self.heard).layout = Some(layout),
+            notice @ (ServerMessage::Recording { .. }
+            | ServerMessage::ParticipantMuted { .. }
+            | ServerMessage::Removed { .. }) => lock(&self.heard).notices.push(notice),
+            ServerMessage::Error { code, message } => {
+                let text = format!("{code:?}: {message}");
+                match self.joined.take() {
+                    Some(tx) => {
+                        let _ = tx.send(Err(text));
+                    }
+                    // Refusals of chat and file requests are expected answers (a file too
+                    // large, a flood held back): the sharing checks read them, they are not the
+                    // server failing.
+                    None if is_sharing_refusal(code) => {
+                        lock(&self.sharing).errors.push((code, message));
+                    }
+                    None => lock(&self.heard).errors.push(text),
+                }
+            }
+            _ => {}
         }
     }
 }

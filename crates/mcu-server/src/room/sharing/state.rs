@@ -1,17 +1,11 @@
-//! What a room keeps of its chat and shared files, as plain data the room actor owns: the chat
-//! backlog, the catalogue of files with their upload state and the room's quota, and the rate
-//! limit each participant's chat is held to. Pure: no I/O, time passed in.
+//! What a room keeps of its chat and shared files, as plain data the sharing component owns: the
+//! chat backlog, and the catalogue of files with their upload state and the room's quota. Pure: no
+//! I/O, time passed in.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::protocol::{ChatEntry, FileInfo};
-
-/// How many chat messages a participant may send at once before the rate applies: a burst of
-/// quick replies is normal, a script pasting lines is not.
-pub const CHAT_BURST: f64 = 8.0;
-/// The rate a participant's chat refills at, in messages per second: faster than anyone types.
-pub const CHAT_PER_SECOND: f64 = 2.0;
 
 /// The last `capacity` chat messages, numbered in the order the room received them.
 pub struct ChatLog {
@@ -52,41 +46,6 @@ impl ChatLog {
     /// What someone who arrives now is shown, oldest first.
     pub fn backlog(&self) -> impl Iterator<Item = &ChatEntry> {
         self.entries.iter()
-    }
-}
-
-/// A token bucket: `burst` messages at once, refilled at `per_second`.
-#[derive(Debug, Clone)]
-pub struct RateLimit {
-    tokens: f64,
-    burst: f64,
-    per_second: f64,
-    last: Option<Instant>,
-}
-
-impl RateLimit {
-    pub fn new(burst: f64, per_second: f64) -> Self {
-        RateLimit {
-            tokens: burst,
-            burst,
-            per_second,
-            last: None,
-        }
-    }
-
-    /// Whether one more message may go now; counts it if so.
-    pub fn allow(&mut self, now: Instant) -> bool {
-        if let Some(last) = self.last {
-            let refill = now.saturating_duration_since(last).as_secs_f64() * self.per_second;
-            self.tokens = (self.tokens + refill).min(self.burst);
-        }
-        self.last = Some(now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
     }
 }
 
@@ -257,20 +216,6 @@ mod tests {
         let mut none = ChatLog::new(0);
         none.push("p1".into(), "Ada".into(), "t".into(), "x".into());
         assert_eq!(none.backlog().count(), 0);
-    }
-
-    #[test]
-    fn the_rate_limit_allows_a_burst_then_the_rate() {
-        let t0 = Instant::now();
-        let mut limit = RateLimit::new(3.0, 2.0);
-        assert!((0..3).all(|_| limit.allow(t0)));
-        assert!(!limit.allow(t0), "the burst is spent");
-        assert!(!limit.allow(t0 + Duration::from_millis(400)));
-        assert!(limit.allow(t0 + Duration::from_millis(600)), "one refilled");
-        // A long pause refills the burst, no more.
-        let later = t0 + Duration::from_secs(60);
-        assert!((0..3).all(|_| limit.allow(later)));
-        assert!(!limit.allow(later));
     }
 
     #[test]

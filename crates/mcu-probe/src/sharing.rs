@@ -1,10 +1,9 @@
 //! A synthetic participant's chat and file sharing, as a browser does it: a `chat` and a `files`
 //! data channel created before the offer, `chat_subscribe` once they open (or on the WebSocket,
 //! to exercise the fallback), chat messages, uploads with back-pressure and downloads. What the
-//! server sends, on either transport, is kept in `SharingState` for the checks.
+//! server sends, on either transport, is kept in `heard::SharingState` for the checks.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -14,9 +13,10 @@ use webrtc::data_channel::data_channel_message::DataChannelMessage;
 use webrtc::data_channel::RTCDataChannel;
 use webrtc::peer_connection::RTCPeerConnection;
 
-use super::link::Link;
-use mcu_server::protocol::sharing::{decode_chunk, encode_chunk, FILE_CHUNK_BYTES};
-use mcu_server::protocol::{ChatEntry, ClientMessage, ErrorCode, FileInfo, ServerMessage};
+use crate::heard::{lock, SharedState};
+use crate::link::Link;
+use mcu_server::protocol::sharing::{encode_chunk, FILE_CHUNK_BYTES};
+use mcu_server::protocol::{ClientMessage, ServerMessage};
 
 /// How long to wait for the data channels to open once the peer connection is up.
 const OPEN_DEADLINE: Duration = Duration::from_secs(10);
@@ -31,96 +31,6 @@ pub enum Transport {
     DataChannel,
     /// As a client whose data channels cannot open: everything on the WebSocket.
     WebSocket,
-}
-
-/// One shared file as this participant knows it.
-#[derive(Debug, Clone)]
-pub struct FileView {
-    pub info: FileInfo,
-    pub received_by_server: u64,
-    pub sha256: Option<String>,
-    pub failed: Option<String>,
-}
-
-/// What the server said about chat and files.
-#[derive(Debug, Default)]
-pub struct SharingState {
-    pub chats: Vec<ChatEntry>,
-    pub files: BTreeMap<u32, FileView>,
-    /// `file_accepted` answers: (the offer's ref, the file's id).
-    pub accepted: Vec<(Option<u32>, u32)>,
-    /// `file_refused` answers: (the offer's ref, why).
-    pub refused: Vec<(Option<u32>, ErrorCode, String)>,
-    /// The ref the next offer carries.
-    pub next_ref: u32,
-    pub errors: Vec<(ErrorCode, String)>,
-    /// Bytes of each downloaded file so far.
-    pub downloads: HashMap<u32, Vec<u8>>,
-}
-
-impl SharingState {
-    /// Takes in a message from the server; false if it was not about chat or files.
-    pub fn record(&mut self, message: &ServerMessage) -> bool {
-        match message {
-            ServerMessage::Chat(entry) => self.chats.push((**entry).clone()),
-            ServerMessage::FileAccepted { file_id, reference } => {
-                self.accepted.push((*reference, *file_id))
-            }
-            ServerMessage::FileRefused {
-                reference,
-                code,
-                message,
-            } => self.refused.push((*reference, *code, message.clone())),
-            ServerMessage::FileOffered(info) => {
-                self.files.insert(
-                    info.file_id,
-                    FileView {
-                        info: (**info).clone(),
-                        received_by_server: 0,
-                        sha256: None,
-                        failed: None,
-                    },
-                );
-            }
-            ServerMessage::FileProgress { file_id, received } => {
-                if let Some(f) = self.files.get_mut(file_id) {
-                    f.received_by_server = *received;
-                }
-            }
-            ServerMessage::FileReady { file_id, sha256 } => {
-                if let Some(f) = self.files.get_mut(file_id) {
-                    f.received_by_server = f.info.size;
-                    f.sha256 = Some(sha256.clone());
-                }
-            }
-            ServerMessage::FileFailed { file_id, reason } => {
-                if let Some(f) = self.files.get_mut(file_id) {
-                    f.failed = Some(reason.clone());
-                }
-            }
-            ServerMessage::Error { code, message } => {
-                self.errors.push((*code, message.clone()));
-            }
-            _ => return false,
-        }
-        true
-    }
-
-    /// A binary frame of a download.
-    pub fn record_chunk(&mut self, frame: &[u8]) {
-        if let Ok((id, bytes)) = decode_chunk(frame) {
-            self.downloads
-                .entry(id)
-                .or_default()
-                .extend_from_slice(bytes);
-        }
-    }
-}
-
-pub type SharedState = Arc<Mutex<SharingState>>;
-
-pub fn lock(state: &SharedState) -> std::sync::MutexGuard<'_, SharingState> {
-    state.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The participant's sharing: its data channels (when it uses them) and what it heard.

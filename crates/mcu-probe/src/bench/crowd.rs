@@ -1,0 +1,137 @@
+//! The bench's participants in their rooms, and what their receivers measured: the window's
+//! figures, the join times, the errors.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Result;
+
+use super::figures::{self, Quantiles, WindowFigures};
+use super::media::{self, BenchMedia};
+use super::member::{self, Joining, Member};
+use super::pump;
+use super::receiver::{self, ReceiverContext};
+use super::COMPOSITE_FPS;
+
+fn room_name(room: usize) -> String {
+    format!("bench-{}", room + 1)
+}
+
+/// The participants and what they share.
+pub(super) struct Crowd {
+    url: String,
+    rtc: mcu_server::rtc::RtcFactory,
+    pump: tokio::sync::mpsc::UnboundedSender<pump::Stream>,
+    pump_task: tokio::task::JoinHandle<()>,
+    template: ReceiverContext,
+    rooms: usize,
+    receivers: usize,
+    pub members: Vec<Member>,
+}
+
+impl Crowd {
+    pub fn new(url: &str, media: Arc<BenchMedia>, rooms: usize, receivers: usize) -> Result<Self> {
+        let log = Arc::new(pump::SendLog::new(
+            media.participants.len(),
+            media::VIDEO_LOOP_FRAMES,
+        ));
+        let (pump, pump_task) = pump::spawn(media.clone(), log.clone());
+        Ok(Crowd {
+            url: url.to_string(),
+            rtc: mcu_server::rtc::RtcFactory::new(mcu_server::config::RtcOptions {
+                loopback_only: crate::probe::is_loopback_url(url),
+                ..Default::default()
+            })?,
+            pump,
+            pump_task,
+            template: ReceiverContext {
+                heard: Default::default(),
+                log,
+                observed: Default::default(),
+                send_width: media.width,
+                send_height: media.height,
+                onset_offsets: Arc::new(
+                    media
+                        .participants
+                        .iter()
+                        .map(|p| p.audio_onset_offset)
+                        .collect(),
+                ),
+                epoch: Instant::now(),
+            },
+            rooms,
+            receivers,
+            members: Vec::new(),
+        })
+    }
+
+    /// Adds the next participant, in the room whose turn it is.
+    pub async fn add(&mut self) -> Result<()> {
+        let index = self.members.len();
+        let room = index % self.rooms;
+        let is_receiver = index / self.rooms < self.receivers;
+        let joining = Joining {
+            url: &self.url,
+            rtc: &self.rtc,
+            pump: &self.pump,
+            receiver: is_receiver.then(|| self.template.clone()),
+        };
+        let p = member::join(index, &room_name(room), joining).await?;
+        self.members.push(p);
+        Ok(())
+    }
+
+    fn observed(&self) -> Vec<receiver::Shared> {
+        self.members
+            .iter()
+            .filter_map(|p| p.media.observed.clone())
+            .collect()
+    }
+
+    pub fn figures(&self, from: Instant, to: Instant) -> WindowFigures {
+        let shared = self.observed();
+        let guards: Vec<_> = shared.iter().map(receiver::lock).collect();
+        let refs: Vec<&receiver::Observed> = guards.iter().map(|g| &**g).collect();
+        figures::summarise(&refs, from, to, COMPOSITE_FPS)
+    }
+
+    /// Join → first composite frame showing the newcomer, at a receiver of its room, for the
+    /// participants numbered in `which`.
+    pub fn join_times(&self, which: std::ops::Range<usize>) -> (Quantiles, Vec<f64>, Vec<String>) {
+        let mut times = Vec::new();
+        let mut never = Vec::new();
+        for p in self.members.get(which).unwrap_or_default() {
+            let seen = self
+                .members
+                .iter()
+                .filter(|r| r.media.room == p.media.room)
+                .filter_map(|r| r.media.observed.as_ref())
+                .filter_map(|o| receiver::lock(o).first_seen.get(&p.media.index).copied())
+                .min();
+            match seen {
+                Some(t) => {
+                    times.push(t.saturating_duration_since(p.started()).as_secs_f64() * 1000.0)
+                }
+                None => never.push(format!(
+                    "bench-{} never appeared in the composite",
+                    p.media.index + 1
+                )),
+            }
+        }
+        (Quantiles::of(&times), times, never)
+    }
+
+    pub fn errors(&self) -> Vec<String> {
+        self.observed()
+            .iter()
+            .flat_map(|o| receiver::lock(o).errors.clone())
+            .collect()
+    }
+
+    pub async fn leave_all(&mut self) {
+        for p in self.members.drain(..) {
+            p.leave().await;
+        }
+        self.pump_task.abort();
+    }
+}

@@ -1,0 +1,169 @@
+//! A probe participant: the synthetic participant (participant.rs) sending a solid colour and a
+//! sine tone of its own, chosen from its participant number, and keeping what it saw and heard of
+//! the composite and its audio mix for the checks.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use mcu_server::auth::Secret;
+use mcu_server::codec::VideoCodec;
+use mcu_server::ids::ParticipantId;
+use mcu_server::protocol::{Layout, ServerMessage};
+use mcu_server::rtc::RtcFactory;
+
+use super::analysis::{self, Rgb};
+pub use super::media::FrameSample;
+use super::media::{live_source, receive, Received, Shared};
+use crate::heard::{lock, Heard};
+use crate::participant::{self, Joining, OnTrack};
+use crate::sharing::Transport;
+
+/// A probe participant.
+pub type Participant = participant::Participant<Sent>;
+
+/// What a probe participant sends, so every other probe participant knows what to look for.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Expected {
+    pub name: String,
+    pub colour: Rgb,
+    /// None when the tone is not known (a participant from outside this probe).
+    pub tone_hz: Option<f64>,
+    pub camera: bool,
+}
+
+/// The probe participants in this process, by participant id. Filled as they join.
+pub type Roster = Arc<RwLock<HashMap<String, Expected>>>;
+
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub name: String,
+    pub codec: VideoCodec,
+    /// False for a participant without a camera: it sends audio only, and the others expect its
+    /// placeholder tile.
+    pub camera: bool,
+    /// A join token, for a server that requires one.
+    pub token: Option<Secret>,
+    /// Take part in chat and file sharing, on this transport.
+    pub sharing: Option<Transport>,
+}
+
+/// What a probe participant sends, and what it has received so far.
+pub struct Sent {
+    pub spec: Spec,
+    /// Chosen from its participant number.
+    pub colour: Rgb,
+    pub tone_hz: f64,
+    shared: Arc<Shared>,
+}
+
+/// A snapshot of what the participant has received so far.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    pub id: String,
+    pub frame_times: Vec<Instant>,
+    pub recent: Vec<FrameSample>,
+    pub first_self_frame: Option<Duration>,
+    pub audio: Vec<f32>,
+    pub keyframes: Vec<Instant>,
+    /// The codec the composite arrives in.
+    pub composite_codec: Option<VideoCodec>,
+    pub errors: Vec<String>,
+    pub layout: Option<Layout>,
+    /// The ICE candidates the server sent, as SDP candidate lines.
+    pub server_candidates: Vec<String>,
+    /// Room notices received: recording, mute and removal messages, in order.
+    pub notices: Vec<ServerMessage>,
+}
+
+/// Joins `room` on the server at `url` as `spec` says; its colour and tone go into `roster`.
+pub async fn join(
+    url: &str,
+    room: &str,
+    spec: Spec,
+    rtc: &RtcFactory,
+    roster: Roster,
+) -> Result<Participant> {
+    let heard: Heard = Arc::default();
+    let shared = Arc::new(Shared {
+        heard: heard.clone(),
+        own_id: Mutex::new(None),
+        own_colour: OnceLock::new(),
+        received: Mutex::new(Received::default()),
+    });
+    let on_track: OnTrack = {
+        let shared = shared.clone();
+        Arc::new(move |track| receive(track, shared.clone()).map(Some))
+    };
+    let joining = Joining {
+        url,
+        room,
+        name: spec.name.clone(),
+        token: spec.token.clone(),
+        rtc,
+        heard,
+        sharing: spec.sharing,
+    };
+    Participant::join(joining, on_track, |id| {
+        *lock(&shared.own_id) = Some(id.to_string());
+        // Colour and tone follow the server's participant number, so probes in different
+        // processes joining the same room still send distinct colours and tones.
+        let index = id
+            .parse::<ParticipantId>()
+            .map(|p| p.0.saturating_sub(1) as usize)
+            .unwrap_or(0);
+        let (colour, tone_hz) = (analysis::colour_for(index), analysis::tone_for(index));
+        let _ = shared.own_colour.set(colour);
+        roster.write().unwrap_or_else(|p| p.into_inner()).insert(
+            id.to_string(),
+            Expected {
+                name: spec.name.clone(),
+                colour,
+                tone_hz: Some(tone_hz),
+                camera: spec.camera,
+            },
+        );
+        let source = live_source(spec.camera.then_some((spec.codec, colour)), tone_hz);
+        let sent = Sent {
+            spec,
+            colour,
+            tone_hz,
+            shared: shared.clone(),
+        };
+        Ok((source, sent))
+    })
+    .await
+}
+
+impl Participant {
+    pub fn spec(&self) -> &Spec {
+        &self.media.spec
+    }
+
+    pub fn colour(&self) -> Rgb {
+        self.media.colour
+    }
+
+    pub fn tone_hz(&self) -> f64 {
+        self.media.tone_hz
+    }
+
+    pub fn observe(&self) -> Observation {
+        let heard = self.heard();
+        let r = self.media.shared.lock();
+        Observation {
+            id: self.id().to_string(),
+            frame_times: r.frame_times.clone(),
+            recent: r.recent.iter().cloned().collect(),
+            first_self_frame: r.first_self_frame.map(|t| t - self.started()),
+            audio: r.audio.iter().copied().collect(),
+            keyframes: r.keyframes.clone(),
+            composite_codec: r.composite_codec,
+            errors: heard.errors.clone(),
+            layout: heard.layout.clone(),
+            server_candidates: heard.server_candidates.clone(),
+            notices: heard.notices.clone(),
+        }
+    }
+}

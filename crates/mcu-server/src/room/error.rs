@@ -1,0 +1,76 @@
+//! What a room answers when it cannot do what was asked: one type for every command, so the
+//! session (a protocol error) and the admin API (an HTTP status) each translate it in one place.
+
+use super::sharing::FileRefusal;
+use crate::ids::ParticipantId;
+use crate::protocol::{ErrorCode, ServerMessage};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RoomError {
+    /// The room closed (or was closing) before it could answer. A join meeting a closing room
+    /// retries with a fresh one.
+    #[error("the room has closed")]
+    Closed,
+    #[error("the room is full ({0} participants)")]
+    Full(usize),
+    #[error("{0} is not in the room")]
+    NotHere(ParticipantId),
+    /// The media graph could not take a participant or a track.
+    #[error("{0}")]
+    Media(String),
+    #[error("the room is already being recorded")]
+    AlreadyRecording,
+    #[error("the room is not being recorded")]
+    NotRecording,
+    #[error("the recording could not start: {0}")]
+    RecordingFailed(String),
+    /// A shared file was refused before any of its bytes was sent.
+    #[error(transparent)]
+    File(#[from] FileRefusal),
+    #[error("no file {0} is ready in this room")]
+    UnknownFile(u32),
+}
+
+impl RoomError {
+    /// The protocol's code for this error, which clients branch on.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            RoomError::Full(_) => ErrorCode::RoomFull,
+            RoomError::NotHere(_) => ErrorCode::OutOfOrder,
+            RoomError::AlreadyRecording | RoomError::NotRecording => ErrorCode::Conflict,
+            RoomError::File(refusal) => refusal.code(),
+            RoomError::UnknownFile(_) => ErrorCode::UnknownFile,
+            RoomError::Closed | RoomError::Media(_) | RoomError::RecordingFailed(_) => {
+                ErrorCode::Internal
+            }
+        }
+    }
+
+    /// The error as a participant is told it.
+    pub fn to_message(&self) -> ServerMessage {
+        ServerMessage::error(self.code(), self.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::room::sharing::OfferError;
+
+    #[test]
+    fn each_error_carries_the_code_clients_branch_on() {
+        assert_eq!(RoomError::Full(25).code(), ErrorCode::RoomFull);
+        assert_eq!(RoomError::AlreadyRecording.code(), ErrorCode::Conflict);
+        let too_large = RoomError::from(FileRefusal::Limit(OfferError::FileTooLarge {
+            size: 2,
+            limit: 1,
+        }));
+        assert_eq!(too_large.code(), ErrorCode::FileTooLarge);
+        let empty = RoomError::from(FileRefusal::Limit(OfferError::Empty));
+        assert_eq!(empty.code(), ErrorCode::BadMessage);
+        assert_eq!(
+            RoomError::Full(25).to_message(),
+            ServerMessage::error(ErrorCode::RoomFull, "the room is full (25 participants)")
+        );
+    }
+}
