@@ -176,6 +176,60 @@ async fn a_recording_shows_every_tile_and_carries_every_voice_for_as_long_as_it_
     assert!((listed_seconds - recorded_for.as_secs_f64()).abs() <= 1.0);
 }
 
+/// A recording that starts with its room, before any camera, while people arrive one by one: the
+/// composite's caps must not change as cameras arrive (the muxer refuses a change and the
+/// recording used to fail 0.6 s in), so the file plays for as long as the room ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_that_starts_with_its_room_plays_for_as_long_as_the_room_ran() {
+    common::init();
+    let server = Server::start("recording-from-creation", &["--auto-record"]);
+    let opened = Instant::now();
+    let mut crowd = crowd_of(&server, "early", 1).await;
+    for _ in 0..2 {
+        // People arrive a second apart, each bringing a camera into a room already recording.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        crowd
+            .join(mcu_server::codec::VideoCodec::Vp8)
+            .await
+            .expect("a participant joins");
+    }
+    settle(&crowd, "three participants to see each other").await;
+    let layout = server.room("early").await.expect("the room exists")["layout"]["tiles"].clone();
+    let recording = wait_until_recorded(&server, "early", 6.0).await;
+    let roster = crowd.roster();
+    crowd.leave_all().await;
+    let lived = opened.elapsed();
+    let sidecar_path = server
+        .recordings
+        .join(format!("{}.json", recording["id"].as_str().unwrap()));
+    let sidecar = wait_for("the emptied room's recording to end", SETTLE, || {
+        let text = std::fs::read_to_string(&sidecar_path).ok()?;
+        let sidecar: serde_json::Value = serde_json::from_str(&text).ok()?;
+        (sidecar["status"] != "recording").then_some(sidecar)
+    })
+    .await;
+    assert_eq!(sidecar["status"], "complete", "{sidecar}");
+    let recorded = sidecar["duration_seconds"].as_f64().expect("a duration");
+    println!("the room lived {lived:?}; its recording lasts {recorded} s");
+    assert!(
+        (lived.as_secs_f64() - recorded).abs() <= 1.5,
+        "the room lived {lived:?} but its recording lasts {recorded} s"
+    );
+    let decoded = decode(&server.recordings.join(sidecar["file"].as_str().unwrap()));
+    assert!(decoded.error.is_none(), "decoding: {:?}", decoded.error);
+    let duration = decoded.video_duration(FPS);
+    assert!(
+        (duration.as_secs_f64() - recorded).abs() <= 1.0,
+        "the file's video lasts {duration:?} of the {recorded} s recorded"
+    );
+    // Near its end, the file shows the three who were there.
+    let first = &decoded.video[0];
+    let frame = decoded
+        .frame_near(first.pts + duration - Duration::from_secs(1))
+        .expect("a kept frame near the end");
+    assert_tiles_show(frame, &layout, &roster, "a second before the end");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_killed_mid_recording_leaves_a_file_that_plays_to_near_the_end() {
     common::init();

@@ -215,6 +215,26 @@ mod tests {
     }
 
     #[test]
+    fn every_raw_video_caps_pins_one_colorimetry() {
+        // The composite's caps must not change while a room lives (a recording's muxer refuses
+        // the change), and a tile whose colorimetry differs from the composite's costs the
+        // compositor a conversion: every raw video caps says the same.
+        for t in ALL {
+            for caps in t
+                .body()
+                .split_whitespace()
+                .filter(|w| w.contains("video/x-raw"))
+            {
+                assert!(
+                    caps.contains("colorimetry=bt601") && caps.contains("chroma-site=jpeg"),
+                    "pipelines/{}: {caps} leaves the colorimetry open",
+                    t.file
+                );
+            }
+        }
+    }
+
+    #[test]
     fn every_template_uses_some_elements() {
         for t in ALL {
             assert!(
