@@ -209,6 +209,56 @@ struct ProbeArgs {
     /// other one downloads it and checks its SHA-256.
     #[arg(long, value_parser = config::parse_byte_size)]
     file: Option<u64>,
+    #[command(flatten)]
+    link: LinkArgs,
+    /// Send camera-like video (moving detail around the colour the checks read) instead of a
+    /// flat colour, which compresses to almost nothing; on whenever a link is impaired.
+    #[arg(long)]
+    camera_like: bool,
+}
+
+/// A bad link for chosen synthetic participants, built at their own UDP socket.
+#[derive(Args)]
+struct LinkArgs {
+    /// Shape their downlink (what the server sends them) to this many kbit/s, through a short
+    /// queue: what does not fit is dropped, as on a thin link.
+    #[arg(long)]
+    downlink_kbps: Option<u32>,
+    /// Percent of their downlink packets lost at random.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_percent)]
+    downlink_loss: f64,
+    /// Percent of their uplink packets (what they send the server) lost at random.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_percent)]
+    uplink_loss: f64,
+    /// Delay each of their packets, either way, by a random 0 to this many ms (which reorders).
+    #[arg(long, default_value_t = 0)]
+    jitter_ms: u32,
+    /// Which participants have the bad link, by join order (1 is the first; comma-separated);
+    /// by default the last one.
+    #[arg(long, value_delimiter = ',')]
+    impaired: Vec<usize>,
+}
+
+impl LinkArgs {
+    fn impairment(&self) -> mcu_probe::impair::Impairment {
+        mcu_probe::impair::Impairment {
+            downlink_kbps: self.downlink_kbps,
+            downlink_loss: self.downlink_loss / 100.0,
+            uplink_loss: self.uplink_loss / 100.0,
+            jitter_ms: self.jitter_ms,
+        }
+    }
+}
+
+fn parse_percent(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("{text:?} is not a percentage"))?;
+    if !(0.0..=100.0).contains(&value) {
+        return Err(format!("{text:?} is not between 0 and 100"));
+    }
+    Ok(value)
 }
 
 fn parse_expectation(text: &str) -> Result<(String, mcu_probe::probe::analysis::Rgb), String> {
@@ -358,7 +408,24 @@ fn main() -> ExitCode {
                 .await
                 .map(|_| true),
             Command::Probe(args) => {
+                let impairment = args.link.impairment();
+                let impaired = match args.link.impaired.as_slice() {
+                    [] => vec![args.participants],
+                    chosen => chosen.to_vec(),
+                };
+                if let Some(n) = impaired
+                    .iter()
+                    .find(|n| **n == 0 || **n > args.participants)
+                {
+                    bail!(
+                        "--impaired {n}: participants are numbered 1 to {}",
+                        args.participants
+                    );
+                }
                 let config = mcu_probe::probe::ProbeConfig {
+                    impairment: (!impairment.is_perfect()).then_some(impairment),
+                    impaired,
+                    camera_like: args.camera_like || !impairment.is_perfect(),
                     url: args.url,
                     room: args.room,
                     participants: args.participants,

@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod heard;
+pub mod impair;
 mod link;
 mod participant;
 pub mod probe;

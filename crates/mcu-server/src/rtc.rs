@@ -123,6 +123,20 @@ impl RtcFactory {
     /// Builds the factory. With `UdpPolicy::Muxed` this binds the media port now, so it must run
     /// inside the tokio runtime, and a port in use is reported at start-up, not at the first call.
     pub fn new(options: RtcOptions) -> Result<Self> {
+        Self::build(options, None)
+    }
+
+    /// A factory whose peer connections all send and receive through `conn` (which need not be
+    /// a plain socket: the synthetic participants put an impaired link there). `options.udp` is
+    /// not used.
+    pub fn with_conn(
+        options: RtcOptions,
+        conn: impl webrtc::util::Conn + Send + Sync + 'static,
+    ) -> Result<Self> {
+        Self::build(options, Some(UDPMuxParams::new(conn)))
+    }
+
+    fn build(options: RtcOptions, conn: Option<UDPMuxParams>) -> Result<Self> {
         let mut media = MediaEngine::default();
         for (capability, payload_type, kind) in [
             (
@@ -169,25 +183,29 @@ impl RtcFactory {
             // Behind 1:1 NAT (a cloud VM): advertise the public address in host candidates.
             settings.set_nat_1to1_ips(vec![ip.to_string()], RTCIceCandidateType::Host);
         }
-        match options.udp {
-            UdpPolicy::Ephemeral => {}
-            UdpPolicy::Muxed(port) => {
+        let muxed = match (conn, options.udp) {
+            (Some(conn), _) => Some(conn),
+            (None, UdpPolicy::Ephemeral) => None,
+            (None, UdpPolicy::Muxed(port)) => {
                 let socket = std::net::UdpSocket::bind(("0.0.0.0", port))
                     .with_context(|| format!("binding the media port udp/{port}"))?;
                 socket.set_nonblocking(true)?;
                 let socket = tokio::net::UdpSocket::from_std(socket)
                     .context("handing the media socket to tokio")?;
-                let mux = UDPMuxDefault::new(UDPMuxParams::new(socket));
-                settings.set_udp_network(UDPNetwork::Muxed(mux));
-                // The socket is IPv4: advertising IPv6 candidates on the same port would make ICE
-                // file every incoming check under the wrong candidate, and no pair ever forms.
-                settings.set_network_types(vec![NetworkType::Udp4]);
+                Some(UDPMuxParams::new(socket))
             }
-            UdpPolicy::Range(min, max) => {
+            (None, UdpPolicy::Range(min, max)) => {
                 let ports = EphemeralUDP::new(min, max)
                     .map_err(|e| anyhow::anyhow!("UDP port range {min}-{max}: {e}"))?;
                 settings.set_udp_network(UDPNetwork::Ephemeral(ports));
+                None
             }
+        };
+        if let Some(params) = muxed {
+            settings.set_udp_network(UDPNetwork::Muxed(UDPMuxDefault::new(params)));
+            // The sockets are IPv4: advertising IPv6 candidates on the same port would make ICE
+            // file every incoming check under the wrong candidate, and no pair ever forms.
+            settings.set_network_types(vec![NetworkType::Udp4]);
         }
         let api = APIBuilder::new()
             .with_media_engine(media)

@@ -54,6 +54,8 @@ pub(super) struct Received {
     pub(super) keyframes: Vec<Instant>,
     /// The codec the composite arrived in, as negotiated for its track.
     pub(super) composite_codec: Option<VideoCodec>,
+    /// Each change of the decoded composite's size (a tier), with when it happened.
+    pub(super) sizes: Vec<(Instant, u32, u32)>,
 }
 
 pub(super) struct Shared {
@@ -69,8 +71,25 @@ impl Shared {
     }
 }
 
+/// What the probe's camera shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Content {
+    /// Its colour, flat: cheap to encode (a flat picture costs ~100 kbit/s at 720p, so it hides
+    /// every bandwidth problem).
+    #[default]
+    Solid,
+    /// Like a camera to the encoder: moving noise everywhere but a block of its colour in the
+    /// middle, where the checks read it (a tile's centre, a sixteenth of the tile either way).
+    CameraLike,
+}
+
+/// The colour block of camera-like content: a third of the frame each way, centred, so the
+/// centre of the tile shows the colour at every tile size and every tier.
+const BLOCK_WIDTH: u32 = (SEND_WIDTH / 3) & !1;
+const BLOCK_HEIGHT: u32 = (SEND_HEIGHT / 3) & !1;
+
 /// The probe's camera chain for `codec`, from raw frames to RTP in an appsink.
-fn camera_description(codec: VideoCodec, argb: u32) -> String {
+fn camera_description(codec: VideoCodec, argb: u32, content: Content) -> String {
     let encoder = match codec {
         VideoCodec::Vp8 => {
             "vp8enc name=encoder deadline=1 cpu-used=16 threads=1 \
@@ -84,11 +103,27 @@ fn camera_description(codec: VideoCodec, argb: u32) -> String {
              ! rtph264pay pt=102 mtu=1200 config-interval=-1 aggregate-mode=zero-latency"
         }
     };
-    format!(
-        "videotestsrc is-live=true pattern=solid-color foreground-color={argb} \
-           ! video/x-raw,format=I420,width={SEND_WIDTH},height={SEND_HEIGHT},framerate=30/1 \
-           ! {encoder} ! appsink name=video_sink sync=false "
-    )
+    let raw =
+        |w: u32, h: u32| format!("video/x-raw,format=I420,width={w},height={h},framerate=30/1");
+    let picture = match content {
+        Content::Solid => format!(
+            "videotestsrc is-live=true pattern=solid-color foreground-color={argb} \
+               ! {}",
+            raw(SEND_WIDTH, SEND_HEIGHT)
+        ),
+        Content::CameraLike => format!(
+            "videotestsrc is-live=true pattern=snow ! {} ! camera.sink_0 \
+             videotestsrc is-live=true pattern=solid-color foreground-color={argb} \
+               ! {} ! camera.sink_1 \
+             compositor name=camera sink_1::xpos={} sink_1::ypos={} ! {}",
+            raw(SEND_WIDTH, SEND_HEIGHT),
+            raw(BLOCK_WIDTH, BLOCK_HEIGHT),
+            ((SEND_WIDTH - BLOCK_WIDTH) / 2) & !1,
+            ((SEND_HEIGHT - BLOCK_HEIGHT) / 2) & !1,
+            raw(SEND_WIDTH, SEND_HEIGHT)
+        ),
+    };
+    format!("{picture} ! {encoder} ! appsink name=video_sink sync=false ")
 }
 
 /// The probe's microphone: a sine tone, Opus RTP into an appsink.
@@ -150,10 +185,12 @@ pub fn descriptions() -> Vec<(String, String)> {
     let mut all = Vec::new();
     for codec in [VideoCodec::Vp8, VideoCodec::H264] {
         let name = codec.mime_type().trim_start_matches("video/");
-        all.push((
-            format!("probe camera ({name})"),
-            camera_description(codec, 0),
-        ));
+        for content in [Content::Solid, Content::CameraLike] {
+            all.push((
+                format!("probe camera ({name}, {content:?})"),
+                camera_description(codec, 0, content),
+            ));
+        }
         all.push((
             format!("probe receiver ({name})"),
             receive_description(Incoming::Video(codec), 96),
@@ -167,23 +204,30 @@ pub fn descriptions() -> Vec<(String, String)> {
     all
 }
 
-/// The probe's microphone (a sine tone) and, given a codec and colour, its camera (a solid
-/// colour), encoded live by GStreamer.
-pub(super) fn live_source(camera: Option<(VideoCodec, Rgb)>, tone_hz: f64) -> Source {
+/// What a probe participant's camera sends, if it has one.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Camera {
+    pub codec: VideoCodec,
+    pub colour: Rgb,
+    pub content: Content,
+}
+
+/// The probe's microphone (a sine tone) and, given one, its camera, encoded live by GStreamer.
+pub(super) fn live_source(camera: Option<Camera>, tone_hz: f64) -> Source {
     Source {
-        camera: camera.map(|(codec, _)| codec),
+        camera: camera.map(|c| c.codec),
         start: Box::new(move |audio, video| start_live(camera, tone_hz, audio, video)),
     }
 }
 
 fn start_live(
-    camera: Option<(VideoCodec, Rgb)>,
+    camera: Option<Camera>,
     tone_hz: f64,
     audio: OutboundTrack,
     video: Option<OutboundTrack>,
 ) -> Result<Sending> {
     let camera_part = camera
-        .map(|(codec, colour)| camera_description(codec, colour.argb()))
+        .map(|c| camera_description(c.codec, c.colour.argb(), c.content))
         .unwrap_or_default();
     let description = format!("{camera_part}{}", microphone_description(tone_hz));
     let pipeline = gst::parse::launch(&description)
@@ -395,6 +439,10 @@ fn on_video_frame(sample: &gst::Sample, shared: &Shared) {
         }
     }
     r.frame_times.push(now);
+    let size = (info.width(), info.height());
+    if r.sizes.last().map(|(_, w, h)| (*w, *h)) != Some(size) {
+        r.sizes.push((now, size.0, size.1));
+    }
     r.recent.push_back(FrameSample {
         at: now,
         width: info.width(),

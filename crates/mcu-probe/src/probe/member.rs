@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use mcu_server::auth::Secret;
 use mcu_server::codec::VideoCodec;
 use mcu_server::ids::ParticipantId;
@@ -14,9 +14,10 @@ use mcu_server::protocol::{Layout, ServerMessage};
 use mcu_server::rtc::RtcFactory;
 
 use super::analysis::{self, Rgb};
-pub use super::media::FrameSample;
-use super::media::{live_source, receive, Received, Shared};
+use super::media::{live_source, receive, Camera, Received, Shared};
+pub use super::media::{Content, FrameSample};
 use crate::heard::{lock, Heard};
+use crate::impair::{ImpairedConn, Impairment, LinkCounters, LinkFigures, LinkSetting};
 use crate::participant::{self, Joining, OnTrack};
 use crate::sharing::Transport;
 
@@ -47,6 +48,10 @@ pub struct Spec {
     pub token: Option<Secret>,
     /// Take part in chat and file sharing, on this transport.
     pub sharing: Option<Transport>,
+    /// What its camera shows.
+    pub content: Content,
+    /// Its link is bad this way (None: a perfect link).
+    pub impairment: Option<Impairment>,
 }
 
 /// What a probe participant sends, and what it has received so far.
@@ -56,6 +61,10 @@ pub struct Sent {
     pub colour: Rgb,
     pub tone_hz: f64,
     shared: Arc<Shared>,
+    /// What its impaired link did, and where to change it, when it has one.
+    link: Option<(Arc<LinkCounters>, LinkSetting)>,
+    /// The factory of an impaired participant's own link, kept for as long as it is in use.
+    _link_rtc: Option<Arc<RtcFactory>>,
 }
 
 /// A snapshot of what the participant has received so far.
@@ -69,15 +78,21 @@ pub struct Observation {
     pub keyframes: Vec<Instant>,
     /// The codec the composite arrives in.
     pub composite_codec: Option<VideoCodec>,
+    /// Each change of the decoded composite's size (its tier): when, width, height.
+    pub sizes: Vec<(Instant, u32, u32)>,
     pub errors: Vec<String>,
     pub layout: Option<Layout>,
     /// The ICE candidates the server sent, as SDP candidate lines.
     pub server_candidates: Vec<String>,
     /// Room notices received: recording, mute and removal messages, in order.
     pub notices: Vec<ServerMessage>,
+    /// What its impaired link did, when it has one.
+    pub link: Option<LinkFigures>,
 }
 
 /// Joins `room` on the server at `url` as `spec` says; its colour and tone go into `roster`.
+/// `rtc` builds its peer connection, unless its link is impaired: then it gets one of its own, on
+/// a socket behind that link.
 pub async fn join(
     url: &str,
     room: &str,
@@ -85,6 +100,29 @@ pub async fn join(
     rtc: &RtcFactory,
     roster: Roster,
 ) -> Result<Participant> {
+    let (own_rtc, link) = match spec.impairment.filter(|i| !i.is_perfect()) {
+        Some(impairment) => {
+            let loopback = rtc.loopback_only();
+            let bind: std::net::SocketAddr = if loopback {
+                ([127, 0, 0, 1], 0).into()
+            } else {
+                ([0, 0, 0, 0], 0).into()
+            };
+            let conn = ImpairedConn::bind(bind, impairment)
+                .await
+                .context("binding the impaired participant's socket")?;
+            let counters = (conn.counters(), conn.setting());
+            let options = mcu_server::config::RtcOptions {
+                loopback_only: loopback,
+                ..Default::default()
+            };
+            let factory = RtcFactory::with_conn(options, conn)?;
+            (Some(Arc::new(factory)), Some(counters))
+        }
+        None => (None, None),
+    };
+    let rtc = own_rtc.as_deref().unwrap_or(rtc);
+    let link_rtc = own_rtc.clone();
     let heard: Heard = Arc::default();
     let shared = Arc::new(Shared {
         heard: heard.clone(),
@@ -124,12 +162,19 @@ pub async fn join(
                 camera: spec.camera,
             },
         );
-        let source = live_source(spec.camera.then_some((spec.codec, colour)), tone_hz);
+        let camera = spec.camera.then_some(Camera {
+            codec: spec.codec,
+            colour,
+            content: spec.content,
+        });
+        let source = live_source(camera, tone_hz);
         let sent = Sent {
             spec,
             colour,
             tone_hz,
             shared: shared.clone(),
+            link,
+            _link_rtc: link_rtc,
         };
         Ok((source, sent))
     })
@@ -149,6 +194,16 @@ impl Participant {
         self.media.tone_hz
     }
 
+    /// Changes its link while it runs (lifts a limit, say); false when it joined on a perfect
+    /// link, which has nothing to change.
+    pub fn set_link(&self, impairment: Impairment) -> bool {
+        let Some((_, setting)) = &self.media.link else {
+            return false;
+        };
+        *setting.lock().unwrap_or_else(|p| p.into_inner()) = impairment;
+        true
+    }
+
     pub fn observe(&self) -> Observation {
         let heard = self.heard();
         let r = self.media.shared.lock();
@@ -160,10 +215,12 @@ impl Participant {
             audio: r.audio.iter().copied().collect(),
             keyframes: r.keyframes.clone(),
             composite_codec: r.composite_codec,
+            sizes: r.sizes.clone(),
             errors: heard.errors.clone(),
             layout: heard.layout.clone(),
             server_candidates: heard.server_candidates.clone(),
             notices: heard.notices.clone(),
+            link: self.media.link.as_ref().map(|(l, _)| l.figures()),
         }
     }
 }

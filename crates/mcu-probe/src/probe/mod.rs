@@ -16,11 +16,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
+use crate::impair::Impairment;
 use analysis::percentile;
 use mcu_server::codec::VideoCodec;
 use mcu_server::rtc::RtcFactory;
 pub use media::descriptions as pipeline_descriptions;
-pub use member::{Expected, FrameSample, Observation, Participant, Roster, Spec};
+pub use member::{Content, Expected, FrameSample, Observation, Participant, Roster, Spec};
 pub use report::{evaluate, summary, ParticipantReport, Report, TileCheck, ToneCheck};
 
 /// A tile passes when at least this share of the last second's frames shows the right colour; the
@@ -52,6 +53,11 @@ pub struct ProbeConfig {
     pub chat: bool,
     /// The first participant shares a random file of this many bytes; the others check it.
     pub file: Option<usize>,
+    /// A bad link, for the participants numbered (by join order, from 1) in `impaired`.
+    pub impairment: Option<Impairment>,
+    pub impaired: Vec<usize>,
+    /// Camera-like video instead of a flat colour (see `Content`).
+    pub camera_like: bool,
 }
 
 /// True when `url`'s host is this machine's loopback (127.0.0.0/8, ::1 or localhost).
@@ -75,6 +81,8 @@ pub fn spec_for(index: usize, codec: VideoCodec) -> Spec {
         camera: true,
         token: None,
         sharing: None,
+        content: Content::Solid,
+        impairment: None,
     }
 }
 
@@ -190,6 +198,12 @@ pub async fn run(config: &ProbeConfig) -> Result<Report> {
         let mut spec = spec_for(i, config.codec);
         spec.camera = config.camera;
         spec.token = config.token.clone();
+        if config.camera_like {
+            spec.content = Content::CameraLike;
+        }
+        if config.impaired.contains(&(i + 1)) {
+            spec.impairment = config.impairment;
+        }
         let shares = config.chat || config.file.is_some();
         spec.sharing = shares.then_some(crate::sharing::Transport::DataChannel);
         let member = crowd

@@ -10,7 +10,21 @@ use super::analysis::{self, tone_share, TONE_ABSENT, TONE_PRESENT};
 use super::exchange;
 use super::member::{Expected, Observation};
 use super::TILE_MATCH_SHARE;
+use crate::impair::LinkFigures;
 use mcu_server::codec::VideoCodec;
+
+/// A gap this long without a composite frame is a freeze a person notices (the measure
+/// of a thin link's picture: at most one per minute).
+pub const FREEZE: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// The decoded composite's size from some moment of the window on.
+#[derive(Debug, Clone, Serialize)]
+pub struct SizeChange {
+    /// Seconds from the start of the window (negative: before it, the size it started with).
+    pub at_s: f64,
+    pub width: u32,
+    pub height: u32,
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct TileCheck {
@@ -40,6 +54,13 @@ pub struct ParticipantReport {
     pub frames: usize,
     pub fps: f64,
     pub max_frame_gap_ms: f64,
+    /// Gaps longer than FREEZE between composite frames in the window.
+    pub freezes: usize,
+    /// The composite's size when the window started, and each change in it.
+    pub sizes: Vec<SizeChange>,
+    /// What its impaired link did, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link: Option<LinkFigures>,
     pub first_self_frame_ms: Option<f64>,
     pub tiles: Vec<TileCheck>,
     pub tones: Vec<ToneCheck>,
@@ -86,11 +107,38 @@ pub fn evaluate(
     let span = (to - from).as_secs_f64().max(1e-3);
     let fps = in_window.len() as f64 / span;
     let mut max_gap = 0.0f64;
+    let mut freezes = 0;
     let mut previous = from;
     for t in in_window.iter().copied().chain(std::iter::once(to)) {
-        max_gap = max_gap.max((t - previous).as_secs_f64() * 1000.0);
+        let gap = t - previous;
+        max_gap = max_gap.max(gap.as_secs_f64() * 1000.0);
+        freezes += usize::from(gap > FREEZE);
         previous = t;
     }
+    let seconds_from_start = |at: Instant| {
+        if at >= from {
+            (at - from).as_secs_f64()
+        } else {
+            -(from - at).as_secs_f64()
+        }
+    };
+    // The size in force at the start, then the changes during the window.
+    let started_at = obs
+        .sizes
+        .iter()
+        .rposition(|(at, ..)| *at <= from)
+        .unwrap_or(0);
+    let sizes = obs
+        .sizes
+        .iter()
+        .skip(started_at)
+        .filter(|(at, ..)| *at <= to)
+        .map(|(at, width, height)| SizeChange {
+            at_s: seconds_from_start(*at),
+            width: *width,
+            height: *height,
+        })
+        .collect();
     if fps < min_fps {
         ok = false;
     }
@@ -168,6 +216,9 @@ pub fn evaluate(
         frames: obs.frame_times.len(),
         fps,
         max_frame_gap_ms: max_gap,
+        freezes,
+        sizes,
+        link: obs.link,
         first_self_frame_ms: obs.first_self_frame.map(|d| d.as_secs_f64() * 1000.0),
         tiles,
         tones,
@@ -199,6 +250,26 @@ pub fn summary(report: &Report) -> String {
             fmt_ms(p.first_self_frame_ms),
             if p.ok { "ok" } else { "FAILED" }
         ));
+        let sized = p.sizes.len() > 1 || p.sizes.iter().any(|s| s.width != 1280);
+        if p.link.is_some() || p.freezes > 0 || sized {
+            let sizes: Vec<String> = p
+                .sizes
+                .iter()
+                .map(|s| format!("{}x{} from {:.1} s", s.width, s.height, s.at_s.max(0.0)))
+                .collect();
+            out.push_str(&format!(
+                "    {} freeze(s) over {} ms; composite {}\n",
+                p.freezes,
+                FREEZE.as_millis(),
+                sizes.join(", then ")
+            ));
+        }
+        if let Some(link) = &p.link {
+            out.push_str(&format!(
+                "    its link: {} packets delivered, {} lost, {} dropped by the queue; sent {}, {} lost\n",
+                link.down_delivered, link.down_lost, link.down_queue_drops, link.up_sent, link.up_lost
+            ));
+        }
         for t in p.tiles.iter().filter(|t| !t.ok) {
             out.push_str(&format!(
                 "    tile of {}: expected {}, saw {} ({:.0} % of frames matched)\n",
@@ -322,6 +393,8 @@ mod tests {
             layout: None,
             server_candidates: vec![],
             notices: vec![],
+            link: None,
+            sizes: vec![],
         }
     }
 
