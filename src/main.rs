@@ -92,6 +92,14 @@ struct BenchArgs {
     /// Write the plot (CPU and latency against participants) here, as SVG.
     #[arg(long)]
     svg: Option<PathBuf>,
+    /// Bad links for chosen participants, who are then measured apart (their tier over time,
+    /// frame rate, freezes, settling time).
+    #[command(flatten)]
+    link: LinkArgs,
+    /// Lift the bad links this many seconds into the measurement, to see the viewers move back
+    /// up.
+    #[arg(long)]
+    lift_after: Option<f64>,
 }
 
 #[derive(Args)]
@@ -221,9 +229,10 @@ struct ProbeArgs {
 #[derive(Args)]
 struct LinkArgs {
     /// Shape their downlink (what the server sends them) to this many kbit/s, through a short
-    /// queue: what does not fit is dropped, as on a thin link.
-    #[arg(long)]
-    downlink_kbps: Option<u32>,
+    /// queue: what does not fit is dropped, as on a thin link. A list (1200,300) is handed out
+    /// to the impaired participants in turn.
+    #[arg(long, value_delimiter = ',')]
+    downlink_kbps: Vec<u32>,
     /// Percent of their downlink packets lost at random.
     #[arg(long, default_value_t = 0.0, value_parser = parse_percent)]
     downlink_loss: f64,
@@ -240,13 +249,33 @@ struct LinkArgs {
 }
 
 impl LinkArgs {
-    fn impairment(&self) -> mcu_probe::impair::Impairment {
-        mcu_probe::impair::Impairment {
-            downlink_kbps: self.downlink_kbps,
+    /// The impaired participants (by join order, from 1) of `participants`, each with its link;
+    /// empty when no link flag was given.
+    fn impaired(&self, participants: usize) -> Result<Vec<(usize, mcu_probe::impair::Impairment)>> {
+        let link = |n: usize| mcu_probe::impair::Impairment {
+            downlink_kbps: match self.downlink_kbps.as_slice() {
+                [] => None,
+                rates => Some(rates[n % rates.len()]),
+            },
             downlink_loss: self.downlink_loss / 100.0,
             uplink_loss: self.uplink_loss / 100.0,
             jitter_ms: self.jitter_ms,
+        };
+        if link(0).is_perfect() {
+            return Ok(Vec::new());
         }
+        let chosen = match self.impaired.as_slice() {
+            [] => vec![participants],
+            chosen => chosen.to_vec(),
+        };
+        if let Some(n) = chosen.iter().find(|n| **n == 0 || **n > participants) {
+            bail!("--impaired {n}: participants are numbered 1 to {participants}");
+        }
+        Ok(chosen
+            .into_iter()
+            .enumerate()
+            .map(|(i, n)| (n, link(i)))
+            .collect())
     }
 }
 
@@ -408,24 +437,10 @@ fn main() -> ExitCode {
                 .await
                 .map(|_| true),
             Command::Probe(args) => {
-                let impairment = args.link.impairment();
-                let impaired = match args.link.impaired.as_slice() {
-                    [] => vec![args.participants],
-                    chosen => chosen.to_vec(),
-                };
-                if let Some(n) = impaired
-                    .iter()
-                    .find(|n| **n == 0 || **n > args.participants)
-                {
-                    bail!(
-                        "--impaired {n}: participants are numbered 1 to {}",
-                        args.participants
-                    );
-                }
+                let impaired = args.link.impaired(args.participants)?;
                 let config = mcu_probe::probe::ProbeConfig {
-                    impairment: (!impairment.is_perfect()).then_some(impairment),
+                    camera_like: args.camera_like || !impaired.is_empty(),
                     impaired,
-                    camera_like: args.camera_like || !impairment.is_perfect(),
                     url: args.url,
                     room: args.room,
                     participants: args.participants,
@@ -458,6 +473,13 @@ fn main() -> ExitCode {
                     floor: !args.no_floor,
                     json: args.json,
                     svg: args.svg,
+                    impaired: args
+                        .link
+                        .impaired(args.participants)?
+                        .into_iter()
+                        .map(|(n, link)| (n - 1, link))
+                        .collect(),
+                    lift_after: args.lift_after,
                 };
                 let report = mcu_probe::bench::run(&config).await?;
                 print!("{}", mcu_probe::bench::summary(&report));

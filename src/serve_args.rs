@@ -32,6 +32,10 @@ pub struct ServeArgs {
     /// Composite video bitrate, kbit/s.
     #[arg(long, env = "MCU_VIDEO_BITRATE_KBPS", default_value_t = config::DEFAULT_VIDEO_BITRATE_KBPS)]
     video_bitrate_kbps: u32,
+    /// The composite's lower tiers, for viewers whose link cannot carry the top one, as
+    /// WxH@KBPS,… (smaller and cheaper each), or none.
+    #[arg(long, env = "MCU_TIERS", default_value = config::DEFAULT_TIERS, value_parser = config::parse_tiers)]
+    tiers: ::std::vec::Vec<config::Tier>,
     /// Codec of the composite for every room not named in --room-codec.
     #[arg(long, env = "MCU_VIDEO_CODEC", value_enum, default_value_t = VideoCodec::Vp8)]
     video_codec: VideoCodec,
@@ -203,6 +207,7 @@ pub fn server_config(args: ServeArgs) -> Result<ServerConfig> {
             height: args.height,
             fps: args.fps,
             video_bitrate_kbps: args.video_bitrate_kbps,
+            lower_tiers: args.tiers,
             debug_dir: args.debug_dir,
             ..MediaConfig::default()
         },

@@ -15,7 +15,7 @@ pub struct Announcements {
     pub errors: Vec<String>,
     /// The ICE candidates the server sent, as SDP candidate lines.
     pub server_candidates: Vec<String>,
-    /// Room notices received: recording, mute and removal messages, in order.
+    /// Room notices received: recording, mute, removal and video tier messages, in order.
     pub notices: Vec<ServerMessage>,
     /// Chat and file messages (and file bytes) that came on the WebSocket, for a participant
     /// using the fallback; shared with its data channels' handlers otherwise.

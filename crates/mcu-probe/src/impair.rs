@@ -214,6 +214,51 @@ impl ImpairedConn {
     }
 }
 
+/// A participant's own bad link: the factory its peer connection is built with (all its traffic
+/// crosses the link), what the link did, and where to change it. Keep it for as long as the
+/// participant runs.
+pub struct ImpairedLink {
+    pub rtc: Arc<mcu_server::rtc::RtcFactory>,
+    pub counters: Arc<LinkCounters>,
+    pub setting: LinkSetting,
+}
+
+impl ImpairedLink {
+    /// Binds a socket behind `impairment`, on loopback when `like` (the shared factory) is
+    /// loopback-only.
+    pub async fn open(
+        like: &mcu_server::rtc::RtcFactory,
+        impairment: Impairment,
+    ) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let loopback = like.loopback_only();
+        let bind: SocketAddr = if loopback {
+            ([127, 0, 0, 1], 0).into()
+        } else {
+            ([0, 0, 0, 0], 0).into()
+        };
+        let conn = ImpairedConn::bind(bind, impairment)
+            .await
+            .context("binding the impaired participant's socket")?;
+        let (counters, setting) = (conn.counters(), conn.setting());
+        let options = mcu_server::config::RtcOptions {
+            loopback_only: loopback,
+            ..Default::default()
+        };
+        let rtc = Arc::new(mcu_server::rtc::RtcFactory::with_conn(options, conn)?);
+        Ok(ImpairedLink {
+            rtc,
+            counters,
+            setting,
+        })
+    }
+
+    /// Changes the link while it runs (lifts a limit, say).
+    pub fn set(&self, impairment: Impairment) {
+        *self.setting.lock().unwrap_or_else(|p| p.into_inner()) = impairment;
+    }
+}
+
 impl Drop for ImpairedConn {
     fn drop(&mut self) {
         self.shaper.abort();

@@ -75,8 +75,12 @@ impl Link {
         }));
 
         let pc = rtc.peer_connection().await?;
-        pc.on_track(Box::new(move |track, _, _| {
+        pc.on_track(Box::new(move |track, receiver, _| {
             on_track(track);
+            // Read the server's RTCP like a browser does: its sender reports then pass through
+            // the report interceptor, so our receiver reports carry the fields the server
+            // measures the round trip from. Ends when the connection closes.
+            tokio::spawn(async move { while receiver.read_rtcp().await.is_ok() {} });
             Box::pin(async {})
         }));
         {
@@ -257,7 +261,8 @@ impl Reader {
             ServerMessage::Layout(layout) => lock(&self.heard).layout = Some(layout),
             notice @ (ServerMessage::Recording { .. }
             | ServerMessage::ParticipantMuted { .. }
-            | ServerMessage::Removed { .. }) => lock(&self.heard).notices.push(notice),
+            | ServerMessage::Removed { .. }
+            | ServerMessage::VideoTier { .. }) => lock(&self.heard).notices.push(notice),
             ServerMessage::Error { code, message } => {
                 let text = format!("{code:?}: {message}");
                 match self.joined.take() {

@@ -9,14 +9,16 @@
 //! own media in `media`.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use gst::prelude::*;
 use gstreamer as gst;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
+use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
@@ -45,8 +47,13 @@ pub struct Joining<'a> {
     pub sharing: Option<Transport>,
 }
 
+/// A keyframe is asked for (a PLI) at most this often, as browsers do: a decoder asks on every
+/// broken frame, and one keyframe answers them all.
+const PLI_SPACING: Duration = Duration::from_millis(300);
+
 /// What happens to each track the server sends: the returned pipeline (decoding it, say) is
-/// stopped when the participant leaves.
+/// stopped when the participant leaves. When its depayloader is named `depay`, its requests for a
+/// keyframe (after loss) become PLIs to the server, as a browser's decoder's do.
 pub type OnTrack = Arc<dyn Fn(Arc<TrackRemote>) -> Result<Option<gst::Pipeline>> + Send + Sync>;
 
 /// What a participant sends.
@@ -99,15 +106,23 @@ impl<M> Participant<M> {
         let heard = how.heard;
         let receiving: Arc<Mutex<Vec<gst::Pipeline>>> = Arc::default();
         let composite_ssrc = Arc::new(AtomicU32::new(0));
+        let keyframe_wanted = Arc::new(Notify::new());
         let each_track: link::OnTrack = {
             let (heard, receiving, ssrc) =
                 (heard.clone(), receiving.clone(), composite_ssrc.clone());
+            let wanted = keyframe_wanted.clone();
             Arc::new(move |track: Arc<TrackRemote>| {
-                if track.kind() == RTPCodecType::Video {
+                let video = track.kind() == RTPCodecType::Video;
+                if video {
                     ssrc.store(track.ssrc(), Ordering::Relaxed);
                 }
                 match on_track(track) {
-                    Ok(Some(pipeline)) => lock(&receiving).push(pipeline),
+                    Ok(Some(pipeline)) => {
+                        if video {
+                            forward_keyframe_requests(&pipeline, wanted.clone());
+                        }
+                        lock(&receiving).push(pipeline)
+                    }
                     Ok(None) => {}
                     Err(e) => lock(&heard).errors.push(format!("receiving: {e:#}")),
                 }
@@ -125,11 +140,15 @@ impl<M> Participant<M> {
         .await
         .with_context(|| format!("{} joining {}", how.name, how.room))?;
         let (source, media) = choose(&link.id)?;
+        let mut tasks = vec![tokio::spawn(send_plis(
+            Arc::downgrade(&link.pc),
+            composite_ssrc.clone(),
+            keyframe_wanted,
+        ))];
 
         // Our tracks go in before the offer is made, so the offer carries them.
         let audio = OutboundTrack::audio(&how.name);
         link.pc.add_track(audio.as_local()).await?;
-        let mut tasks = Vec::new();
         let video = match source.camera {
             Some(codec) => {
                 let video = OutboundTrack::video(codec, "camera", &how.name);
@@ -300,6 +319,41 @@ impl<M> Participant<M> {
         for task in &self.tasks {
             task.abort();
         }
+    }
+}
+
+/// Turns the depayloader's requests for a keyframe into `wanted`.
+fn forward_keyframe_requests(pipeline: &gst::Pipeline, wanted: Arc<Notify>) {
+    let Some(sink) = pipeline.by_name("depay").and_then(|d| d.static_pad("sink")) else {
+        return;
+    };
+    sink.add_probe(gst::PadProbeType::EVENT_UPSTREAM, move |_, info| {
+        let is_request = info
+            .event()
+            .and_then(|e| e.structure())
+            .is_some_and(|s| s.name() == "GstForceKeyUnit");
+        if is_request {
+            wanted.notify_one();
+        }
+        gst::PadProbeReturn::Ok
+    });
+}
+
+/// Sends a PLI for the composite whenever `wanted`, at most every PLI_SPACING.
+async fn send_plis(pc: Weak<RTCPeerConnection>, ssrc: Arc<AtomicU32>, wanted: Arc<Notify>) {
+    loop {
+        wanted.notified().await;
+        let Some(pc) = pc.upgrade() else { return };
+        let media_ssrc = ssrc.load(Ordering::Relaxed);
+        if media_ssrc != 0 {
+            let pli = PictureLossIndication {
+                sender_ssrc: 0,
+                media_ssrc,
+            };
+            let _ = pc.write_rtcp(&[Box::new(pli)]).await;
+        }
+        drop(pc);
+        tokio::time::sleep(PLI_SPACING).await;
     }
 }
 

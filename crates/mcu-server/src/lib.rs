@@ -16,6 +16,7 @@ mod rate;
 mod recordings;
 mod room;
 pub mod rtc;
+mod rtp;
 pub mod server;
 mod session;
 mod signalling;

@@ -1,17 +1,20 @@
 //! The bench's participants in their rooms, and what their receivers measured: the window's
 //! figures, the join times, the errors.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Result;
 
 use super::figures::{self, Quantiles, WindowFigures};
+use super::links::{self, ImpairedViewer};
 use super::media::{self, BenchMedia};
 use super::member::{self, Joining, Member};
 use super::pump;
 use super::receiver::{self, ReceiverContext};
 use super::COMPOSITE_FPS;
+use crate::impair::Impairment;
 
 fn room_name(room: usize) -> String {
     format!("bench-{}", room + 1)
@@ -26,11 +29,19 @@ pub(super) struct Crowd {
     template: ReceiverContext,
     rooms: usize,
     receivers: usize,
+    /// Bad links, by participant index (from 0).
+    impaired: HashMap<usize, Impairment>,
     pub members: Vec<Member>,
 }
 
 impl Crowd {
-    pub fn new(url: &str, media: Arc<BenchMedia>, rooms: usize, receivers: usize) -> Result<Self> {
+    pub fn new(
+        url: &str,
+        media: Arc<BenchMedia>,
+        rooms: usize,
+        receivers: usize,
+        impaired: HashMap<usize, Impairment>,
+    ) -> Result<Self> {
         let log = Arc::new(pump::SendLog::new(
             media.participants.len(),
             media::VIDEO_LOOP_FRAMES,
@@ -61,6 +72,7 @@ impl Crowd {
             },
             rooms,
             receivers,
+            impaired,
             members: Vec::new(),
         })
     }
@@ -69,22 +81,73 @@ impl Crowd {
     pub async fn add(&mut self) -> Result<()> {
         let index = self.members.len();
         let room = index % self.rooms;
-        let is_receiver = index / self.rooms < self.receivers;
+        let impairment = self.impaired.get(&index).copied();
+        // An impaired participant always decodes: what it sees is what it is there for.
+        let is_receiver = index / self.rooms < self.receivers || impairment.is_some();
         let joining = Joining {
             url: &self.url,
             rtc: &self.rtc,
             pump: &self.pump,
             receiver: is_receiver.then(|| self.template.clone()),
+            impairment,
         };
         let p = member::join(index, &room_name(room), joining).await?;
         self.members.push(p);
         Ok(())
     }
 
+    /// What the receivers on good links observed: the room's figures. Impaired viewers are
+    /// reported apart (`impaired_viewers`).
     fn observed(&self) -> Vec<receiver::Shared> {
         self.members
             .iter()
+            .filter(|p| p.media.link.is_none())
             .filter_map(|p| p.media.observed.clone())
+            .collect()
+    }
+
+    /// Lifts every impaired link (they become perfect); the instant it happened.
+    pub fn lift_links(&self) -> Instant {
+        for p in &self.members {
+            if let Some((_, link)) = &p.media.link {
+                link.set(Impairment::default());
+            }
+        }
+        Instant::now()
+    }
+
+    /// Each impaired viewer's figures over the window, its link lifted at `lift`.
+    pub fn impaired_viewers(
+        &self,
+        from: Instant,
+        to: Instant,
+        lift: Option<Instant>,
+    ) -> Vec<ImpairedViewer> {
+        self.members
+            .iter()
+            .filter_map(|p| {
+                let (impairment, link) = p.media.link.as_ref()?;
+                let observed = p.media.observed.as_ref()?;
+                let o = receiver::lock(observed);
+                let decoded = links::Decoded {
+                    frames: &o.decoded,
+                    joined: p.started(),
+                };
+                let (fps, freezes_at_s, sizes, settled_after_join_s, settled_after_lift_s) =
+                    links::figures(&decoded, from, to, lift);
+                Some(ImpairedViewer {
+                    participant: p.media.index + 1,
+                    room: p.media.room.clone(),
+                    link: *impairment,
+                    fps,
+                    freezes: freezes_at_s.len(),
+                    freezes_at_s,
+                    sizes,
+                    settled_after_join_s,
+                    settled_after_lift_s,
+                    link_figures: link.counters.figures(),
+                })
+            })
             .collect()
     }
 
@@ -122,8 +185,9 @@ impl Crowd {
     }
 
     pub fn errors(&self) -> Vec<String> {
-        self.observed()
+        self.members
             .iter()
+            .filter_map(|p| p.media.observed.as_ref())
             .flat_map(|o| receiver::lock(o).errors.clone())
             .collect()
     }

@@ -73,7 +73,7 @@ pub async fn run(
             VideoCodec::Vp8,
             events.clone(),
         )?;
-        drains.push(drain_composite(room.composite()));
+        drains.push(drain_composite(room.composite(0)?));
         // The bench puts participant i in room i % rooms.
         let members: Vec<usize> = (room_index..participants).step_by(rooms.max(1)).collect();
         let tiles = layout::grid(members.len(), config.width, config.height);

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use super::pump::{replay_source, Stream};
 use super::receiver::{self, ReceiverContext};
 use crate::heard::Heard;
+use crate::impair::{ImpairedLink, Impairment};
 use crate::participant::{self, OnTrack};
 use mcu_server::rtc::RtcFactory;
 
@@ -22,6 +23,8 @@ pub struct Measured {
     pub room: String,
     /// What it measured, if it is a receiver.
     pub observed: Option<receiver::Shared>,
+    /// Its own bad link, if it has one (then it is always a receiver).
+    pub link: Option<(Impairment, ImpairedLink)>,
 }
 
 /// How to reach the server and what to share with the receivers.
@@ -31,6 +34,8 @@ pub struct Joining<'a> {
     pub pump: &'a mpsc::UnboundedSender<Stream>,
     /// Filled in for a receiver (its `heard` and `observed` are replaced by its own).
     pub receiver: Option<ReceiverContext>,
+    /// A bad link for this one.
+    pub impairment: Option<Impairment>,
 }
 
 pub async fn join(index: usize, room: &str, how: Joining<'_>) -> Result<Member> {
@@ -47,12 +52,17 @@ pub async fn join(index: usize, room: &str, how: Joining<'_>) -> Result<Member> 
             Ok(None)
         }),
     };
+    let link = match how.impairment.filter(|i| !i.is_perfect()) {
+        Some(impairment) => Some((impairment, ImpairedLink::open(how.rtc, impairment).await?)),
+        None => None,
+    };
+    let own_rtc = link.as_ref().map(|(_, l)| l.rtc.clone());
     let joining = participant::Joining {
         url: how.url,
         room,
         name: format!("bench-{}", index + 1),
         token: None,
-        rtc: how.rtc,
+        rtc: own_rtc.as_deref().unwrap_or(how.rtc),
         heard,
         sharing: None,
     };
@@ -61,6 +71,7 @@ pub async fn join(index: usize, room: &str, how: Joining<'_>) -> Result<Member> 
         index,
         room: room.to_string(),
         observed,
+        link,
     };
     Member::join(joining, on_track, move |_| {
         Ok((replay_source(index, pump), measured))

@@ -6,6 +6,7 @@
 mod crowd;
 mod figures;
 pub mod floor;
+mod links;
 mod marks;
 mod media;
 mod member;
@@ -17,14 +18,17 @@ mod report;
 mod server;
 mod watch;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use crate::impair::Impairment;
 use crowd::Crowd;
 use figures::{Quantiles, WindowFigures};
+pub use links::{ImpairedViewer, SizeAt};
 use media::BenchMedia;
 pub use media::DEFAULT_SEND_SIZE;
 use proc_stat::machine_cores;
@@ -64,12 +68,29 @@ pub struct BenchConfig {
     pub floor: bool,
     pub json: Option<PathBuf>,
     pub svg: Option<PathBuf>,
+    /// Bad links, by participant index (join order, from 0). Impaired participants always
+    /// decode, and are reported apart from the room's figures.
+    pub impaired: HashMap<usize, Impairment>,
+    /// Seconds into the measurement at which the bad links are lifted (to see the viewers
+    /// move back up); None keeps them bad throughout.
+    pub lift_after: Option<f64>,
 }
 
 pub async fn run(config: &BenchConfig) -> Result<BenchReport> {
     anyhow::ensure!(config.participants >= 1, "at least one participant");
     anyhow::ensure!(config.rooms >= 1, "at least one room");
     anyhow::ensure!(config.receivers >= 1, "at least one receiver per room");
+    anyhow::ensure!(
+        config.impaired.is_empty() || !config.ramp,
+        "impaired links are for a fixed run, not --ramp"
+    );
+    if let Some(i) = config.impaired.keys().find(|i| **i >= config.participants) {
+        anyhow::bail!(
+            "participant {} is impaired, but only {} join",
+            i + 1,
+            config.participants
+        );
+    }
     let most = if config.ramp {
         ROOM_CAPACITY * config.rooms
     } else {
@@ -104,7 +125,13 @@ pub async fn run(config: &BenchConfig) -> Result<BenchReport> {
     watch.sample();
     let idle_rss = watch.rss();
 
-    let mut crowd = Crowd::new(&url, media.clone(), config.rooms, config.receivers)?;
+    let mut crowd = Crowd::new(
+        &url,
+        media.clone(),
+        config.rooms,
+        config.receivers,
+        config.impaired.clone(),
+    )?;
     let result = if config.ramp {
         ramp(config, &mut crowd, &mut watch, &progress).await
     } else {
@@ -119,6 +146,7 @@ pub async fn run(config: &BenchConfig) -> Result<BenchReport> {
         figures,
         join,
         ramp: ramp_report,
+        impaired,
         errors: mut errors_more,
     } = result?;
     let server_cores = watch.cores();
@@ -187,6 +215,7 @@ pub async fn run(config: &BenchConfig) -> Result<BenchReport> {
         join_to_first_frame_ms_each: join.1,
         figures,
         ramp: ramp_report,
+        impaired,
         errors: errors.into_iter().chain(errors_more).collect(),
     };
     if let Some(path) = &config.json {
@@ -210,6 +239,7 @@ struct Outcome {
     /// Join → first frame: quantiles, and each participant's in join order.
     join: (Quantiles, Vec<f64>),
     ramp: Option<RampReport>,
+    impaired: Vec<ImpairedViewer>,
     errors: Vec<String>,
 }
 
@@ -231,9 +261,28 @@ async fn fixed(
     progress.show(config.participants, config.participants, "joined");
     progress.done();
     tokio::time::sleep(SETTLE).await;
-    let (from, to) = watch.window(config.seconds, progress, "bench").await;
+    let window = watch.window(config.seconds, progress, "bench");
+    let lift = async {
+        match config.lift_after {
+            Some(after) => {
+                tokio::time::sleep(Duration::from_secs_f64(after)).await;
+                Some(crowd.lift_links())
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(window);
+    tokio::pin!(lift);
+    let mut lifted = None;
+    let (from, to) = loop {
+        tokio::select! {
+            span = &mut window => break span,
+            at = &mut lift, if lifted.is_none() => lifted = Some(at),
+        }
+    };
     progress.done();
     let figures = crowd.figures(from, to);
+    let impaired = crowd.impaired_viewers(from, to, lifted.flatten());
     let (join, each, never) = crowd.join_times(0..config.participants);
     Ok(Outcome {
         participants: config.participants,
@@ -241,6 +290,7 @@ async fn fixed(
         figures,
         join: (join, each),
         ramp: None,
+        impaired,
         errors: never,
     })
 }
@@ -330,6 +380,7 @@ async fn ramp(
             stopped_because,
             steps,
         }),
+        impaired: Vec::new(),
         errors,
     })
 }

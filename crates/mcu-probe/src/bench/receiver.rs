@@ -45,6 +45,8 @@ pub struct Observed {
     /// Tiles whose code stood still for longer than TILE_FREEZE: when it moved again, how long.
     pub tile_freezes: Vec<(Instant, f64)>,
     pub frames_decoded: u64,
+    /// Each decoded frame: when it came out of the decoder, and its size (its tier).
+    pub decoded: Vec<(Instant, u32, u32)>,
     pub codes_read: u64,
     pub errors: Vec<String>,
 }
@@ -118,7 +120,7 @@ pub fn receive(track: Arc<TrackRemote>, ctx: ReceiverContext) -> Result<gst::Pip
                 90_000u64,
                 format!(
                     "application/x-rtp,media=video,clock-rate=90000,encoding-name=VP8,payload={pt} \
-                     ! rtpvp8depay wait-for-keyframe=true ! vp8dec threads=1 \
+                     ! rtpvp8depay name=depay wait-for-keyframe=true ! vp8dec threads=1 \
                      ! video/x-raw,format=I420"
                 ),
             )
@@ -248,6 +250,9 @@ fn on_composite(
     let layout = heard::lock(&ctx.heard).layout.clone();
     let mut observed = lock(&ctx.observed);
     observed.frames_decoded += 1;
+    observed
+        .decoded
+        .push((Instant::now(), info.width(), info.height()));
     let Some(layout) = layout else { return };
     let sx = info.width() as f64 / f64::from(layout.width.max(1));
     let sy = info.height() as f64 / f64::from(layout.height.max(1));

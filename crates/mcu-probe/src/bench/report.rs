@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use super::figures::{Quantiles, WindowFigures};
+use super::links::ImpairedViewer;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RampStep {
@@ -50,6 +51,8 @@ pub struct BenchReport {
     #[serde(flatten)]
     pub figures: WindowFigures,
     pub ramp: Option<RampReport>,
+    /// Viewers on bad links, measured apart from the figures above (which are everyone else's).
+    pub impaired: Vec<ImpairedViewer>,
     pub errors: Vec<String>,
 }
 
@@ -120,8 +123,51 @@ pub fn summary(r: &BenchReport) -> String {
             ));
         }
     }
+    for v in &r.impaired {
+        let sizes: Vec<String> = v
+            .sizes
+            .iter()
+            .map(|s| format!("{} at {:.1} s", s.size, s.at_s))
+            .collect();
+        out.push_str(&format!(
+            "  impaired bench-{} ({}): {:.1} fps, {} freeze(s){}; sizes {}; settled {} after joining, {} after the lift; {} dropped by its queue, {} lost\n",
+            v.participant,
+            describe_link(&v.link),
+            v.fps,
+            v.freezes,
+            if v.freezes_at_s.is_empty() {
+                String::new()
+            } else {
+                let at: Vec<String> = v.freezes_at_s.iter().map(|t| format!("{t:.1}")).collect();
+                format!(" (at {} s)", at.join(", "))
+            },
+            sizes.join(", "),
+            opt(v.settled_after_join_s, " s"),
+            opt(v.settled_after_lift_s, " s"),
+            v.link_figures.down_queue_drops,
+            v.link_figures.down_lost,
+        ));
+    }
     for e in &r.errors {
         out.push_str(&format!("  error: {e}\n"));
     }
     out
+}
+
+/// A bad link in a few words: "1200 kbit/s, 5 % down loss".
+fn describe_link(link: &crate::impair::Impairment) -> String {
+    let mut parts = Vec::new();
+    if let Some(kbps) = link.downlink_kbps {
+        parts.push(format!("{kbps} kbit/s"));
+    }
+    if link.downlink_loss > 0.0 {
+        parts.push(format!("{:.0} % down loss", link.downlink_loss * 100.0));
+    }
+    if link.uplink_loss > 0.0 {
+        parts.push(format!("{:.0} % up loss", link.uplink_loss * 100.0));
+    }
+    if link.jitter_ms > 0 {
+        parts.push(format!("{} ms jitter", link.jitter_ms));
+    }
+    parts.join(", ")
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use mcu_server::auth::Secret;
 use mcu_server::codec::VideoCodec;
 use mcu_server::ids::ParticipantId;
@@ -17,7 +17,7 @@ use super::analysis::{self, Rgb};
 use super::media::{live_source, receive, Camera, Received, Shared};
 pub use super::media::{Content, FrameSample};
 use crate::heard::{lock, Heard};
-use crate::impair::{ImpairedConn, Impairment, LinkCounters, LinkFigures, LinkSetting};
+use crate::impair::{ImpairedLink, Impairment, LinkFigures};
 use crate::participant::{self, Joining, OnTrack};
 use crate::sharing::Transport;
 
@@ -61,10 +61,8 @@ pub struct Sent {
     pub colour: Rgb,
     pub tone_hz: f64,
     shared: Arc<Shared>,
-    /// What its impaired link did, and where to change it, when it has one.
-    link: Option<(Arc<LinkCounters>, LinkSetting)>,
-    /// The factory of an impaired participant's own link, kept for as long as it is in use.
-    _link_rtc: Option<Arc<RtcFactory>>,
+    /// Its own bad link, when it has one.
+    link: Option<ImpairedLink>,
 }
 
 /// A snapshot of what the participant has received so far.
@@ -84,7 +82,7 @@ pub struct Observation {
     pub layout: Option<Layout>,
     /// The ICE candidates the server sent, as SDP candidate lines.
     pub server_candidates: Vec<String>,
-    /// Room notices received: recording, mute and removal messages, in order.
+    /// Room notices received: recording, mute, removal and video tier messages, in order.
     pub notices: Vec<ServerMessage>,
     /// What its impaired link did, when it has one.
     pub link: Option<LinkFigures>,
@@ -100,29 +98,12 @@ pub async fn join(
     rtc: &RtcFactory,
     roster: Roster,
 ) -> Result<Participant> {
-    let (own_rtc, link) = match spec.impairment.filter(|i| !i.is_perfect()) {
-        Some(impairment) => {
-            let loopback = rtc.loopback_only();
-            let bind: std::net::SocketAddr = if loopback {
-                ([127, 0, 0, 1], 0).into()
-            } else {
-                ([0, 0, 0, 0], 0).into()
-            };
-            let conn = ImpairedConn::bind(bind, impairment)
-                .await
-                .context("binding the impaired participant's socket")?;
-            let counters = (conn.counters(), conn.setting());
-            let options = mcu_server::config::RtcOptions {
-                loopback_only: loopback,
-                ..Default::default()
-            };
-            let factory = RtcFactory::with_conn(options, conn)?;
-            (Some(Arc::new(factory)), Some(counters))
-        }
-        None => (None, None),
+    let link = match spec.impairment.filter(|i| !i.is_perfect()) {
+        Some(impairment) => Some(ImpairedLink::open(rtc, impairment).await?),
+        None => None,
     };
+    let own_rtc = link.as_ref().map(|l| l.rtc.clone());
     let rtc = own_rtc.as_deref().unwrap_or(rtc);
-    let link_rtc = own_rtc.clone();
     let heard: Heard = Arc::default();
     let shared = Arc::new(Shared {
         heard: heard.clone(),
@@ -174,7 +155,6 @@ pub async fn join(
             tone_hz,
             shared: shared.clone(),
             link,
-            _link_rtc: link_rtc,
         };
         Ok((source, sent))
     })
@@ -197,10 +177,10 @@ impl Participant {
     /// Changes its link while it runs (lifts a limit, say); false when it joined on a perfect
     /// link, which has nothing to change.
     pub fn set_link(&self, impairment: Impairment) -> bool {
-        let Some((_, setting)) = &self.media.link else {
+        let Some(link) = &self.media.link else {
             return false;
         };
-        *setting.lock().unwrap_or_else(|p| p.into_inner()) = impairment;
+        link.set(impairment);
         true
     }
 
@@ -220,7 +200,7 @@ impl Participant {
             layout: heard.layout.clone(),
             server_candidates: heard.server_candidates.clone(),
             notices: heard.notices.clone(),
-            link: self.media.link.as_ref().map(|(l, _)| l.figures()),
+            link: self.media.link.as_ref().map(|l| l.counters.figures()),
         }
     }
 }

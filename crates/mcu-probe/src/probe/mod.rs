@@ -53,9 +53,8 @@ pub struct ProbeConfig {
     pub chat: bool,
     /// The first participant shares a random file of this many bytes; the others check it.
     pub file: Option<usize>,
-    /// A bad link, for the participants numbered (by join order, from 1) in `impaired`.
-    pub impairment: Option<Impairment>,
-    pub impaired: Vec<usize>,
+    /// Bad links: participants by join order (from 1), and each one's link.
+    pub impaired: Vec<(usize, Impairment)>,
     /// Camera-like video instead of a flat colour (see `Content`).
     pub camera_like: bool,
 }
@@ -201,8 +200,8 @@ pub async fn run(config: &ProbeConfig) -> Result<Report> {
         if config.camera_like {
             spec.content = Content::CameraLike;
         }
-        if config.impaired.contains(&(i + 1)) {
-            spec.impairment = config.impairment;
+        if let Some((_, impairment)) = config.impaired.iter().find(|(n, _)| *n == i + 1) {
+            spec.impairment = Some(*impairment);
         }
         let shares = config.chat || config.file.is_some();
         spec.sharing = shares.then_some(crate::sharing::Transport::DataChannel);

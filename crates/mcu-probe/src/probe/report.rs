@@ -56,6 +56,8 @@ pub struct ParticipantReport {
     pub max_frame_gap_ms: f64,
     /// Gaps longer than FREEZE between composite frames in the window.
     pub freezes: usize,
+    /// When each of those gaps began, in seconds from the window's start.
+    pub freezes_at_s: Vec<f64>,
     /// The composite's size when the window started, and each change in it.
     pub sizes: Vec<SizeChange>,
     /// What its impaired link did, when it has one.
@@ -107,14 +109,17 @@ pub fn evaluate(
     let span = (to - from).as_secs_f64().max(1e-3);
     let fps = in_window.len() as f64 / span;
     let mut max_gap = 0.0f64;
-    let mut freezes = 0;
+    let mut freezes_at_s = Vec::new();
     let mut previous = from;
     for t in in_window.iter().copied().chain(std::iter::once(to)) {
         let gap = t - previous;
         max_gap = max_gap.max(gap.as_secs_f64() * 1000.0);
-        freezes += usize::from(gap > FREEZE);
+        if gap > FREEZE {
+            freezes_at_s.push((previous - from).as_secs_f64());
+        }
         previous = t;
     }
+    let freezes = freezes_at_s.len();
     let seconds_from_start = |at: Instant| {
         if at >= from {
             (at - from).as_secs_f64()
@@ -217,6 +222,7 @@ pub fn evaluate(
         fps,
         max_frame_gap_ms: max_gap,
         freezes,
+        freezes_at_s,
         sizes,
         link: obs.link,
         first_self_frame_ms: obs.first_self_frame.map(|d| d.as_secs_f64() * 1000.0),
@@ -257,8 +263,14 @@ pub fn summary(report: &Report) -> String {
                 .iter()
                 .map(|s| format!("{}x{} from {:.1} s", s.width, s.height, s.at_s.max(0.0)))
                 .collect();
+            let at: Vec<String> = p.freezes_at_s.iter().map(|s| format!("{s:.1}")).collect();
+            let at = if at.is_empty() {
+                String::new()
+            } else {
+                format!(" (at {} s)", at.join(", "))
+            };
             out.push_str(&format!(
-                "    {} freeze(s) over {} ms; composite {}\n",
+                "    {} freeze(s) over {} ms{at}; composite {}\n",
                 p.freezes,
                 FREEZE.as_millis(),
                 sizes.join(", then ")

@@ -6,11 +6,13 @@
 
 mod audio;
 mod bus;
+mod events;
 mod mixminus;
 mod pace;
 pub mod pipelines;
 mod recorder;
 mod sink;
+mod tiers;
 mod video;
 
 use std::collections::HashMap;
@@ -27,8 +29,10 @@ use crate::codec::VideoCodec;
 use crate::config::MediaConfig;
 use crate::ids::ParticipantId;
 use crate::layout::Rect;
+pub use events::{PipelineEvent, PipelineStats};
 pub use sink::FeedReader;
-use sink::PacketFeed;
+pub use tiers::TierStats;
+use tiers::Tiers;
 
 pub use video::InputSignals;
 
@@ -36,69 +40,20 @@ pub use video::InputSignals;
 /// dropped (leaky downstream): late media is worthless in a call, and memory stays bounded.
 pub const INPUT_QUEUE_MAX: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// Forced keyframes aside, a periodic one every 10 s (at 30 fps) lets a recording be cut anywhere
-/// and repairs a viewer whose PLI was lost, at ~1 % of the bitrate.
-pub const KEYFRAME_MAX_DIST_SECONDS: u32 = 10;
-
-/// What the pipeline tells the room actor.
-#[derive(Debug)]
-pub enum PipelineEvent {
-    /// The participant's first video frame was decoded: its placeholder can go.
-    FirstFrame(ParticipantId),
-    /// Something in one participant's branch failed (e.g. undecodable media). Only that participant
-    /// is affected.
-    BranchFailed {
-        participant: ParticipantId,
-        error: String,
-    },
-    /// The recorder numbered `recording` failed (e.g. the disk is full); the call goes on.
-    RecorderFailed { recording: u64, error: String },
-    /// The shared part of the graph failed: the room cannot go on.
-    Failed(String),
-}
-
-/// Counts that show what the graph holds, for the admin view and for tests that check that a
-/// departed participant's resources were released.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct PipelineStats {
-    /// Compositor sink pads, the background included.
-    pub compositor_pads: usize,
-    /// Microphones in the room's mix-minus.
-    pub mix_voices: usize,
-    /// Participants the mix-minus feeds (each with an Opus encoder of their own).
-    pub mix_listeners: usize,
-    /// Child elements/bins directly in the pipeline.
-    pub pipeline_children: usize,
-    /// Composite packets the encoder produced while someone watched, and packets viewers
-    /// missed because their writers fell behind.
-    pub video_packets_out: u64,
-    pub video_packets_dropped: u64,
-    /// Composite frames produced, and how often the compositor fell behind (see media/pace.rs).
-    pub composite_frames: u64,
-    pub composite_stalls: u64,
-    pub longest_composite_gap_ms: u64,
-    /// Time since the compositor last produced a frame (since the room opened, before the first):
-    /// more than a few frame periods means the room's pipeline has stopped.
-    pub composite_idle_ms: u64,
-    /// Times the whole pipeline fell back from PLAYING (every picture freezes); should stay 0.
-    pub lost_playing: u64,
-    /// Voices muted by the server.
-    pub muted_voices: usize,
-    /// What the mix-minus did: frames, and audio that came too late to be heard.
-    pub mix: mixminus::MixCounters,
-}
-
 /// A bin feeding the compositor through one of its request pads.
 struct TileBranch {
     bin: gst::Bin,
     pad: gst::Pad,
     size: video::TileSize,
+    /// A camera's branch tells its session the tile's size (placeholders have none).
+    shown: Option<Arc<InputSignals>>,
 }
 
 pub struct RoomPipeline {
     pipeline: gst::Pipeline,
     compositor: gst::Element,
-    encoder: gst::Element,
+    /// Hands the composite to the lower tiers.
+    composite_tee: gst::Element,
     codec: VideoCodec,
     media: MediaConfig,
     events: mpsc::UnboundedSender<PipelineEvent>,
@@ -106,8 +61,8 @@ pub struct RoomPipeline {
     placeholders: HashMap<ParticipantId, TileBranch>,
     videos: HashMap<ParticipantId, TileBranch>,
     audio: audio::AudioGraph,
-    /// The encoded composite, for every viewer.
-    composite: PacketFeed,
+    /// The composite's encodes, for every viewer.
+    tiers: Tiers,
     pace: Arc<pace::Pace>,
     lost_playing: Arc<std::sync::atomic::AtomicU64>,
     recorder: Option<recorder::Recorder>,
@@ -122,17 +77,15 @@ impl RoomPipeline {
         codec: VideoCodec,
         events: mpsc::UnboundedSender<PipelineEvent>,
     ) -> Result<Self> {
-        let keyframe_max_dist = (KEYFRAME_MAX_DIST_SECONDS * media.fps).to_string();
-        let encoder = match codec {
-            VideoCodec::Vp8 => pipelines::ENCODER_VP8.fill(&[
-                ("bitrate_bps", (media.video_bitrate_kbps * 1000).to_string()),
-                ("keyframe_max_dist", keyframe_max_dist),
-            ])?,
-            VideoCodec::H264 => pipelines::ENCODER_H264.fill(&[
-                ("bitrate_kbps", media.video_bitrate_kbps.to_string()),
-                ("keyframe_max_dist", keyframe_max_dist),
-            ])?,
-        };
+        let specs = media.tiers();
+        let timestamp_offset = tiers::timestamp_offset();
+        let encoder = tiers::encoder_description(
+            codec,
+            specs[0],
+            media.fps,
+            timestamp_offset,
+            tiers::KEYFRAME_MAX_DIST_SECONDS,
+        )?;
         let description = pipelines::ROOM.fill(&[
             ("width", media.width.to_string()),
             ("height", media.height.to_string()),
@@ -157,9 +110,16 @@ impl RoomPipeline {
                 .with_context(|| format!("pipelines/room.txt has no element named {n}"))
         };
         let compositor = element("compositor")?;
-        let encoder = element("encoder")?;
+        let composite_tee = element("composite")?;
         let fullmix = element("fullmix")?;
-        let composite = PacketFeed::from_appsink(&element("video_out")?)?;
+        let tiers = Tiers::new(
+            specs,
+            codec,
+            media.fps,
+            timestamp_offset,
+            element("encoder")?,
+            &element("video_out")?,
+        )?;
 
         let lost_playing = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let bus_task = bus::watch(
@@ -188,14 +148,14 @@ impl RoomPipeline {
             audio,
             pipeline,
             compositor,
-            encoder,
+            composite_tee,
             codec,
             media: media.clone(),
             events,
             bus_task,
             placeholders: HashMap::new(),
             videos: HashMap::new(),
-            composite,
+            tiers,
             pace,
             lost_playing,
             recorder: None,
@@ -203,9 +163,23 @@ impl RoomPipeline {
         Ok(room)
     }
 
-    /// A reader of the encoded composite's RTP packets, from now on.
-    pub fn composite(&self) -> FeedReader {
-        self.composite.subscribe()
+    /// A reader of `tier`'s RTP packets from now on (0 is the top tier), building or reopening
+    /// the tier when nobody was watching it.
+    pub fn composite(&mut self, tier: usize) -> Result<FeedReader> {
+        let room = self.pipeline.name();
+        let room = room.strip_prefix("room-").unwrap_or(&room);
+        self.tiers
+            .reader(tier, &self.pipeline, &self.composite_tee, room)
+    }
+
+    /// How many tiers the composite has (the top one included).
+    pub fn tier_count(&self) -> usize {
+        self.tiers.count()
+    }
+
+    /// Shuts the lower tiers nobody has watched for a while.
+    pub fn shut_idle_tiers(&mut self, now: std::time::Instant) {
+        self.tiers.shut_idle(now);
     }
 
     /// Shows a dark tile with the participant's name until their video arrives.
@@ -239,10 +213,11 @@ impl RoomPipeline {
             payload_type,
             tile,
             &self.media,
-            signals,
+            signals.clone(),
             self.events.clone(),
         )?;
-        let branch = self.attach_tile(bin, tile, video::VIDEO_ZORDER)?;
+        let mut branch = self.attach_tile(bin, tile, video::VIDEO_ZORDER)?;
+        branch.shown = Some(signals);
         self.videos.insert(who, branch);
         Ok(InputHandle { appsrc })
     }
@@ -277,6 +252,16 @@ impl RoomPipeline {
         self.audio.remove_participant(who);
     }
 
+    /// Frames decoded so far from `who`'s camera, if it has one.
+    pub fn camera_frames(&self, who: ParticipantId) -> Option<u64> {
+        let signals = self.videos.get(&who)?.shown.as_ref()?;
+        Some(
+            signals
+                .frames_decoded
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
     /// Moves each participant's tiles (video and placeholder) to its rectangle.
     pub fn apply_layout(&self, tiles: &[(ParticipantId, Rect)]) {
         for (who, rect) in tiles {
@@ -285,6 +270,9 @@ impl RoomPipeline {
                 .flatten()
             {
                 video::place(&branch.size, &branch.pad, *rect);
+                if let Some(signals) = &branch.shown {
+                    signals.show_in(*rect);
+                }
             }
         }
     }
@@ -303,19 +291,9 @@ impl RoomPipeline {
             .collect()
     }
 
-    /// Asks the shared encoder for a keyframe (with its headers, so a new viewer can start).
-    pub fn force_keyframe(&self) {
-        let event = gstreamer_video::UpstreamForceKeyUnitEvent::builder()
-            .all_headers(true)
-            .build();
-        match self.encoder.static_pad("src") {
-            Some(pad) => {
-                if !pad.send_event(event) {
-                    tracing::warn!(pipeline = %self.pipeline.name(), "encoder ignored a keyframe request");
-                }
-            }
-            None => tracing::error!("the encoder has no src pad"),
-        }
+    /// Asks `tier`'s encoder for a keyframe (with its headers, so a new viewer can start).
+    pub fn force_keyframe(&self, tier: usize) {
+        self.tiers.force_keyframe(tier);
     }
 
     /// Starts recording the composite and the full mix into `path` (see media/recorder.rs), from
@@ -331,7 +309,8 @@ impl RoomPipeline {
             self.media.debug_dir.clone(),
         )?;
         self.recorder = Some(recorder);
-        self.force_keyframe();
+        // The recording takes the top tier.
+        self.force_keyframe(0);
         Ok(())
     }
 
@@ -363,21 +342,16 @@ impl RoomPipeline {
 
     pub fn stats(&self) -> PipelineStats {
         let (mix_voices, mix_listeners, muted_voices, mix) = self.audio.stats();
+        let tiers = self.tiers.stats();
+        let top = tiers.first().cloned().unwrap_or_default();
         PipelineStats {
             compositor_pads: self.compositor.sink_pads().len(),
             mix_voices,
             mix_listeners,
             pipeline_children: self.pipeline.children().len(),
-            video_packets_out: self
-                .composite
-                .counters()
-                .sent
-                .load(std::sync::atomic::Ordering::Relaxed),
-            video_packets_dropped: self
-                .composite
-                .counters()
-                .dropped
-                .load(std::sync::atomic::Ordering::Relaxed),
+            video_packets_out: top.packets_out,
+            video_packets_dropped: top.packets_dropped,
+            tiers,
             composite_frames: self.pace.frames(),
             composite_stalls: self.pace.stalls(),
             longest_composite_gap_ms: self.pace.longest_gap_ms(),
@@ -423,6 +397,7 @@ impl RoomPipeline {
                 bin: bin.clone(),
                 pad,
                 size,
+                shown: None,
             })
         })();
         match attached {

@@ -33,8 +33,9 @@ pub const LISTENER_AUDIO: Template = template!("listener-audio.txt");
 pub const PLACEHOLDER: Template = template!("placeholder.txt");
 pub const RECORDER_VP8: Template = template!("recorder-vp8.txt");
 pub const RECORDER_H264: Template = template!("recorder-h264.txt");
+pub const TIER: Template = template!("tier.txt");
 
-pub const ALL: [Template; 10] = [
+pub const ALL: [Template; 11] = [
     ROOM,
     ENCODER_VP8,
     ENCODER_H264,
@@ -45,6 +46,7 @@ pub const ALL: [Template; 10] = [
     PLACEHOLDER,
     RECORDER_VP8,
     RECORDER_H264,
+    TIER,
 ];
 
 impl Template {

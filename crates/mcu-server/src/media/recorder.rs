@@ -185,9 +185,13 @@ impl Recorder {
         sink_name: &str,
         forward: impl Fn(gst::Sample) + Send + Sync + 'static,
     ) -> Result<()> {
+        // Among the room pipeline's own elements only: each tier's bin has an encoder of the same
+        // description, with a tee of the same name inside, and the recording takes the top tier.
         let tee = self
             .room_pipeline
-            .by_name(tee_name)
+            .children()
+            .into_iter()
+            .find(|e| e.name() == tee_name)
             .with_context(|| format!("the room pipeline has no tee named {tee_name}"))?;
         // async=false: a sink that prerolls when added to a playing room would send the whole
         // room back to PAUSED until it does (every picture freezes).

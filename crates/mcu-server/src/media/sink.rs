@@ -82,6 +82,11 @@ impl PacketFeed {
     pub fn counters(&self) -> &PacketCounters {
         &self.counters
     }
+
+    /// Readers subscribed now.
+    pub fn readers(&self) -> usize {
+        self.sender.upgrade().map_or(0, |s| s.receiver_count())
+    }
 }
 
 /// One reader of a `PacketFeed`.

@@ -1,7 +1,7 @@
 //! Video branches that feed the compositor: a participant's decoded camera, and the named
 //! placeholder shown until that camera's first frame.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -22,13 +22,23 @@ pub const PLACEHOLDER_ZORDER: u32 = 1;
 pub const VIDEO_ZORDER: u32 = 2;
 
 /// What a video input branch reports to the session that feeds it, without going through the
-/// room actor: whether a frame was decoded yet, and when the decoder wants a keyframe (which the
-/// session turns into a PLI to the sender).
+/// room actor: whether a frame was decoded yet, when the decoder wants a keyframe (which the
+/// session turns into a PLI to the sender), and how large its tile is (which the session turns
+/// into a cap on what the sender sends).
 #[derive(Debug, Default)]
 pub struct InputSignals {
     pub first_frame_decoded: AtomicBool,
     pub frames_decoded: AtomicU64,
     pub keyframe_wanted: Notify,
+    /// Pixels of the tile the input is shown in (width × height); 0 before it is placed.
+    pub tile_pixels: AtomicU32,
+}
+
+impl InputSignals {
+    pub fn show_in(&self, tile: Rect) {
+        self.tile_pixels
+            .store(tile.width.saturating_mul(tile.height), Ordering::Relaxed);
+    }
 }
 
 pub fn placeholder_bin(who: ParticipantId, name: &str, tile: Rect, fps: u32) -> Result<gst::Bin> {
@@ -94,6 +104,7 @@ pub fn input_bin(
     let depay_sink = depay
         .static_pad("sink")
         .context("depayloader has no sink pad")?;
+    signals.show_in(tile);
     let wanted = signals.clone();
     depay_sink.add_probe(gst::PadProbeType::EVENT_UPSTREAM, move |_, info| {
         if let Some(event) = info.event() {

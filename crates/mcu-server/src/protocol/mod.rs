@@ -118,6 +118,16 @@ pub enum ServerMessage {
     },
     /// Where each participant is drawn in the composite; sent on join and after every change.
     Layout(Layout),
+    /// Which tier of the composite this participant now receives: 0 is the top (full size);
+    /// higher tiers are the same picture, smaller, for a link that cannot carry the top one.
+    /// Sent when it changes (everyone starts on the top tier).
+    VideoTier {
+        tier: usize,
+        /// How many tiers there are.
+        tiers: usize,
+        width: u32,
+        height: u32,
+    },
     /// The room's recording started, stopped or failed (`message` says why it failed).
     Recording {
         state: RecordingState,

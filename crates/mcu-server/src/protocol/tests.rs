@@ -196,6 +196,12 @@ fn every_server_message_round_trips() {
         },
         ServerMessage::Answer { sdp: "v=0".into() },
         ServerMessage::Candidate { candidate: None },
+        ServerMessage::VideoTier {
+            tier: 1,
+            tiers: 3,
+            width: 640,
+            height: 360,
+        },
         ServerMessage::Pong,
     ];
     for m in messages {

@@ -10,6 +10,7 @@ use super::recording::StopReply;
 use super::sharing::{Download, ShareCommand, Upload};
 use super::RoomError;
 use crate::codec::VideoCodec;
+use crate::config::Tier;
 use crate::ids::{ParticipantId, RoomId};
 use crate::media::{FeedReader, InputHandle, InputSignals, PipelineStats};
 use crate::protocol::{Layout, ParticipantInfo, ServerMessage};
@@ -23,6 +24,8 @@ pub struct Joined {
     /// same packets and puts them on a track of its own.
     pub video_packets: FeedReader,
     pub video_codec: VideoCodec,
+    /// Every tier of the composite, the top one (what `video_packets` reads) first.
+    pub tiers: Vec<Tier>,
     /// This participant's mix-minus audio, as Opus RTP packets.
     pub audio_packets: mpsc::Receiver<Bytes>,
     /// Whether the room is being recorded as they join.
@@ -57,7 +60,20 @@ pub(super) enum RoomCommand {
     Leave {
         who: ParticipantId,
     },
-    RequestKeyframe,
+    /// A viewer of `tier` needs a keyframe of it (it joined, or lost packets).
+    RequestKeyframe {
+        tier: usize,
+    },
+    /// A reader of `tier`'s packets, for a viewer moving to it; the tier starts with a keyframe.
+    Watch {
+        tier: usize,
+        reply: Reply<FeedReader>,
+    },
+    /// How a participant's link is doing, as its session sees it, for the room view.
+    Link {
+        who: ParticipantId,
+        link: LinkView,
+    },
     Snapshot {
         reply: Reply<RoomSnapshot>,
     },
@@ -93,7 +109,9 @@ impl RoomCommand {
             RoomCommand::Join { .. } => "join",
             RoomCommand::AddTrack { .. } => "add_track",
             RoomCommand::Leave { .. } => "leave",
-            RoomCommand::RequestKeyframe => "request_keyframe",
+            RoomCommand::RequestKeyframe { .. } => "request_keyframe",
+            RoomCommand::Watch { .. } => "watch",
+            RoomCommand::Link { .. } => "link",
             RoomCommand::Snapshot { .. } => "snapshot",
             RoomCommand::StartRecording { .. } => "start_recording",
             RoomCommand::StopRecording { .. } => "stop_recording",
@@ -109,13 +127,15 @@ impl RoomCommand {
             RoomCommand::Join { reply, .. } => drop(reply.send(Err(RoomError::Closed))),
             RoomCommand::AddTrack { reply, .. } => drop(reply.send(Err(RoomError::Closed))),
             RoomCommand::Snapshot { reply } => drop(reply.send(Err(RoomError::Closed))),
+            RoomCommand::Watch { reply, .. } => drop(reply.send(Err(RoomError::Closed))),
             RoomCommand::StartRecording { reply } => drop(reply.send(Err(RoomError::Closed))),
             RoomCommand::StopRecording { reply } => drop(reply.send(Err(RoomError::Closed))),
             RoomCommand::Remove { reply, .. } | RoomCommand::Mute { reply, .. } => {
                 drop(reply.send(Err(RoomError::Closed)))
             }
             RoomCommand::Leave { .. }
-            | RoomCommand::RequestKeyframe
+            | RoomCommand::RequestKeyframe { .. }
+            | RoomCommand::Link { .. }
             | RoomCommand::Close { .. } => {}
         }
     }
@@ -153,6 +173,28 @@ pub struct ParticipantView {
     pub name: String,
     /// Muted by a moderator (their audio is out of every mix).
     pub muted: bool,
+    /// Frames of their camera decoded so far (None without a camera track): a camera whose
+    /// count stops while they are in the room shows a frozen tile.
+    pub camera_frames: Option<u64>,
+    /// How their link to the server is doing (once their session has measured it).
+    pub link: Option<LinkView>,
+}
+
+/// A viewer's link, as its session measures it from what the viewer reports.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct LinkView {
+    /// The tier of the composite it receives (0 is the top), and that tier's size.
+    pub tier: usize,
+    pub width: u32,
+    pub height: u32,
+    /// What the viewer's browser estimates its link carries (REMB), when it says.
+    pub estimate_kbps: Option<u32>,
+    /// The share of packets it lost lately, 0–1 (from its receiver reports).
+    pub loss: f64,
+    /// Round trip to it, from its receiver reports.
+    pub rtt_ms: Option<u32>,
+    /// Interarrival jitter of the composite at the viewer, from its receiver reports.
+    pub jitter_ms: Option<f64>,
 }
 
 #[derive(Clone)]
@@ -234,8 +276,20 @@ impl RoomHandle {
 
     /// Never waits: a keyframe request is dropped if the room is swamped with commands, and the
     /// viewer will ask again.
-    pub fn request_keyframe(&self) {
-        let _ = self.commands.try_send(RoomCommand::RequestKeyframe);
+    pub fn request_keyframe(&self, tier: usize) {
+        let _ = self
+            .commands
+            .try_send(RoomCommand::RequestKeyframe { tier });
+    }
+
+    /// A reader of `tier`'s packets, which starts with a keyframe.
+    pub async fn watch(&self, tier: usize) -> Result<FeedReader, RoomError> {
+        self.ask(|reply| RoomCommand::Watch { tier, reply }).await
+    }
+
+    /// Never waits: the next report will do if the room is swamped.
+    pub fn report_link(&self, who: ParticipantId, link: LinkView) {
+        let _ = self.commands.try_send(RoomCommand::Link { who, link });
     }
 
     pub async fn snapshot(&self) -> Result<RoomSnapshot, RoomError> {

@@ -25,12 +25,12 @@ use crate::codec::VideoCodec;
 use crate::config::ServerConfig;
 use crate::ids::{ParticipantId, RoomId};
 use crate::layout::{self, Rect};
-use crate::media::{InputHandle, InputSignals, PipelineEvent, RoomPipeline};
+use crate::media::{FeedReader, InputHandle, InputSignals, PipelineEvent, RoomPipeline};
 use crate::protocol::{ErrorCode, Layout, ParticipantInfo, RecordingState, ServerMessage, Tile};
 use crate::recordings::{RecordingInfo, RecordingStore};
 pub use error::RoomError;
 use handle::RoomCommand;
-pub use handle::{Joined, ParticipantView, RoomHandle, RoomSnapshot, TrackKind};
+pub use handle::{Joined, LinkView, ParticipantView, RoomHandle, RoomSnapshot, TrackKind};
 use keyframe::{Decision, KeyframeThrottle, DEFAULT_MIN_KEYFRAME_INTERVAL};
 use recording::{Recording, StopReply};
 use registry::Registry;
@@ -44,6 +44,8 @@ pub const COMMAND_QUEUE: usize = 256;
 /// (its socket no longer drains), and is dropped from the room rather than slowing it. Room above
 /// the largest chat backlog plus two messages per shared file, which a subscriber gets at once.
 pub const EVENT_QUEUE: usize = 512;
+/// How often the room shuts the lower tiers nobody watches any more.
+const TIER_CHECK: Duration = Duration::from_secs(1);
 /// A room command that takes longer than this is logged: it is the actor's watchdog.
 const SLOW_COMMAND: Duration = Duration::from_millis(200);
 
@@ -53,6 +55,8 @@ struct Participant {
     events: mpsc::Sender<ServerMessage>,
     removed: Option<oneshot::Sender<String>>,
     muted: bool,
+    /// What its session last said of its link.
+    link: Option<LinkView>,
 }
 
 struct Room {
@@ -63,7 +67,8 @@ struct Room {
     /// In join order, which is also tile order.
     participants: Vec<Participant>,
     next_id: u64,
-    throttle: KeyframeThrottle,
+    /// One per tier: a tier's viewers share its keyframes.
+    throttles: Vec<KeyframeThrottle>,
     recording: Recording,
     sharing: SharingTask,
 }
@@ -88,6 +93,7 @@ pub(crate) fn spawn(
             return Err(e);
         }
     };
+    let tier_count = pipeline.tier_count();
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
     let limits = FileLimits {
         max_file: config.max_file_size,
@@ -101,7 +107,9 @@ pub(crate) fn spawn(
         pipeline,
         participants: Vec::new(),
         next_id: 1,
-        throttle: KeyframeThrottle::new(DEFAULT_MIN_KEYFRAME_INTERVAL),
+        throttles: (0..tier_count)
+            .map(|_| KeyframeThrottle::new(DEFAULT_MIN_KEYFRAME_INTERVAL))
+            .collect(),
         recording: Recording::new(store),
         sharing,
         config,
@@ -128,9 +136,11 @@ impl Room {
             let _ = self.start_recording();
         }
         let mut close_reason = None;
+        let mut tier_check = tokio::time::interval(TIER_CHECK);
         loop {
-            let keyframe_due = self.throttle.pending_at();
+            let keyframe_due = self.throttles.iter().filter_map(|t| t.pending_at()).min();
             tokio::select! {
+                _ = tier_check.tick() => self.pipeline.shut_idle_tiers(std::time::Instant::now()),
                 command = commands.recv() => {
                     let Some(command) = command else { break };
                     let started = Instant::now();
@@ -156,8 +166,11 @@ impl Room {
                     }
                 }
                 _ = sleep_until_opt(keyframe_due) => {
-                    if self.throttle.poll(std::time::Instant::now()) {
-                        self.pipeline.force_keyframe();
+                    let now = std::time::Instant::now();
+                    for (tier, throttle) in self.throttles.iter_mut().enumerate() {
+                        if throttle.poll(now) {
+                            self.pipeline.force_keyframe(tier);
+                        }
                     }
                 }
             }
@@ -211,7 +224,15 @@ impl Room {
                 let _ = reply.send(self.add_track(who, kind, signals));
             }
             RoomCommand::Leave { who } => self.leave(who),
-            RoomCommand::RequestKeyframe => self.request_keyframe(),
+            RoomCommand::RequestKeyframe { tier } => self.request_keyframe(tier),
+            RoomCommand::Watch { tier, reply } => {
+                let _ = reply.send(self.watch(tier));
+            }
+            RoomCommand::Link { who, link } => {
+                if let Ok(p) = self.participant(who) {
+                    p.link = Some(link);
+                }
+            }
             RoomCommand::Snapshot { reply } => {
                 let _ = reply.send(Ok(self.snapshot()));
             }
@@ -262,6 +283,7 @@ impl Room {
             events,
             removed: Some(removed),
             muted: false,
+            link: None,
         });
         let tile = self
             .tile_of(id)
@@ -275,8 +297,12 @@ impl Room {
         Ok(Joined {
             id,
             participants: others,
-            video_packets: self.pipeline.composite(),
+            video_packets: self
+                .pipeline
+                .composite(0)
+                .map_err(|e| RoomError::Media(format!("{e:#}")))?,
             video_codec: self.codec,
+            tiers: self.config.media.tiers(),
             audio_packets,
             recording: self.recording.is_active(),
         })
@@ -349,11 +375,25 @@ impl Room {
         Ok(())
     }
 
-    fn request_keyframe(&mut self) {
-        match self.throttle.request(std::time::Instant::now()) {
-            Decision::ForceNow => self.pipeline.force_keyframe(),
+    fn request_keyframe(&mut self, tier: usize) {
+        let Some(throttle) = self.throttles.get_mut(tier) else {
+            return;
+        };
+        match throttle.request(std::time::Instant::now()) {
+            Decision::ForceNow => self.pipeline.force_keyframe(tier),
             Decision::Deferred(_) => {}
         }
+    }
+
+    /// A reader of `tier` for a viewer moving to it, from a keyframe (the tier starts with one
+    /// when it was not running; otherwise one is asked for, within the tier's throttle).
+    fn watch(&mut self, tier: usize) -> Result<FeedReader, RoomError> {
+        let reader = self
+            .pipeline
+            .composite(tier)
+            .map_err(|e| RoomError::Media(format!("{e:#}")))?;
+        self.request_keyframe(tier);
+        Ok(reader)
     }
 
     fn start_recording(&mut self) -> Result<RecordingInfo, RoomError> {
@@ -490,6 +530,8 @@ impl Room {
                     id: p.id.to_string(),
                     name: p.name.clone(),
                     muted: p.muted,
+                    camera_frames: self.pipeline.camera_frames(p.id),
+                    link: p.link.clone(),
                 })
                 .collect(),
             layout: self.layout_message(&self.tiles()),

@@ -5,21 +5,27 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
+use tokio::sync::mpsc;
 
 use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use webrtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
+use webrtc::rtcp::receiver_report::ReceiverReport;
+use webrtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
 use webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
 use webrtc::track::track_remote::TrackRemote;
 use webrtc::util::Marshal;
 
+use super::reorder::Reorder;
+use super::viewer::Feedback;
 use super::{Activity, Session};
 use crate::media::{InputHandle, InputSignals};
-use crate::room::{RoomHandle, TrackKind};
+use crate::room::TrackKind;
 use crate::rtc;
 
 /// While a new sender's first keyframe has not been decoded, ask for one this often: the first
@@ -28,6 +34,56 @@ const FIRST_KEYFRAME_PLI_INTERVAL: Duration = Duration::from_millis(500);
 /// Later keyframe requests (after loss) are spaced at least this far apart, so a decoder that asks
 /// on every broken frame does not make the sender emit keyframe after keyframe.
 const LOSS_PLI_MIN_INTERVAL: Duration = Duration::from_millis(300);
+
+/// What a sender may spend on each pixel of its tile, per second: 3 bits is about 0.1 bit per
+/// pixel per frame at 30 fps, where VP8 on camera content stops gaining visibly (720p at
+/// 2.5 Mbit/s, a 640×360 tile at 690 kbit/s, a 5×5 grid's 256×144 tile at 110 kbit/s).
+pub const SENDER_BITS_PER_PIXEL_SECOND: u32 = 3;
+/// Never ask a camera for less: below this a small tile's encoder starves on motion.
+pub const MIN_SENDER_KBPS: u32 = 100;
+/// Nor more than a 720p camera needs: what the web client would send unasked.
+pub const MAX_SENDER_KBPS: u32 = 2500;
+/// How often the cap is repeated: a sender that missed one (it is RTCP, and may be lost) or
+/// joined a new layout hears the current one within this.
+const SENDER_CAP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The most a camera shown in a tile of `tile_pixels` should send, in bit/s; None before the
+/// tile is known.
+pub fn sender_cap_bps(tile_pixels: u32) -> Option<u32> {
+    (tile_pixels > 0).then(|| {
+        tile_pixels
+            .saturating_mul(SENDER_BITS_PER_PIXEL_SECOND)
+            .clamp(MIN_SENDER_KBPS * 1000, MAX_SENDER_KBPS * 1000)
+    })
+}
+
+/// Keeps a sender to what its tile shows: a REMB every SENDER_CAP_INTERVAL with the cap for its
+/// tile's size. Browsers take a REMB as the most they may send (and lower their resolution to
+/// fit); a 25-person room's cameras then send 25 × 110 kbit/s, not 25 × 2.5 Mbit/s.
+async fn cap_sender(
+    pc: std::sync::Weak<RTCPeerConnection>,
+    media_ssrc: u32,
+    signals: Arc<InputSignals>,
+) {
+    let mut tick = tokio::time::interval(SENDER_CAP_INTERVAL);
+    loop {
+        tick.tick().await;
+        let Some(pc) = pc.upgrade() else { return };
+        let Some(bitrate) = sender_cap_bps(signals.tile_pixels.load(Ordering::Relaxed)) else {
+            continue;
+        };
+        let remb = ReceiverEstimatedMaximumBitrate {
+            sender_ssrc: 0,
+            bitrate: bitrate as f32,
+            ssrcs: vec![media_ssrc],
+        };
+        // Before the connection is up this fails; the next tick tries again.
+        let _ = pc.write_rtcp(&[Box::new(remb)]).await;
+    }
+}
+
+/// Packets read from a camera's track waiting for the pump: a few frames' worth.
+const CAMERA_READ_QUEUE: usize = 64;
 
 /// Moves one incoming track's RTP packets into its pipeline branch until either side ends.
 async fn pump(track: Arc<TrackRemote>, input: InputHandle, activity: Arc<Activity>) {
@@ -44,6 +100,55 @@ async fn pump(track: Arc<TrackRemote>, input: InputHandle, activity: Arc<Activit
             // The branch was removed (flushing) or failed; either way nobody reads any more.
             break;
         }
+    }
+}
+
+/// As `pump`, for a camera: packets after a gap wait for the missing one (reorder.rs). The track
+/// is read on a task of its own, so the wait's timer never cancels a read half done.
+async fn pump_camera(track: Arc<TrackRemote>, input: InputHandle, activity: Arc<Activity>) {
+    let (tx, mut rx) = mpsc::channel(CAMERA_READ_QUEUE);
+    let reader = tokio::spawn(async move {
+        while let Ok((packet, _)) = track.read_rtp().await {
+            if tx.send(packet).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut reorder = Reorder::default();
+    loop {
+        let deadline = reorder.deadline();
+        let ready = tokio::select! {
+            packet = rx.recv() => match packet {
+                Some(packet) => {
+                    activity.touch();
+                    let seq = packet.header.sequence_number;
+                    reorder.push(seq, packet, std::time::Instant::now())
+                }
+                None => break,
+            },
+            _ = sleep_until(deadline) => reorder.expire(std::time::Instant::now()),
+        };
+        let mut gone = false;
+        for packet in ready {
+            let Ok(bytes) = packet.marshal() else {
+                continue;
+            };
+            if input.push(bytes).is_err() {
+                gone = true;
+                break;
+            }
+        }
+        if gone {
+            break;
+        }
+    }
+    reader.abort();
+}
+
+async fn sleep_until(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -82,25 +187,79 @@ async fn request_keyframes(
 }
 
 /// Drains the RTCP a viewer sends about one of our tracks (webrtc-rs needs it drained for NACK
-/// handling). Any RTCP proves the participant is alive; PLI/FIR on the composite asks the room for
-/// a keyframe.
+/// handling). Any RTCP proves the participant is alive. For the composite, what the viewer says
+/// goes to the task that writes its video (viewer.rs): PLI and FIR, REMB, receiver reports and
+/// NACKs. Feedback that does not fit that task's queue is dropped: the next report will do.
 pub(super) async fn read_sender_rtcp(
     sender: Arc<RTCRtpSender>,
-    room: Option<RoomHandle>,
+    viewer: Option<mpsc::Sender<Feedback>>,
     activity: Arc<Activity>,
 ) {
+    let ssrc = sender
+        .get_parameters()
+        .await
+        .encodings
+        .first()
+        .map(|e| e.ssrc);
     while let Ok((packets, _)) = sender.read_rtcp().await {
         activity.touch();
-        let Some(room) = &room else { continue };
-        let wants_keyframe = packets.iter().any(|p| {
-            let any = p.as_any();
-            any.downcast_ref::<PictureLossIndication>().is_some()
-                || any.downcast_ref::<FullIntraRequest>().is_some()
-        });
-        if wants_keyframe {
-            room.request_keyframe();
+        let Some(viewer) = &viewer else { continue };
+        for packet in &packets {
+            for feedback in feedback_of(packet.as_any(), ssrc) {
+                let _ = viewer.try_send(feedback);
+            }
         }
     }
+}
+
+/// What one RTCP packet about the composite (whose SSRC is `ssrc`) says.
+fn feedback_of(packet: &dyn std::any::Any, ssrc: Option<u32>) -> Vec<Feedback> {
+    if packet.downcast_ref::<PictureLossIndication>().is_some()
+        || packet.downcast_ref::<FullIntraRequest>().is_some()
+    {
+        return vec![Feedback::KeyframeWanted];
+    }
+    if let Some(remb) = packet.downcast_ref::<ReceiverEstimatedMaximumBitrate>() {
+        return vec![Feedback::Remb(remb.bitrate)];
+    }
+    if let Some(nack) = packet.downcast_ref::<TransportLayerNack>() {
+        let seqs = nack
+            .nacks
+            .iter()
+            .flat_map(|pair| pair.into_iter())
+            .collect();
+        return vec![Feedback::Nacked(seqs)];
+    }
+    if let Some(report) = packet.downcast_ref::<ReceiverReport>() {
+        return report
+            .reports
+            .iter()
+            .filter(|r| ssrc.is_none_or(|s| s == r.ssrc))
+            .map(|r| Feedback::Report {
+                loss: f64::from(r.fraction_lost) / 256.0,
+                jitter_ms: f64::from(r.jitter) / 90.0,
+                rtt: round_trip(r.last_sender_report, r.delay, SystemTime::now()),
+            })
+            .collect();
+    }
+    Vec::new()
+}
+
+/// The round trip from a receiver report (RFC 3550, 6.4.1): now, less when our sender report
+/// left (`lsr`, the middle 32 bits of its NTP time), less how long the viewer held it (`dlsr`),
+/// in 1/65536 s. None before the viewer has seen a sender report.
+fn round_trip(lsr: u32, dlsr: u32, now: SystemTime) -> Option<Duration> {
+    if lsr == 0 {
+        return None;
+    }
+    // NTP counts from 1900; the Unix epoch is 2,208,988,800 s later.
+    let since_1900 = now.duration_since(UNIX_EPOCH).ok()? + Duration::from_secs(2_208_988_800);
+    let seconds = since_1900.as_secs() as u32;
+    let fraction = ((u64::from(since_1900.subsec_nanos()) << 32) / 1_000_000_000) as u32;
+    let middle = (seconds << 16) | (fraction >> 16);
+    let units = middle.wrapping_sub(lsr).wrapping_sub(dlsr);
+    // More than a minute is a clock that does not match ours, not a round trip.
+    (units < 60 << 16).then(|| Duration::from_secs_f64(f64::from(units) / 65536.0))
 }
 
 impl Session {
@@ -136,10 +295,30 @@ impl Session {
             .add_track(member.id, kind, signals.clone())
             .await?;
         let pc = Arc::downgrade(&member.pc);
-        self.spawn(pump(track.clone(), input, self.activity.clone()));
         if let TrackKind::Video { .. } = kind {
-            self.spawn(request_keyframes(pc, track.ssrc(), signals));
+            self.spawn(pump_camera(track.clone(), input, self.activity.clone()));
+            self.spawn(request_keyframes(pc.clone(), track.ssrc(), signals.clone()));
+            self.spawn(cap_sender(pc, track.ssrc(), signals));
+        } else {
+            self.spawn(pump(track.clone(), input, self.activity.clone()));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_camera_is_asked_for_what_its_tile_shows() {
+        assert_eq!(sender_cap_bps(0), None);
+        // Alone in the frame: a 720p camera's worth.
+        assert_eq!(sender_cap_bps(1280 * 720), Some(2_500_000));
+        // One of four: a quarter of the frame.
+        assert_eq!(sender_cap_bps(640 * 360), Some(691_200));
+        // One of 25: small, but never starved.
+        assert_eq!(sender_cap_bps(256 * 144), Some(110_592));
+        assert_eq!(sender_cap_bps(64 * 36), Some(100_000));
     }
 }

@@ -8,8 +8,12 @@
 mod channels;
 mod media;
 mod peer;
+mod reorder;
 mod sharing;
+mod splice;
+mod tiering;
 mod transfer;
+mod viewer;
 mod writer;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -85,6 +89,8 @@ struct Membership {
     pc: Arc<RTCPeerConnection>,
     /// Granted by the join token (or by an open server): may start and stop the recording.
     can_record: bool,
+    /// Tells the task that writes this viewer's composite what the viewer reported.
+    viewer: mpsc::Sender<viewer::Feedback>,
 }
 
 /// Serves one WebSocket until it closes; everything it logs carries the room and, once joined,
@@ -312,11 +318,13 @@ impl Session {
                 return Err(e);
             }
         };
+        let (feedback, feedback_rx) = mpsc::channel(viewer::FEEDBACK_QUEUE);
         self.member = Some(Membership {
             room: room.clone(),
             id,
             pc: pc.clone(),
             can_record,
+            viewer: feedback.clone(),
         });
         self.signalling.joined();
         let removed_tx = self.removed_tx.clone();
@@ -343,11 +351,20 @@ impl Session {
             .add_track(audio_track.as_local())
             .await
             .context("adding the audio mix track")?;
-        self.spawn(video_track.write_stream(joined.video_packets.into_stream()));
+        let viewer = viewer::Viewer {
+            room: room.clone(),
+            who: id,
+            codec: joined.video_codec,
+            tiers: joined.tiers,
+            track: video_track,
+            outbox: self.outbox.clone(),
+            feedback: feedback_rx,
+        };
+        self.spawn(viewer.run(joined.video_packets));
         self.spawn(audio_track.write_all(joined.audio_packets));
         self.spawn(media::read_sender_rtcp(
             video_sender,
-            Some(room.clone()),
+            Some(feedback),
             self.activity.clone(),
         ));
         self.spawn(media::read_sender_rtcp(

@@ -96,9 +96,9 @@ impl Session {
                 tracing::debug!(?state, "peer connection state");
                 match state {
                     RTCPeerConnectionState::Connected => {
-                        // A new viewer needs a keyframe to start decoding.
+                        // A new viewer needs a keyframe (of its tier) to start decoding.
                         if let Some(m) = &self.member {
-                            m.room.request_keyframe();
+                            let _ = m.viewer.try_send(super::viewer::Feedback::KeyframeWanted);
                         }
                         true
                     }

@@ -1,0 +1,57 @@
+//! What the room pipeline tells the outside: its events for the room actor, and the counts the
+//! admin view and the tests read.
+
+use crate::ids::ParticipantId;
+
+use super::mixminus;
+use super::tiers::TierStats;
+
+/// What the pipeline tells the room actor.
+#[derive(Debug)]
+pub enum PipelineEvent {
+    /// The participant's first video frame was decoded: its placeholder can go.
+    FirstFrame(ParticipantId),
+    /// Something in one participant's branch failed (e.g. undecodable media). Only that participant
+    /// is affected.
+    BranchFailed {
+        participant: ParticipantId,
+        error: String,
+    },
+    /// The recorder numbered `recording` failed (e.g. the disk is full); the call goes on.
+    RecorderFailed { recording: u64, error: String },
+    /// The shared part of the graph failed: the room cannot go on.
+    Failed(String),
+}
+
+/// Counts that show what the graph holds, for the admin view and for tests that check that a
+/// departed participant's resources were released.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PipelineStats {
+    /// Compositor sink pads, the background included.
+    pub compositor_pads: usize,
+    /// Microphones in the room's mix-minus.
+    pub mix_voices: usize,
+    /// Participants the mix-minus feeds (each with an Opus encoder of their own).
+    pub mix_listeners: usize,
+    /// Child elements/bins directly in the pipeline.
+    pub pipeline_children: usize,
+    /// Top-tier packets the encoder produced while someone watched, and packets its viewers
+    /// missed because their writers fell behind.
+    pub video_packets_out: u64,
+    pub video_packets_dropped: u64,
+    /// Every tier of the composite, the top one first.
+    pub tiers: Vec<TierStats>,
+    /// Composite frames produced, and how often the compositor fell behind (see media/pace.rs).
+    pub composite_frames: u64,
+    pub composite_stalls: u64,
+    pub longest_composite_gap_ms: u64,
+    /// Time since the compositor last produced a frame (since the room opened, before the first):
+    /// more than a few frame periods means the room's pipeline has stopped.
+    pub composite_idle_ms: u64,
+    /// Times the whole pipeline fell back from PLAYING (every picture freezes); should stay 0.
+    pub lost_playing: u64,
+    /// Voices muted by the server.
+    pub muted_voices: usize,
+    /// What the mix-minus did: frames, and audio that came too late to be heard.
+    pub mix: mixminus::MixCounters,
+}
