@@ -9,6 +9,13 @@ const NAME_KEY = "mcu.displayName";
 const ROOM_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
 // Reconnect after a dropped socket or failed ICE: quickly at first, then less often.
 const RECONNECT_DELAYS_MS = [500, 1000, 2000, 4000, 8000];
+// What our camera may spend on each pixel of its tile per second, and the bounds: the same rule
+// the server sends as REMB (SENDER_BITS_PER_PIXEL_SECOND in session/media.rs).
+const SENDER_BITS_PER_PIXEL_SECOND = 3;
+const MIN_SENDER_BPS = 100_000;
+const MAX_SENDER_BPS = 2_500_000;
+// How often the connection panel is refreshed while it is open.
+const CONNECTION_PANEL_MS = 2000;
 
 function show(section) {
   for (const id of ["landing", "prejoin", "call", "left"]) $(id).hidden = id !== section;
@@ -186,6 +193,46 @@ function setRecording(recording, note) {
   if (note) setNotice(note);
 }
 
+// The server moved us to a smaller picture (or back): say so, and why.
+function setQuality(tier) {
+  const note = $("quality");
+  if (tier.tier > 0) {
+    note.textContent = `Your connection is slow: showing a smaller picture (${tier.width}×${tier.height}).`;
+    note.hidden = false;
+  } else {
+    note.textContent = "";
+    note.hidden = true;
+  }
+}
+
+// The connection panel: the picture's tier and the link as the browser measures it.
+async function renderConnection() {
+  const panel = $("connection");
+  if (!panel.open || !call) return;
+  const s = await call.stats();
+  const tier = s.tier ?? { tier: 0, tiers: 1 };
+  const rows = [
+    ["Picture", s.video ? `${s.video.frameWidth}×${s.video.frameHeight} at ${Math.round(s.video.framesPerSecond)} fps` : "none yet"],
+    ["Quality", `tier ${tier.tier + 1} of ${tier.tiers}${tier.tier > 0 ? " (reduced for your link)" : " (full)"}`],
+    ["Round trip", s.roundTripMs === null ? "unknown" : `${s.roundTripMs} ms`],
+  ];
+  if (s.video) {
+    const total = s.video.packetsLost + s.video.packetsReceived;
+    const lost = total > 0 ? (100 * s.video.packetsLost) / total : 0;
+    rows.push(["Video packets lost", `${lost.toFixed(1)} %`]);
+    rows.push(["Freezes", String(s.video.freezeCount)]);
+  }
+  $("connection-figures").replaceChildren(
+    ...rows.flatMap(([name, value]) => {
+      const dt = document.createElement("dt");
+      dt.textContent = name;
+      const dd = document.createElement("dd");
+      dd.textContent = value;
+      return [dt, dd];
+    }),
+  );
+}
+
 function setNotice(text) {
   $("notice").textContent = text;
   $("notice").hidden = !text;
@@ -261,6 +308,10 @@ class Call {
       case "layout":
         this.layout = message;
         await this.fitToTile();
+        break;
+      case "video_tier":
+        this.tier = message;
+        setQuality(message);
         break;
       case "recording":
         this.recording = message.state === "started";
@@ -343,10 +394,16 @@ class Call {
     const { width, height } = sender.track.getSettings();
     if (!width || !height) return;
     const scale = Math.max(1, width / tile.width, height / tile.height);
+    const maxBitrate = Math.round(
+      Math.min(MAX_SENDER_BPS, Math.max(MIN_SENDER_BPS, tile.width * tile.height * SENDER_BITS_PER_PIXEL_SECOND)),
+    );
     const params = sender.getParameters();
     const encoding = params.encodings?.[0];
-    if (!encoding || Math.abs((encoding.scaleResolutionDownBy ?? 1) - scale) < 0.01) return;
+    if (!encoding) return;
+    const sameScale = Math.abs((encoding.scaleResolutionDownBy ?? 1) - scale) < 0.01;
+    if (sameScale && encoding.maxBitrate === maxBitrate) return;
     encoding.scaleResolutionDownBy = scale;
+    encoding.maxBitrate = maxBitrate;
     await sender.setParameters(params).catch((e) => console.warn(`sending at tile size: ${e}`));
   }
 
@@ -375,17 +432,31 @@ class Call {
     this.pc = null;
   }
 
-  // For tests and diagnostics: what the browser decodes and hears.
+  // For tests and diagnostics: what the browser decodes and hears, and over what link.
   async stats() {
-    const report = { video: null, audio: null, connectionState: this.pc?.connectionState ?? "none" };
+    const report = {
+      video: null,
+      audio: null,
+      connectionState: this.pc?.connectionState ?? "none",
+      tier: this.tier ?? null,
+      roundTripMs: null,
+    };
     if (!this.pc) return report;
     for (const s of (await this.pc.getStats()).values()) {
+      if (s.type === "candidate-pair" && s.nominated && s.currentRoundTripTime !== undefined) {
+        report.roundTripMs = Math.round(s.currentRoundTripTime * 1000);
+      }
       if (s.type !== "inbound-rtp") continue;
       if (s.kind === "video") {
         report.video = {
           framesDecoded: s.framesDecoded ?? 0,
           frameWidth: s.frameWidth ?? 0,
           frameHeight: s.frameHeight ?? 0,
+          framesPerSecond: s.framesPerSecond ?? 0,
+          packetsLost: s.packetsLost ?? 0,
+          packetsReceived: s.packetsReceived ?? 0,
+          freezeCount: s.freezeCount ?? 0,
+          bytesReceived: s.bytesReceived ?? 0,
         };
       } else if (s.kind === "audio") {
         report.audio = {
@@ -429,6 +500,8 @@ function setupCallControls() {
     if (call) startCall(call.room, call.name);
   });
   window.addEventListener("pagehide", () => call?.leave());
+  $("connection").addEventListener("toggle", renderConnection);
+  setInterval(renderConnection, CONNECTION_PANEL_MS);
 }
 
 window.mcu = { call: null };

@@ -110,6 +110,55 @@ async function sendingSize(page) {
   });
 }
 
+/** The most the page lets its camera send (RTCRtpSender encoding parameters). */
+function maxBitrate(page) {
+  return page.evaluate(() => {
+    const sender = window.mcu.call.pc?.getSenders().find((s) => s.track?.kind === "video");
+    return sender?.getParameters().encodings?.[0]?.maxBitrate ?? null;
+  });
+}
+
+test("a browser's own estimate of its link reaches the server, and a smaller tier is explained", async () => {
+  const server = await startServer();
+  const browser = await launchBrowser(fakeMedia("red", RED, 440));
+  try {
+    const page = await joinRoom(browser, server.url, "estimate", "Red");
+    await decoding(page, "browser");
+    // Chromium sends REMB about the composite; the server keeps it as the participant's estimate.
+    const estimate = await waitFor("the browser's estimate in the admin API", SETTLE_MS, async () => {
+      const rooms = await (await fetch(`${server.url}/api/v1/rooms`)).json();
+      const kbps = rooms.rooms?.[0]?.participants?.[0]?.link?.estimate_kbps;
+      return kbps > 0 ? kbps : null;
+    });
+    assert.ok(estimate > 50, `estimate ${estimate} kbit/s`);
+    // What the page says when the server moves it to a smaller tier (as it does for a thin link,
+    // which Chromium cannot be given here): the message, and the connection panel.
+    await page.evaluate(() =>
+      window.mcu.call.onMessage({ type: "video_tier", tier: 1, tiers: 3, width: 640, height: 360 }),
+    );
+    const text = await page.evaluate(() => {
+      const q = document.getElementById("quality");
+      return q.hidden ? "" : q.textContent;
+    });
+    assert.match(text, /Your connection is slow: showing a smaller picture \(640×360\)/);
+    await page.evaluate(() => {
+      document.getElementById("connection").open = true;
+    });
+    const panel = await waitFor("the connection panel", SETTLE_MS, async () => {
+      const t = await page.evaluate(() => document.getElementById("connection-figures").textContent);
+      return /tier 2 of 3/.test(t) && /Round trip/.test(t) ? t : null;
+    });
+    assert.match(panel, /reduced for your link/);
+    await page.evaluate(() =>
+      window.mcu.call.onMessage({ type: "video_tier", tier: 0, tiers: 3, width: 1280, height: 720 }),
+    );
+    assert.equal(await page.evaluate(() => document.getElementById("quality").hidden), true);
+  } finally {
+    await browser.close();
+    await server.stop();
+  }
+});
+
 test("a browser sends its camera at the size of its tile", async () => {
   const server = await startServer();
   const red = await launchBrowser(fakeMedia("red", RED, 440));
@@ -119,6 +168,8 @@ test("a browser sends its camera at the size of its tile", async () => {
     // Alone, its tile is the whole 1280×720 frame: the 640×360 camera goes as it is.
     const alone = await waitFor("the camera to be sent", SETTLE_MS, () => sendingSize(page));
     assert.deepEqual(alone, { width: 640, height: 360 });
+    // And at no more bitrate than the tile is worth: the whole frame's, capped at 2.5 Mbit/s.
+    assert.equal(await maxBitrate(page), 2_500_000);
     // Four more make a 3×3 grid of 426×240 tiles: the page scales its camera down to fit.
     const probe = spawn(MCU, [
       "probe", "--url", server.url, "--room", "tiles", "--participants", "4", "--seconds", "12",
@@ -129,6 +180,9 @@ test("a browser sends its camera at the size of its tile", async () => {
         return size && size.height <= 240 ? size : null;
       });
       assert.ok(fitted.width <= 427, `sent ${fitted.width}×${fitted.height}`);
+      // 3 bits per tile pixel per second: 426×240 → about 307 kbit/s.
+      const cap = await maxBitrate(page);
+      assert.ok(cap >= 250_000 && cap <= 320_000, `capped at ${cap} bit/s`);
       await showsTiles(page, [RED, ...[[30, 200, 30], [40, 60, 230], [240, 220, 30], [220, 40, 220]]], "tiles.png");
     } finally {
       probe.kill();
