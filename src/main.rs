@@ -68,9 +68,13 @@ struct BenchArgs {
     /// and report how many were held.
     #[arg(long)]
     ramp: bool,
-    /// Spread the participants over this many rooms.
+    /// Spread the participants over this many rooms (with --ramp-rooms: the most rooms to open).
     #[arg(long, default_value_t = 1)]
     rooms: usize,
+    /// With --ramp: open rooms of --participants one after the other, up to --rooms, until a
+    /// criterion breaks, and report the rooms held.
+    #[arg(long)]
+    ramp_rooms: bool,
     /// Participants per room that decode the composite and measure it.
     #[arg(long, default_value_t = 1)]
     receivers: usize,
@@ -466,7 +470,8 @@ fn main() -> ExitCode {
                     rooms: args.rooms,
                     receivers: args.receivers,
                     seconds: args.seconds,
-                    ramp: args.ramp,
+                    ramp: args.ramp || args.ramp_rooms,
+                    ramp_rooms: args.ramp_rooms,
                     step_seconds: args.seconds,
                     send_width: args.send_size.0,
                     send_height: args.send_size.1,

@@ -84,3 +84,71 @@ fn a_four_participant_bench_reports_every_figure_from_media_it_decoded() {
     assert!(plot.starts_with("<svg") && plot.contains("polyline"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_ramp_of_rooms_reports_each_rooms_own_figures() {
+    let dir = std::env::temp_dir().join(format!("mcu-bench-rooms-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let json = dir.join("rooms.json");
+    let svg = dir.join("rooms.svg");
+    let output = Command::new(env!("CARGO_BIN_EXE_mcu"))
+        .args([
+            "bench",
+            "--ramp-rooms",
+            "--participants",
+            "2",
+            "--rooms",
+            "3",
+            "--seconds",
+            "3",
+            "--no-floor",
+            "--json",
+        ])
+        .arg(&json)
+        .arg("--svg")
+        .arg(&svg)
+        .output()
+        .expect("running mcu bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    println!("{stdout}");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("the JSON report"))
+            .expect("the report is JSON");
+    let ramp = &report["ramp"];
+    let steps = ramp["steps"].as_array().expect("ramp steps");
+    // Whether a step passed is the machine's business; what each step reports is ours.
+    assert!(!steps.is_empty() && steps.len() <= 3, "{ramp:#}");
+    for (i, step) in steps.iter().enumerate() {
+        assert_eq!(step["rooms"], i + 1, "a room per step: {step:#}");
+        assert_eq!(step["participants"], 2 * (i + 1));
+        let rooms = step["room_figures"].as_array().expect("room figures");
+        assert_eq!(rooms.len(), i + 1);
+        for room in rooms {
+            assert_eq!(room["participants"], 2, "{room:#}");
+            // Each room's own receiver read both codes of its own room, many times.
+            assert!(number(room, &["codes_read"]) > 20.0, "{room:#}");
+            assert!(
+                number(room, &["video_latency_ms", "samples"]) > 10.0,
+                "{room:#}"
+            );
+            let fps = number(room, &["fps_p5"]);
+            assert!(fps > 0.0 && fps <= 31.0, "fps p5 {fps}");
+        }
+    }
+    let held = ramp["rooms_held"].as_u64().expect("rooms held") as usize;
+    assert!(held <= steps.len());
+    assert_eq!(ramp["participants_held"], 2 * held);
+    assert_eq!(
+        report["room_figures"].as_array().map(Vec::len),
+        Some(held),
+        "the report's room figures are those of the last step held"
+    );
+    let plot = std::fs::read_to_string(&svg).expect("the plot");
+    assert!(
+        plot.contains("rooms of 2"),
+        "the plot's x axis counts rooms"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -13,11 +13,31 @@ use super::media::{self, BenchMedia};
 use super::member::{self, Joining, Member};
 use super::pump;
 use super::receiver::{self, ReceiverContext};
+use super::report::RoomFigures;
 use super::COMPOSITE_FPS;
 use crate::impair::Impairment;
 
 fn room_name(room: usize) -> String {
     format!("bench-{}", room + 1)
+}
+
+/// Which room each participant joins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Participant i in room i % rooms: the rooms fill together.
+    RoundRobin { rooms: usize },
+    /// Rooms filled one after the other, this many in each (`--ramp-rooms`).
+    Fill { per_room: usize },
+}
+
+impl Placement {
+    /// The room (from 0) of participant `index`, and its place in that room (from 0).
+    pub fn of(&self, index: usize) -> (usize, usize) {
+        match *self {
+            Placement::RoundRobin { rooms } => (index % rooms.max(1), index / rooms.max(1)),
+            Placement::Fill { per_room } => (index / per_room.max(1), index % per_room.max(1)),
+        }
+    }
 }
 
 /// The participants and what they share.
@@ -27,7 +47,7 @@ pub(super) struct Crowd {
     pump: tokio::sync::mpsc::UnboundedSender<pump::Stream>,
     pump_task: tokio::task::JoinHandle<()>,
     template: ReceiverContext,
-    rooms: usize,
+    placement: Placement,
     receivers: usize,
     /// Bad links, by participant index (from 0).
     impaired: HashMap<usize, Impairment>,
@@ -38,7 +58,7 @@ impl Crowd {
     pub fn new(
         url: &str,
         media: Arc<BenchMedia>,
-        rooms: usize,
+        placement: Placement,
         receivers: usize,
         impaired: HashMap<usize, Impairment>,
     ) -> Result<Self> {
@@ -70,7 +90,7 @@ impl Crowd {
                 ),
                 epoch: Instant::now(),
             },
-            rooms,
+            placement,
             receivers,
             impaired,
             members: Vec::new(),
@@ -80,10 +100,10 @@ impl Crowd {
     /// Adds the next participant, in the room whose turn it is.
     pub async fn add(&mut self) -> Result<()> {
         let index = self.members.len();
-        let room = index % self.rooms;
+        let (room, place) = self.placement.of(index);
         let impairment = self.impaired.get(&index).copied();
         // An impaired participant always decodes: what it sees is what it is there for.
-        let is_receiver = index / self.rooms < self.receivers || impairment.is_some();
+        let is_receiver = place < self.receivers || impairment.is_some();
         let joining = Joining {
             url: &self.url,
             rtc: &self.rtc,
@@ -156,6 +176,33 @@ impl Crowd {
         let guards: Vec<_> = shared.iter().map(receiver::lock).collect();
         let refs: Vec<&receiver::Observed> = guards.iter().map(|g| &**g).collect();
         figures::summarise(&refs, from, to, COMPOSITE_FPS)
+    }
+
+    /// The window's figures of each room, from its own receivers on good links.
+    pub fn room_figures(&self, from: Instant, to: Instant) -> Vec<RoomFigures> {
+        let mut rooms: Vec<&str> = Vec::new();
+        for p in &self.members {
+            if !rooms.contains(&p.media.room.as_str()) {
+                rooms.push(&p.media.room);
+            }
+        }
+        rooms
+            .into_iter()
+            .map(|room| {
+                let here = || self.members.iter().filter(|p| p.media.room == room);
+                let shared: Vec<receiver::Shared> = here()
+                    .filter(|p| p.media.link.is_none())
+                    .filter_map(|p| p.media.observed.clone())
+                    .collect();
+                let guards: Vec<_> = shared.iter().map(receiver::lock).collect();
+                let refs: Vec<&receiver::Observed> = guards.iter().map(|g| &**g).collect();
+                RoomFigures {
+                    room: room.to_string(),
+                    participants: here().count(),
+                    figures: figures::summarise(&refs, from, to, COMPOSITE_FPS),
+                }
+            })
+            .collect()
     }
 
     /// Join → first composite frame showing the newcomer, at a receiver of its room, for the

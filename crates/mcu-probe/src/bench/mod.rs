@@ -26,13 +26,13 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::impair::Impairment;
-use crowd::Crowd;
+use crowd::{Crowd, Placement};
 use figures::{Quantiles, WindowFigures};
 pub use links::{ImpairedViewer, SizeAt};
 use media::BenchMedia;
 pub use media::DEFAULT_SEND_SIZE;
 use proc_stat::machine_cores;
-pub use report::{summary, BenchReport, RampReport, RampStep};
+pub use report::{summary, BenchReport, RampReport, RampStep, RoomFigures};
 use watch::{percent_of_machine, Progress, ServerWatch};
 
 /// Participants join at most this often (5 per second), like people arriving, so the server is
@@ -61,6 +61,9 @@ pub struct BenchConfig {
     pub receivers: usize,
     pub seconds: f64,
     pub ramp: bool,
+    /// With `ramp`: add whole rooms of `participants` (up to `rooms` of them) instead of one
+    /// participant at a time.
+    pub ramp_rooms: bool,
     /// Measurement time of each ramp step.
     pub step_seconds: f64,
     pub send_width: usize,
@@ -91,15 +94,33 @@ pub async fn run(config: &BenchConfig) -> Result<BenchReport> {
             config.participants
         );
     }
-    let most = if config.ramp {
-        ROOM_CAPACITY * config.rooms
-    } else {
+    anyhow::ensure!(
+        !config.ramp_rooms || config.ramp,
+        "--ramp-rooms is a kind of --ramp"
+    );
+    let most = match (config.ramp, config.ramp_rooms) {
+        (true, true) => config.participants * config.rooms,
+        (true, false) => ROOM_CAPACITY * config.rooms,
+        (false, _) => config.participants,
+    };
+    let per_room = if config.ramp_rooms {
         config.participants
+    } else {
+        most.div_ceil(config.rooms)
     };
     anyhow::ensure!(
-        most.div_ceil(config.rooms) <= ROOM_CAPACITY,
+        per_room <= ROOM_CAPACITY,
         "at most {ROOM_CAPACITY} participants per room (the largest grid); use --rooms"
     );
+    let placement = if config.ramp_rooms {
+        Placement::Fill {
+            per_room: config.participants,
+        }
+    } else {
+        Placement::RoundRobin {
+            rooms: config.rooms,
+        }
+    };
     let progress = Progress::new();
     progress.show(0, 1, &format!("encoding media for {most} participants"));
     let (width, height) = (config.send_width, config.send_height);
@@ -128,7 +149,7 @@ pub async fn run(config: &BenchConfig) -> Result<BenchReport> {
     let mut crowd = Crowd::new(
         &url,
         media.clone(),
-        config.rooms,
+        placement,
         config.receivers,
         config.impaired.clone(),
     )?;
@@ -147,6 +168,7 @@ pub async fn run(config: &BenchConfig) -> Result<BenchReport> {
         join,
         ramp: ramp_report,
         impaired,
+        room_figures,
         errors: mut errors_more,
     } = result?;
     let server_cores = watch.cores();
@@ -154,9 +176,14 @@ pub async fn run(config: &BenchConfig) -> Result<BenchReport> {
     let server_rss = watch.rss();
     let rss_slope = watch.rss_slope_per_minute();
 
+    // For a ramp of rooms, the rooms held (as `participants` is the participants held).
+    let measured_rooms = match &ramp_report {
+        Some(r) if r.by_rooms => r.rooms_held,
+        _ => config.rooms,
+    };
     let floor = if config.floor && participants > 0 {
         progress.show(0, 1, &format!("floor: {participants} participants"));
-        let floor = floor::measure(&media_file, participants, config.rooms, seconds).await;
+        let floor = floor::measure(&media_file, participants, measured_rooms, seconds).await;
         progress.show(1, 1, "floor: done");
         progress.done();
         match floor {
@@ -190,7 +217,7 @@ pub async fn run(config: &BenchConfig) -> Result<BenchReport> {
     let floor_cores = floor.as_ref().map(|f| f.cpu_cores);
     let report = BenchReport {
         participants,
-        rooms: config.rooms,
+        rooms: measured_rooms,
         receivers_per_room: config.receivers,
         seconds,
         machine_cores: machine_cores(),
@@ -214,6 +241,7 @@ pub async fn run(config: &BenchConfig) -> Result<BenchReport> {
         join_to_first_frame_ms: join.0,
         join_to_first_frame_ms_each: join.1,
         figures,
+        room_figures,
         ramp: ramp_report,
         impaired,
         errors: errors.into_iter().chain(errors_more).collect(),
@@ -240,6 +268,8 @@ struct Outcome {
     join: (Quantiles, Vec<f64>),
     ramp: Option<RampReport>,
     impaired: Vec<ImpairedViewer>,
+    /// Each room's figures (for a ramp: at the last step held).
+    room_figures: Vec<RoomFigures>,
     errors: Vec<String>,
 }
 
@@ -282,6 +312,7 @@ async fn fixed(
     };
     progress.done();
     let figures = crowd.figures(from, to);
+    let room_figures = crowd.room_figures(from, to);
     let impaired = crowd.impaired_viewers(from, to, lifted.flatten());
     let (join, each, never) = crowd.join_times(0..config.participants);
     Ok(Outcome {
@@ -291,6 +322,7 @@ async fn fixed(
         join: (join, each),
         ramp: None,
         impaired,
+        room_figures,
         errors: never,
     })
 }
@@ -301,8 +333,14 @@ async fn ramp(
     watch: &mut ServerWatch,
     progress: &Progress,
 ) -> Result<Outcome> {
-    let most = ROOM_CAPACITY * config.rooms;
-    let step = config.participants.max(1);
+    let (most, step) = if config.ramp_rooms {
+        (
+            config.participants * config.rooms,
+            config.participants.max(1),
+        )
+    } else {
+        (ROOM_CAPACITY * config.rooms, config.participants.max(1))
+    };
     let mut steps: Vec<RampStep> = Vec::new();
     let mut stopped_because = Vec::new();
     let mut errors = Vec::new();
@@ -314,9 +352,14 @@ async fn ramp(
             tokio::time::sleep(JOIN_SPACING).await;
         }
         tokio::time::sleep(SETTLE).await;
-        let label = format!("ramp: {target} participants");
+        let label = if config.ramp_rooms {
+            format!("ramp: {} rooms of {step}", target / step)
+        } else {
+            format!("ramp: {target} participants")
+        };
         let (from, to) = watch.window(config.step_seconds, progress, &label).await;
         let figures = crowd.figures(from, to);
+        let rooms_now = crowd.room_figures(from, to);
         let (_, _, never) = crowd.join_times(before..target);
         errors.extend(never);
         let cpu = watch.cores().map(percent_of_machine);
@@ -340,6 +383,8 @@ async fn ramp(
         let passed = broken.is_empty();
         steps.push(RampStep {
             participants: target,
+            rooms: rooms_now.len(),
+            room_figures: rooms_now,
             server_cpu_percent_of_machine: cpu,
             bench_cpu_percent_of_machine: watch.own_cores().map(percent_of_machine),
             server_rss_mb: watch.rss(),
@@ -354,15 +399,18 @@ async fn ramp(
     }
     progress.done();
     if stopped_because.is_empty() {
-        stopped_because.push(format!(
-            "reached the server's limit of {ROOM_CAPACITY} per room"
-        ));
+        stopped_because.push(if config.ramp_rooms {
+            format!("reached --rooms {}", config.rooms)
+        } else {
+            format!("reached the server's limit of {ROOM_CAPACITY} per room")
+        });
     }
-    let held = steps
-        .iter()
-        .take_while(|s| s.passed)
-        .last()
-        .map_or(0, |s| s.participants);
+    let last_held = steps.iter().take_while(|s| s.passed).last();
+    let held = last_held.map_or(0, |s| s.participants);
+    let rooms_held = last_held.map_or(0, |s| s.rooms);
+    let room_figures = last_held
+        .map(|s| s.room_figures.clone())
+        .unwrap_or_default();
     let figures = steps
         .iter()
         .take_while(|s| s.passed)
@@ -377,10 +425,13 @@ async fn ramp(
         join: (join, each),
         ramp: Some(RampReport {
             participants_held: held,
+            rooms_held,
+            by_rooms: config.ramp_rooms,
             stopped_because,
             steps,
         }),
         impaired: Vec::new(),
+        room_figures,
         errors,
     })
 }

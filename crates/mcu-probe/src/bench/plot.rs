@@ -18,15 +18,22 @@ struct Series<'a> {
     points: Vec<(f64, f64)>,
 }
 
+/// A panel's title and the name of its x axis.
+struct Titles<'a> {
+    title: &'a str,
+    x_label: &'a str,
+}
+
 fn panel(
     out: &mut String,
     top: f64,
-    title: &str,
+    titles: Titles<'_>,
     x_max: f64,
     y_max: f64,
     limit: f64,
     series: &[Series],
 ) {
+    let Titles { title, x_label } = titles;
     let plot_w = WIDTH - MARGIN_LEFT - MARGIN_RIGHT;
     let plot_h = PANEL_HEIGHT - MARGIN_TOP - MARGIN_BOTTOM;
     let x = |v: f64| MARGIN_LEFT + plot_w * v / x_max.max(1.0);
@@ -67,7 +74,7 @@ fn panel(
     }
     let _ = writeln!(
         out,
-        r#"<text x="{}" y="{}" font-size="11" text-anchor="middle">participants</text>"#,
+        r#"<text x="{}" y="{}" font-size="11" text-anchor="middle">{x_label}</text>"#,
         MARGIN_LEFT + plot_w / 2.0,
         top + PANEL_HEIGHT - 6.0
     );
@@ -115,13 +122,28 @@ type Point = (f64, Option<f64>, Option<f64>, Option<f64>);
 
 /// The plot of a report: the ramp's steps, or the single run as one point.
 pub fn svg(report: &BenchReport) -> String {
+    let by_rooms = report.ramp.as_ref().is_some_and(|r| r.by_rooms);
+    let x_label = if by_rooms {
+        let per_room = report
+            .ramp
+            .as_ref()
+            .and_then(|r| r.steps.first())
+            .map_or(0, |s| s.participants / s.rooms.max(1));
+        format!("rooms of {per_room}")
+    } else {
+        "participants".to_string()
+    };
     let steps: Vec<Point> = match &report.ramp {
         Some(ramp) => ramp
             .steps
             .iter()
             .map(|s| {
                 (
-                    s.participants as f64,
+                    if by_rooms {
+                        s.rooms as f64
+                    } else {
+                        s.participants as f64
+                    },
                     s.server_cpu_percent_of_machine,
                     s.figures.video_latency_ms.p50,
                     s.figures.video_latency_ms.p95,
@@ -152,7 +174,10 @@ pub fn svg(report: &BenchReport) -> String {
     panel(
         &mut out,
         0.0,
-        &format!("Server CPU, % of {} cores", report.machine_cores),
+        Titles {
+            title: &format!("Server CPU, % of {} cores", report.machine_cores),
+            x_label: &x_label,
+        },
         x_max,
         100.0,
         RAMP_MAX_CPU_PERCENT,
@@ -170,7 +195,10 @@ pub fn svg(report: &BenchReport) -> String {
     panel(
         &mut out,
         PANEL_HEIGHT,
-        "Server-added video latency, ms",
+        Titles {
+            title: "Server-added video latency, ms",
+            x_label: &x_label,
+        },
         x_max,
         latency_max,
         RAMP_MAX_LATENCY_P95_MS,

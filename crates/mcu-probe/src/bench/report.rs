@@ -5,9 +5,21 @@ use serde::Serialize;
 use super::figures::{Quantiles, WindowFigures};
 use super::links::ImpairedViewer;
 
+/// One room's figures, from its own receivers.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoomFigures {
+    pub room: String,
+    pub participants: usize,
+    #[serde(flatten)]
+    pub figures: WindowFigures,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RampStep {
     pub participants: usize,
+    /// Rooms open at this step, and each one's figures.
+    pub rooms: usize,
+    pub room_figures: Vec<RoomFigures>,
     pub server_cpu_percent_of_machine: Option<f64>,
     pub bench_cpu_percent_of_machine: Option<f64>,
     pub server_rss_mb: Option<f64>,
@@ -20,6 +32,10 @@ pub struct RampStep {
 #[derive(Debug, Clone, Serialize)]
 pub struct RampReport {
     pub participants_held: usize,
+    /// Rooms open at the last step that passed.
+    pub rooms_held: usize,
+    /// Whether each step added a room (`--ramp-rooms`) rather than participants.
+    pub by_rooms: bool,
     pub stopped_because: Vec<String>,
     pub steps: Vec<RampStep>,
 }
@@ -50,6 +66,8 @@ pub struct BenchReport {
     pub join_to_first_frame_ms_each: Vec<f64>,
     #[serde(flatten)]
     pub figures: WindowFigures,
+    /// Each room's own figures (for a ramp: at the last step held).
+    pub room_figures: Vec<RoomFigures>,
     pub ramp: Option<RampReport>,
     /// Viewers on bad links, measured apart from the figures above (which are everyone else's).
     pub impaired: Vec<ImpairedViewer>,
@@ -104,16 +122,32 @@ pub fn summary(r: &BenchReport) -> String {
         "  join → first frame {}\n",
         ms(&r.join_to_first_frame_ms)
     ));
+    if r.room_figures.len() > 1 {
+        for room in &r.room_figures {
+            out.push_str(&format!(
+                "  {} ({} people): fps p5 {}, video p50 / p95 {} / {}, frozen {} composite, {} tile\n",
+                room.room,
+                room.participants,
+                opt(room.figures.fps_p5, ""),
+                opt(room.figures.video_latency_ms.p50, " ms"),
+                opt(room.figures.video_latency_ms.p95, " ms"),
+                room.figures.frozen_intervals.composite,
+                room.figures.frozen_intervals.tiles,
+            ));
+        }
+    }
     if let Some(ramp) = &r.ramp {
         out.push_str(&format!(
-            "  ramp: {} participants held; stopped: {}\n",
+            "  ramp: {} participants in {} room(s) held; stopped: {}\n",
             ramp.participants_held,
+            ramp.rooms_held,
             ramp.stopped_because.join("; ")
         ));
         for s in &ramp.steps {
             out.push_str(&format!(
-                "    {:>2}: CPU {} (bench {}), fps p5 {}, video p95 {}, audio p95 {} — {}\n",
+                "    {:>2} in {} room(s): CPU {} (bench {}), fps p5 {}, video p95 {}, audio p95 {} — {}\n",
                 s.participants,
+                s.rooms,
                 opt(s.server_cpu_percent_of_machine, " %"),
                 opt(s.bench_cpu_percent_of_machine, " %"),
                 opt(s.figures.fps_p5, ""),
