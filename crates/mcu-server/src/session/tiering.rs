@@ -34,8 +34,8 @@ pub const LINK_TEST: Duration = Duration::from_millis(1500);
 /// loss of the tier's own packets shows (a lost copy is never missed), so a test that jumps to
 /// its full rate on a link that cannot carry it overflows the queue at once and costs a burst of
 /// real packets; climbing, the first loss comes while the overflow is still small, and the test
-/// ends on that first NACK (the viewer's task sends the copies). Measured with `mcu probe --downlink-kbps 1200`: a jump cost 130
-/// packets per test and a freeze each time.
+/// ends on that first loss (the viewer's task sends the copies). Measured with
+/// `mcu probe --downlink-kbps 1200`: a jump cost 130 packets per test and a freeze each time.
 pub const TEST_RAMP: Duration = Duration::from_millis(750);
 /// After a step up, the new tier is on probation this long: loss then sends the viewer straight
 /// back and doubles the hold before the next try.
