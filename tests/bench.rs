@@ -16,14 +16,17 @@ fn number(report: &Value, path: &[&str]) -> f64 {
         .unwrap_or_else(|| panic!("{} is not a number in {report:#}", path.join(".")))
 }
 
-#[test]
-fn a_four_participant_bench_reports_every_figure_from_media_it_decoded() {
-    let dir = std::env::temp_dir().join(format!("mcu-bench-test-{}", std::process::id()));
+/// Runs `mcu bench` with `args` (plus a JSON report and a plot, in a scratch directory), checks
+/// it succeeded, prints its summary, and returns the report and the plot.
+fn run_bench(name: &str, args: &[&str]) -> (Value, String) {
+    let dir = std::env::temp_dir().join(format!("mcu-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     let json = dir.join("bench.json");
     let svg = dir.join("bench.svg");
     let output = Command::new(env!("CARGO_BIN_EXE_mcu"))
-        .args(["bench", "--participants", "4", "--seconds", "10", "--json"])
+        .arg("bench")
+        .args(args)
+        .arg("--json")
         .arg(&json)
         .arg("--svg")
         .arg(&svg)
@@ -36,7 +39,14 @@ fn a_four_participant_bench_reports_every_figure_from_media_it_decoded() {
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(&json).expect("the JSON report"))
             .expect("the report is JSON");
+    let plot = std::fs::read_to_string(&svg).expect("the plot");
+    let _ = std::fs::remove_dir_all(&dir);
+    (report, plot)
+}
 
+#[test]
+fn a_four_participant_bench_reports_every_figure_from_media_it_decoded() {
+    let (report, plot) = run_bench("bench", &["--participants", "4", "--seconds", "10"]);
     assert_eq!(report["participants"], 4);
     assert!(
         report["errors"].as_array().is_some_and(|e| e.is_empty()),
@@ -80,20 +90,14 @@ fn a_four_participant_bench_reports_every_figure_from_media_it_decoded() {
     ] {
         assert!(number(&report, path) >= 0.0);
     }
-    let plot = std::fs::read_to_string(&svg).expect("the plot");
     assert!(plot.starts_with("<svg") && plot.contains("polyline"));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn a_ramp_of_rooms_reports_each_rooms_own_figures() {
-    let dir = std::env::temp_dir().join(format!("mcu-bench-rooms-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    let json = dir.join("rooms.json");
-    let svg = dir.join("rooms.svg");
-    let output = Command::new(env!("CARGO_BIN_EXE_mcu"))
-        .args([
-            "bench",
+    let (report, plot) = run_bench(
+        "bench-rooms",
+        &[
             "--ramp-rooms",
             "--participants",
             "2",
@@ -102,20 +106,8 @@ fn a_ramp_of_rooms_reports_each_rooms_own_figures() {
             "--seconds",
             "3",
             "--no-floor",
-            "--json",
-        ])
-        .arg(&json)
-        .arg("--svg")
-        .arg(&svg)
-        .output()
-        .expect("running mcu bench");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stdout}\n{stderr}");
-    println!("{stdout}");
-    let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).expect("the JSON report"))
-            .expect("the report is JSON");
+        ],
+    );
     let ramp = &report["ramp"];
     let steps = ramp["steps"].as_array().expect("ramp steps");
     // Whether a step passed is the machine's business; what each step reports is ours.
@@ -145,10 +137,8 @@ fn a_ramp_of_rooms_reports_each_rooms_own_figures() {
         Some(held),
         "the report's room figures are those of the last step held"
     );
-    let plot = std::fs::read_to_string(&svg).expect("the plot");
     assert!(
         plot.contains("rooms of 2"),
         "the plot's x axis counts rooms"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

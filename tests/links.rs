@@ -8,6 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{wait_for, Server, SETTLE};
+use mcu_probe::frames::{frame_gaps, FrameGaps};
 use mcu_probe::impair::Impairment;
 use mcu_probe::probe::{spec_for, Content, Crowd, Observation, Participant, Spec};
 use mcu_server::codec::VideoCodec;
@@ -34,29 +35,9 @@ fn camera_like(index: usize) -> Spec {
     spec
 }
 
-fn fps_in(obs: &Observation, from: Instant, to: Instant) -> f64 {
-    let frames = obs
-        .frame_times
-        .iter()
-        .filter(|t| **t >= from && **t <= to)
-        .count();
-    frames as f64 / (to - from).as_secs_f64()
-}
-
-fn largest_gap(obs: &Observation, from: Instant, to: Instant) -> Duration {
-    let mut previous = from;
-    let mut gap = Duration::ZERO;
-    for t in obs
-        .frame_times
-        .iter()
-        .copied()
-        .filter(|t| *t >= from && *t <= to)
-        .chain([to])
-    {
-        gap = gap.max(t - previous);
-        previous = t;
-    }
-    gap
+/// Frame rate and longest wait over a window of what `obs` decoded.
+fn gaps(obs: &Observation, from: Instant, to: Instant) -> FrameGaps {
+    frame_gaps(&obs.frame_times, from, to, STALL)
 }
 
 fn current_width(p: &Participant) -> Option<u32> {
@@ -119,15 +100,15 @@ async fn a_viewer_on_a_thin_link_gets_a_smaller_picture_and_the_full_one_back_wh
     let from = Instant::now();
     tokio::time::sleep(Duration::from_secs(5)).await;
     let to = Instant::now();
-    let fps = fps_in(&crowd.members[2].observe(), from, to);
+    let fps = gaps(&crowd.members[2].observe(), from, to).fps;
     eprintln!("the thin viewer decodes {fps:.1} fps at {width} wide");
     assert!(fps >= THIN_MIN_FPS, "the thin viewer decodes {fps:.1} fps");
     for good in &crowd.members[..2] {
         let obs = good.observe();
-        let fps = fps_in(&obs, from, to);
-        assert!(fps >= GOOD_MIN_FPS, "{} decodes {fps:.1} fps", obs.id);
+        let g = gaps(&obs, from, to);
+        assert!(g.fps >= GOOD_MIN_FPS, "{} decodes {:.1} fps", obs.id, g.fps);
         assert_eq!(widths(good), [1280], "{} left the top tier", obs.id);
-        assert!(largest_gap(&obs, from, to) < STALL, "{} stalled", obs.id);
+        assert!(g.max_gap < STALL, "{} stalled for {:?}", obs.id, g.max_gap);
     }
 
     // Up: the link widens, and the viewer climbs back to the full picture.
@@ -140,7 +121,7 @@ async fn a_viewer_on_a_thin_link_gets_a_smaller_picture_and_the_full_one_back_wh
     .await;
     let from = Instant::now();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let fps = fps_in(&crowd.members[2].observe(), from, Instant::now());
+    let fps = gaps(&crowd.members[2].observe(), from, Instant::now()).fps;
     assert!(fps >= GOOD_MIN_FPS, "back on top, it decodes {fps:.1} fps");
     for good in &crowd.members[..2] {
         assert_eq!(widths(good), [1280], "{} left the top tier", good.id());
@@ -206,8 +187,9 @@ async fn a_sender_on_a_lossy_jittery_uplink_keeps_its_tile_moving_for_the_others
     );
     for viewer in &crowd.members[..2] {
         let obs = viewer.observe();
-        assert!(fps_in(&obs, from, to) >= GOOD_MIN_FPS, "{}", obs.id);
-        assert!(largest_gap(&obs, from, to) < STALL, "{} stalled", obs.id);
+        let g = gaps(&obs, from, to);
+        assert!(g.fps >= GOOD_MIN_FPS, "{} decodes {:.1} fps", obs.id, g.fps);
+        assert!(g.max_gap < STALL, "{} stalled for {:?}", obs.id, g.max_gap);
         let shown = obs
             .recent
             .iter()

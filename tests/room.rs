@@ -6,26 +6,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{all_ok, crowd_of, settle, wait_for, Server, SETTLE};
+use mcu_probe::frames::frame_gaps;
 use mcu_probe::probe::{analysis, Crowd};
 use mcu_server::codec::VideoCodec;
 
 /// Frames further apart than this are a stall a person would notice.
 const STALL: Duration = Duration::from_millis(700);
-
-fn largest_gap(times: &[Instant], from: Instant, to: Instant) -> Duration {
-    let mut previous = from;
-    let mut gap = Duration::ZERO;
-    for t in times
-        .iter()
-        .copied()
-        .filter(|t| *t >= from && *t <= to)
-        .chain([to])
-    {
-        gap = gap.max(t - previous);
-        previous = t;
-    }
-    gap
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_participant_sees_itself_full_frame() {
@@ -95,11 +81,13 @@ async fn four_participants_find_every_colour_in_its_quadrant_and_a_leaver_frees_
     tokio::time::sleep(Duration::from_millis(500)).await;
     for p in &crowd.members {
         let obs = p.observe();
-        let gap = largest_gap(
+        let gap = frame_gaps(
             &obs.frame_times,
             left_at - Duration::from_secs(1),
             Instant::now(),
-        );
+            STALL,
+        )
+        .max_gap;
         assert!(
             gap < STALL,
             "{} saw the composite stall for {gap:?}",

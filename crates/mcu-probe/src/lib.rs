@@ -5,6 +5,7 @@
 //! the figures behind docs/performance.md).
 
 pub mod bench;
+pub mod frames;
 pub mod heard;
 pub mod impair;
 mod link;

@@ -15,7 +15,9 @@ use super::pump;
 use super::receiver::{self, ReceiverContext};
 use super::report::RoomFigures;
 use super::COMPOSITE_FPS;
+use crate::frames::frame_gaps;
 use crate::impair::Impairment;
+use crate::probe::FREEZE;
 
 fn room_name(room: usize) -> String {
     format!("bench-{}", room + 1)
@@ -149,22 +151,16 @@ impl Crowd {
                 let (impairment, link) = p.media.link.as_ref()?;
                 let observed = p.media.observed.as_ref()?;
                 let o = receiver::lock(observed);
-                let decoded = links::Decoded {
-                    frames: &o.decoded,
-                    joined: p.started(),
-                };
-                let (fps, freezes_at_s, sizes, settled_after_join_s, settled_after_lift_s) =
-                    links::figures(&decoded, from, to, lift);
+                let times: Vec<Instant> = o.decoded.iter().map(|(t, _, _)| *t).collect();
+                let gaps = frame_gaps(&times, from, to, FREEZE);
                 Some(ImpairedViewer {
                     participant: p.media.index + 1,
                     room: p.media.room.clone(),
                     link: *impairment,
-                    fps,
-                    freezes: freezes_at_s.len(),
-                    freezes_at_s,
-                    sizes,
-                    settled_after_join_s,
-                    settled_after_lift_s,
+                    fps: gaps.fps,
+                    freezes: gaps.freezes_at_s.len(),
+                    freezes_at_s: gaps.freezes_at_s,
+                    moves: links::moves(&o.decoded, p.started(), from, lift),
                     link_figures: link.counters.figures(),
                 })
             })

@@ -28,7 +28,7 @@ use anyhow::{Context, Result};
 use crate::impair::Impairment;
 use crowd::{Crowd, Placement};
 use figures::{Quantiles, WindowFigures};
-pub use links::{ImpairedViewer, SizeAt};
+pub use links::{ImpairedViewer, Moves};
 use media::BenchMedia;
 pub use media::DEFAULT_SEND_SIZE;
 use proc_stat::machine_cores;

@@ -159,9 +159,10 @@ pub fn summary(r: &BenchReport) -> String {
     }
     for v in &r.impaired {
         let sizes: Vec<String> = v
+            .moves
             .sizes
             .iter()
-            .map(|s| format!("{} at {:.1} s", s.size, s.at_s))
+            .map(|s| format!("{}x{} at {:.1} s", s.width, s.height, s.at_s))
             .collect();
         out.push_str(&format!(
             "  impaired bench-{} ({}): {:.1} fps, {} freeze(s){}; sizes {}; settled {} after joining, {} after the lift; {} dropped by its queue, {} lost\n",
@@ -176,8 +177,8 @@ pub fn summary(r: &BenchReport) -> String {
                 format!(" (at {} s)", at.join(", "))
             },
             sizes.join(", "),
-            opt(v.settled_after_join_s, " s"),
-            opt(v.settled_after_lift_s, " s"),
+            opt(v.moves.settled_after_join_s, " s"),
+            opt(v.moves.settled_after_lift_s, " s"),
             v.link_figures.down_queue_drops,
             v.link_figures.down_lost,
         ));

@@ -22,7 +22,9 @@ use mcu_server::codec::VideoCodec;
 use mcu_server::rtc::RtcFactory;
 pub use media::descriptions as pipeline_descriptions;
 pub use member::{Content, Expected, FrameSample, Observation, Participant, Roster, Spec};
-pub use report::{evaluate, summary, ParticipantReport, Report, TileCheck, ToneCheck};
+pub use report::{
+    evaluate, summary, ParticipantReport, Report, SizeChange, TileCheck, ToneCheck, FREEZE,
+};
 
 /// A tile passes when at least this share of the last second's frames shows the right colour; the
 /// rest allows for the frames in flight while the layout changes.

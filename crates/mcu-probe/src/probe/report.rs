@@ -10,6 +10,7 @@ use super::analysis::{self, tone_share, TONE_ABSENT, TONE_PRESENT};
 use super::exchange;
 use super::member::{Expected, Observation};
 use super::TILE_MATCH_SHARE;
+use crate::frames::{frame_gaps, seconds_from, FrameGaps};
 use crate::impair::LinkFigures;
 use mcu_server::codec::VideoCodec;
 
@@ -100,33 +101,13 @@ pub fn evaluate(
 ) -> ParticipantReport {
     let mut ok = true;
     let (from, to) = window;
-    let in_window: Vec<Instant> = obs
-        .frame_times
-        .iter()
-        .copied()
-        .filter(|t| *t >= from && *t <= to)
-        .collect();
-    let span = (to - from).as_secs_f64().max(1e-3);
-    let fps = in_window.len() as f64 / span;
-    let mut max_gap = 0.0f64;
-    let mut freezes_at_s = Vec::new();
-    let mut previous = from;
-    for t in in_window.iter().copied().chain(std::iter::once(to)) {
-        let gap = t - previous;
-        max_gap = max_gap.max(gap.as_secs_f64() * 1000.0);
-        if gap > FREEZE {
-            freezes_at_s.push((previous - from).as_secs_f64());
-        }
-        previous = t;
-    }
+    let FrameGaps {
+        fps,
+        max_gap,
+        freezes_at_s,
+    } = frame_gaps(&obs.frame_times, from, to, FREEZE);
+    let max_gap = max_gap.as_secs_f64() * 1000.0;
     let freezes = freezes_at_s.len();
-    let seconds_from_start = |at: Instant| {
-        if at >= from {
-            (at - from).as_secs_f64()
-        } else {
-            -(from - at).as_secs_f64()
-        }
-    };
     // The size in force at the start, then the changes during the window.
     let started_at = obs
         .sizes
@@ -139,7 +120,7 @@ pub fn evaluate(
         .skip(started_at)
         .filter(|(at, ..)| *at <= to)
         .map(|(at, width, height)| SizeChange {
-            at_s: seconds_from_start(*at),
+            at_s: seconds_from(from, *at),
             width: *width,
             height: *height,
         })

@@ -31,15 +31,12 @@ struct Unwrap {
 impl Unwrap {
     fn extend(&mut self, seq: u16) -> u64 {
         let extended = match self.last {
+            // Started a wrap up, so a packet from just before the first stays above zero.
             None => u64::from(seq) + (1 << 16),
+            // The nearest number to the last one seen: at most half the 16-bit space either way.
             Some(last) => {
-                // The candidate nearest the last one seen.
-                let base = last & !0xffff;
-                [base.wrapping_sub(1 << 16), base, base + (1 << 16)]
-                    .into_iter()
-                    .map(|b| b + u64::from(seq))
-                    .min_by_key(|c| c.abs_diff(last))
-                    .unwrap_or(last)
+                let delta = i64::from(seq.wrapping_sub(last as u16) as i16);
+                last.saturating_add_signed(delta)
             }
         };
         if self.last.is_none_or(|last| extended > last) {
