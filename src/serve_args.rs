@@ -36,6 +36,11 @@ pub struct ServeArgs {
     /// WxH@KBPS,… (smaller and cheaper each), or none.
     #[arg(long, env = "MCU_TIERS", default_value = config::DEFAULT_TIERS, value_parser = config::parse_tiers)]
     tiers: ::std::vec::Vec<config::Tier>,
+    /// How large each room's composite really is: fit (the smallest of 100, 75, 50 or 25 % of
+    /// --width×--height that shows every camera at its own size; the full size while recording)
+    /// or fixed (always the full size).
+    #[arg(long, env = "MCU_CANVAS", value_enum, default_value_t = config::CanvasMode::Fit)]
+    canvas: config::CanvasMode,
     /// Codec of the composite for every room not named in --room-codec.
     #[arg(long, env = "MCU_VIDEO_CODEC", value_enum, default_value_t = VideoCodec::Vp8)]
     video_codec: VideoCodec,
@@ -209,6 +214,7 @@ pub fn server_config(args: ServeArgs) -> Result<ServerConfig> {
             video_bitrate_kbps: args.video_bitrate_kbps,
             lower_tiers: args.tiers,
             debug_dir: args.debug_dir,
+            canvas: args.canvas,
             ..MediaConfig::default()
         },
         video_codec: args.video_codec,

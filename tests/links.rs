@@ -53,7 +53,9 @@ fn widths(p: &Participant) -> Vec<u32> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_viewer_on_a_thin_link_gets_a_smaller_picture_and_the_full_one_back_when_it_widens() {
     common::init();
-    let server = Server::start("thin_link", &[]);
+    // The tiers are measured under a 1280×720 top tier: four 320×180 cameras would otherwise
+    // make a 640×360 canvas (canvas.rs), as large as the middle tier.
+    let server = Server::start("thin_link", &["--canvas", "fixed"]);
     let mut crowd = Crowd::new(&server.url(), "thin").expect("creating the crowd");
     for i in 0..2 {
         crowd.join_with(camera_like(i)).await.expect("joining");

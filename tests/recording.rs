@@ -47,6 +47,15 @@ async fn start_recording(server: &Server, room: &str) -> serde_json::Value {
     start.json()
 }
 
+/// Stops `room`'s recording through the API; returns what the API says of the finished file.
+async fn stop_recording(server: &Server, room: &str) -> serde_json::Value {
+    let stop = server
+        .request("DELETE", &format!("/api/v1/rooms/{room}/recording"), &[])
+        .await;
+    assert_eq!(stop.status, 200, "{}", String::from_utf8_lossy(&stop.body));
+    stop.json()
+}
+
 /// Each participant's colour at the centre of its tile of `frame` (`when` names the moment).
 fn assert_tiles_show(
     frame: &common::recording::VideoFrame,
@@ -100,12 +109,9 @@ async fn a_recording_shows_every_tile_and_carries_every_voice_for_as_long_as_it_
     )
     .await;
     wait_until_recorded(&server, "rec3", 10.0).await;
-    let stop = server
-        .request("DELETE", "/api/v1/rooms/rec3/recording", &[])
-        .await;
+    let stopped = stop_recording(&server, "rec3").await;
     let recorded_for = started.elapsed();
-    assert_eq!(stop.status, 200, "{}", String::from_utf8_lossy(&stop.body));
-    let info = stop.json();
+    let info = stopped;
     assert_eq!(info["status"], "complete");
     let file = server
         .recordings
@@ -330,12 +336,7 @@ async fn a_recording_outlives_comings_and_goings_ends_with_its_room_and_with_sig
     assert_eq!(sidecar["status"], "complete");
     let decoded = decode(&server.recordings.join(recording["file"].as_str().unwrap()));
     assert!(decoded.error.is_none(), "decoding: {:?}", decoded.error);
-    let longest_gap = decoded
-        .video
-        .windows(2)
-        .map(|w| w[1].pts - w[0].pts)
-        .max()
-        .unwrap_or_default();
+    let longest_gap = decoded.longest_gap();
     println!("longest gap between recorded frames: {longest_gap:?}");
     assert!(
         longest_gap < Duration::from_millis(500),
@@ -351,6 +352,94 @@ async fn a_recording_outlives_comings_and_goings_ends_with_its_room_and_with_sig
     );
 }
 
+/// A room whose canvas is small (one 320×180 camera: a 320×180 composite, see canvas.rs) starts
+/// recording; the canvas goes to the full frame for the file (a muxer refuses a change of size),
+/// people come and go, which would have changed the canvas, and the file plays from start to end
+/// at one size. When the recording stops, the room's canvas shrinks again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_of_a_room_whose_canvas_changes_plays_from_start_to_end() {
+    common::init();
+    let server = Server::start("recording-canvas", &[]);
+    let mut crowd = crowd_of(&server, "resize", 1).await;
+    settle(&crowd, "the participant to see itself").await;
+    let size_now = |crowd: &mcu_probe::probe::Crowd| {
+        crowd.members[0]
+            .observe()
+            .recent
+            .last()
+            .map(|f| (f.width, f.height))
+    };
+    assert_eq!(
+        size_now(&crowd),
+        Some((320, 180)),
+        "the canvas before recording"
+    );
+
+    let started = Instant::now();
+    let info = start_recording(&server, "resize").await;
+    wait_for("the canvas to be the full frame", SETTLE, || {
+        (size_now(&crowd) == Some((1280, 720))).then_some(())
+    })
+    .await;
+    // Alone for the file's first seconds, so that they show one tile.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    crowd
+        .join(mcu_server::codec::VideoCodec::Vp8)
+        .await
+        .expect("a second joins");
+    settle(&crowd, "two participants to see each other").await;
+    crowd.leave(1).await;
+    // Long enough alone again that the file's last second is the one-tile layout.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_until_recorded(&server, "resize", 8.0).await;
+    stop_recording(&server, "resize").await;
+    let recorded_for = started.elapsed();
+    let file = server
+        .recordings
+        .join(info["file"].as_str().expect("a file"));
+
+    let decoded = decode(&file);
+    assert!(decoded.error.is_none(), "decoding: {:?}", decoded.error);
+    let sizes: std::collections::BTreeSet<(usize, usize)> =
+        decoded.video.iter().map(|f| (f.width, f.height)).collect();
+    assert_eq!(sizes.into_iter().collect::<Vec<_>>(), [(1280, 720)]);
+    let duration = decoded.video_duration(FPS);
+    let longest_gap = decoded.longest_gap();
+    println!(
+        "recorded for {recorded_for:?}; the file lasts {duration:?}, longest gap {longest_gap:?}"
+    );
+    assert!(
+        (duration.as_secs_f64() - recorded_for.as_secs_f64()).abs() <= 1.0,
+        "the file lasts {duration:?}, the recording ran {recorded_for:?}"
+    );
+    assert!(
+        longest_gap < Duration::from_millis(500),
+        "a gap of {longest_gap:?}"
+    );
+    // The one who stayed is in the whole frame from the first second to the last.
+    let colour = crowd.members[0].colour();
+    let first = decoded.video[0].pts;
+    for at in [Duration::from_secs(1), duration - Duration::from_secs(1)] {
+        let frame = decoded.frame_near(first + at).expect("a kept frame");
+        let seen = frame.average(640, 360, 8);
+        assert!(
+            analysis::shows(seen, colour),
+            "at {at:?} the centre shows {} instead of {}",
+            seen.hex(),
+            colour.hex()
+        );
+    }
+
+    // Unpinned, the canvas fits the one camera again.
+    wait_for(
+        "the canvas to shrink after the recording",
+        mcu_server::canvas::SHRINK_AFTER + SETTLE,
+        || (size_now(&crowd) == Some((320, 180))).then_some(()),
+    )
+    .await;
+    crowd.leave_all().await;
+}
+
 /// An H.264 room records the very H.264 frames its participants receive into Matroska; the file
 /// decodes to the composite with every tile's colour. (The encoder's avc output goes into the
 /// file unchanged: no parser, so the runtime needs no gstreamer1.0-plugins-bad.)
@@ -364,12 +453,9 @@ async fn an_h264_room_records_its_own_encode_into_matroska() {
     let started = Instant::now();
     start_recording(&server, "rech").await;
     wait_until_recorded(&server, "rech", 4.0).await;
-    let stop = server
-        .request("DELETE", "/api/v1/rooms/rech/recording", &[])
-        .await;
+    let stopped = stop_recording(&server, "rech").await;
     let recorded_for = started.elapsed();
-    assert_eq!(stop.status, 200, "{}", String::from_utf8_lossy(&stop.body));
-    let file = stop.json()["file"]
+    let file = stopped["file"]
         .as_str()
         .expect("the file is named")
         .to_string();

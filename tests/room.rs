@@ -24,8 +24,10 @@ async fn one_participant_sees_itself_full_frame() {
     assert_eq!(layout.tiles.len(), 1);
     let tile = &layout.tiles[0];
     assert_eq!((tile.x, tile.y, tile.width, tile.height), (0, 0, 1280, 720));
+    // The layout is on the nominal 1280×720 frame; the composite itself is no larger than the
+    // one camera in it (the probe sends 320×180): see canvas.rs.
     let frame = obs.recent.last().expect("frames arrived");
-    assert_eq!((frame.width, frame.height), (1280, 720));
+    assert_eq!((frame.width, frame.height), (320, 180));
     // Full frame: the colour reaches the top of the picture too (no bars).
     let colour = crowd.members[0].colour();
     assert!(
@@ -94,6 +96,67 @@ async fn four_participants_find_every_colour_in_its_quadrant_and_a_leaver_frees_
             p.id()
         );
     }
+    crowd.leave_all().await;
+}
+
+/// The canvas follows the cameras (canvas.rs): alone with a 320×180 camera, a participant gets a
+/// 320×180 composite; a second 320×180 camera beside it needs 640×360, at once; when it leaves the
+/// canvas shrinks back after a while. Through every change the first participant's picture keeps
+/// its frame rate and shows the right colours.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_person_room_keeps_its_frame_rate_as_its_canvas_grows_and_shrinks() {
+    common::init();
+    let server = Server::start("canvas", &[]);
+    let mut crowd = crowd_of(&server, "canvas", 1).await;
+    settle(&crowd, "the first participant to see itself").await;
+    let size_now = |crowd: &Crowd| {
+        crowd.members[0]
+            .observe()
+            .recent
+            .last()
+            .map(|f| (f.width, f.height))
+    };
+    assert_eq!(size_now(&crowd), Some((320, 180)));
+    let watched_from = Instant::now();
+
+    crowd.join(VideoCodec::Vp8).await.expect("a second joins");
+    settle(&crowd, "two participants to see each other").await;
+    wait_for("the canvas to grow to 640×360", SETTLE, || {
+        (size_now(&crowd) == Some((640, 360)) && all_ok(&crowd).is_some()).then_some(())
+    })
+    .await;
+
+    crowd.leave(1).await;
+    let shrink_by = mcu_server::canvas::SHRINK_AFTER + SETTLE;
+    wait_for("the canvas to shrink back to 320×180", shrink_by, || {
+        (size_now(&crowd) == Some((320, 180)) && all_ok(&crowd).is_some()).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let obs = crowd.members[0].observe();
+    let sizes: Vec<(u32, u32)> = obs
+        .sizes
+        .iter()
+        .filter(|(at, ..)| *at >= watched_from)
+        .map(|(_, w, h)| (*w, *h))
+        .collect();
+    assert_eq!(
+        sizes,
+        [(640, 360), (320, 180)],
+        "the sizes the composite took"
+    );
+    let gaps = frame_gaps(&obs.frame_times, watched_from, Instant::now(), STALL);
+    println!(
+        "through both changes: {:.1} fps, longest gap {:?}",
+        gaps.fps, gaps.max_gap
+    );
+    assert!(gaps.fps >= 27.0, "the composite ran at {:.1} fps", gaps.fps);
+    assert!(
+        gaps.max_gap < STALL,
+        "the composite stalled for {:?}",
+        gaps.max_gap
+    );
     crowd.leave_all().await;
 }
 

@@ -55,10 +55,12 @@ test("Firefox and Chromium in one room see each other's cameras and hear audio",
     );
     await fox.click("#join-button");
 
-    // Firefox decodes the 1280×720 composite, frames keep coming, and the mix carries sound.
+    // Firefox decodes the 1280×720 composite (Chromium's 640×360 camera in a 640×720 tile needs
+    // the full frame), frames keep coming, and the mix carries sound.
     const first = await waitFor("Firefox to decode the composite", SETTLE_MS, async () => {
       const s = await fox.evaluate(() => window.mcu.call?.stats());
-      return s?.video?.framesDecoded > 10 && s?.audio?.packetsReceived > 10 ? s : null;
+      const full = s?.video?.frameWidth === 1280;
+      return full && s?.video?.framesDecoded > 10 && s?.audio?.packetsReceived > 10 ? s : null;
     });
     assert.equal(first.video.frameWidth, 1280);
     assert.equal(first.video.frameHeight, 720);

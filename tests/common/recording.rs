@@ -58,6 +58,15 @@ impl Decoded {
         }
     }
 
+    /// The longest time between two consecutive frames.
+    pub fn longest_gap(&self) -> Duration {
+        self.video
+            .windows(2)
+            .map(|w| w[1].pts - w[0].pts)
+            .max()
+            .unwrap_or_default()
+    }
+
     /// The kept frame closest to `at`.
     pub fn frame_near(&self, at: Duration) -> Option<&VideoFrame> {
         self.video

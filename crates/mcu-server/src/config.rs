@@ -130,6 +130,20 @@ pub struct MediaConfig {
     pub mixer_latency_ms: u32,
     /// A pipeline that fails writes a `.dot` graph of itself here (`--debug-dir`).
     pub debug_dir: Option<PathBuf>,
+    /// Whether a room composites on a canvas sized to its cameras (see canvas.rs) or always on the
+    /// full `width`×`height` (`--canvas fixed`).
+    pub canvas: CanvasMode,
+}
+
+/// `--canvas`: how large a room's composite really is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum CanvasMode {
+    /// The smallest step of the canvas ladder that shows every camera at its own size (the full
+    /// frame while recording). Clients are told the layout on the full frame either way.
+    #[default]
+    Fit,
+    /// Always the full frame.
+    Fixed,
 }
 
 impl MediaConfig {
@@ -163,6 +177,7 @@ impl Default for MediaConfig {
             audio_jitter_ms: DEFAULT_AUDIO_JITTER_MS,
             mixer_latency_ms: DEFAULT_MIXER_LATENCY_MS,
             debug_dir: None,
+            canvas: CanvasMode::default(),
         }
     }
 }

@@ -4,6 +4,7 @@
 
 mod admin;
 pub mod auth;
+pub mod canvas;
 pub mod codec;
 pub mod config;
 mod files;

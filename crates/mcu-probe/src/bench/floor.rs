@@ -101,6 +101,12 @@ pub async fn run(
         pipelines.push(room);
     }
     tokio::time::sleep(SETTLE).await;
+    // Every camera is decoding now: size each canvas to them, as the server's rooms do on their
+    // first frames, and let the new size settle before counting.
+    for room in &mut pipelines {
+        room.refresh_canvas(std::time::Instant::now());
+    }
+    tokio::time::sleep(SETTLE).await;
     let frames = |pipelines: &[RoomPipeline]| -> u64 {
         pipelines.iter().map(|p| p.stats().composite_frames).sum()
     };

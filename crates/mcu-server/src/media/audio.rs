@@ -25,6 +25,15 @@ use crate::ids::ParticipantId;
 /// Well above a lost packet's worst case (the jitter buffer's wait plus one frame), well below
 /// anything a listener would notice as a delay.
 const STALLED_VOICE: Duration = Duration::from_millis(250);
+/// A listener whose mix has been digital silence (nobody else in the room, or everyone else
+/// muted) for this many frames gets only one frame in `SILENT_FRAME_EVERY` until someone is
+/// heard, as Opus DTX does in a pause: the receiver fills the gaps with silence, and still sees
+/// its audio stream alive. The frames before the pause are all encoded so the decoder ends on
+/// silence, not on a cut. Measured in a room with one camera-less participant: the listener's
+/// Opus encode of silence was 28 % of the room's CPU.
+const SILENT_FRAMES_BEFORE_PAUSE: u32 = 10;
+/// In a pause, one 20-ms frame in this many is sent: every 400 ms, as Opus DTX sends one.
+const SILENT_FRAME_EVERY: u32 = 20;
 
 /// The raw audio every branch speaks: what the mix-minus works in.
 fn raw_audio_caps() -> gst::Caps {
@@ -315,6 +324,8 @@ fn mix_until_stopped(
     base_time: gst::ClockTime,
     fullmix: &gst_app::AppSrc,
 ) {
+    // Per listener: frames of silence in a row so far.
+    let mut silent_for: std::collections::HashMap<ParticipantId, u32> = Default::default();
     loop {
         let (frame, listeners) = {
             let mut state = shared.lock();
@@ -338,8 +349,18 @@ fn mix_until_stopped(
         };
         // A push fails only while a branch is shutting down (flushing); the next frame goes on.
         let _ = fullmix.push_buffer(frame_buffer(&frame, |out| frame.full(out)));
+        silent_for.retain(|who, _| listeners.iter().any(|(w, _)| w == who));
         for (who, src) in listeners.iter() {
-            let _ = src.push_buffer(frame_buffer(&frame, |out| frame.without(*who, out)));
+            let mut silent = false;
+            let buffer = frame_buffer(&frame, |out| {
+                frame.without(*who, out);
+                silent = out.iter().all(|s| *s == 0);
+            });
+            let run = silent_for.entry(*who).or_default();
+            *run = if silent { run.saturating_add(1) } else { 0 };
+            if *run <= SILENT_FRAMES_BEFORE_PAUSE || run.is_multiple_of(SILENT_FRAME_EVERY) {
+                let _ = src.push_buffer(buffer);
+            }
         }
     }
 }

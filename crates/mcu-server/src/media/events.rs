@@ -48,6 +48,11 @@ pub struct PipelineStats {
     /// Time since the compositor last produced a frame (since the room opened, before the first):
     /// more than a few frame periods means the room's pipeline has stopped.
     pub composite_idle_ms: u64,
+    /// Composite frames not encoded because nothing in them had changed (media/still.rs).
+    pub still_frames_skipped: u64,
+    /// The canvas the room composites on now (canvas.rs), in pixels.
+    pub canvas_width: u32,
+    pub canvas_height: u32,
     /// Times the whole pipeline fell back from PLAYING (every picture freezes); should stay 0.
     pub lost_playing: u64,
     /// Voices muted by the server.

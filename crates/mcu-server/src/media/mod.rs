@@ -8,14 +8,16 @@ mod audio;
 mod bus;
 mod events;
 mod mixminus;
+mod output;
 mod pace;
 pub mod pipelines;
 mod recorder;
 mod sink;
+mod still;
 mod tiers;
+mod tiles;
 mod video;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -40,30 +42,20 @@ pub use video::InputSignals;
 /// dropped (leaky downstream): late media is worthless in a call, and memory stays bounded.
 pub const INPUT_QUEUE_MAX: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// A bin feeding the compositor through one of its request pads.
-struct TileBranch {
-    bin: gst::Bin,
-    pad: gst::Pad,
-    size: video::TileSize,
-    /// A camera's branch tells its session the tile's size (placeholders have none).
-    shown: Option<Arc<InputSignals>>,
-}
-
 pub struct RoomPipeline {
     pipeline: gst::Pipeline,
-    compositor: gst::Element,
     /// Hands the composite to the lower tiers.
     composite_tee: gst::Element,
     codec: VideoCodec,
     media: MediaConfig,
     events: mpsc::UnboundedSender<PipelineEvent>,
     bus_task: tokio::task::JoinHandle<()>,
-    placeholders: HashMap<ParticipantId, TileBranch>,
-    videos: HashMap<ParticipantId, TileBranch>,
+    tiles: tiles::Tiles,
     audio: audio::AudioGraph,
     /// The composite's encodes, for every viewer.
     tiers: Tiers,
     pace: Arc<pace::Pace>,
+    stillness: Arc<still::Stillness>,
     lost_playing: Arc<std::sync::atomic::AtomicU64>,
     recorder: Option<recorder::Recorder>,
 }
@@ -86,9 +78,12 @@ impl RoomPipeline {
             timestamp_offset,
             tiers::KEYFRAME_MAX_DIST_SECONDS,
         )?;
+        // The room opens on its first canvas (see canvas.rs); media/output.rs resizes it later.
+        let (width, height) =
+            crate::canvas::size(output::initial_step(media), media.width, media.height);
         let description = pipelines::ROOM.fill(&[
-            ("width", media.width.to_string()),
-            ("height", media.height.to_string()),
+            ("width", width.to_string()),
+            ("height", height.to_string()),
             ("fps", media.fps.to_string()),
             ("mixer_latency_ns", ms_to_ns(media.mixer_latency_ms)),
             (
@@ -112,7 +107,7 @@ impl RoomPipeline {
         let compositor = element("compositor")?;
         let composite_tee = element("composite")?;
         let fullmix = element("fullmix")?;
-        let tiers = Tiers::new(
+        let mut tiers = Tiers::new(
             specs,
             codec,
             media.fps,
@@ -120,6 +115,15 @@ impl RoomPipeline {
             element("encoder")?,
             &element("video_out")?,
         )?;
+        let stillness = still::Stillness::new();
+        stillness.gate(
+            &element("canvas_caps")?
+                .static_pad("src")
+                .context("canvas_caps has no src pad")?,
+        );
+        let tiles = tiles::Tiles::new(&pipeline, media, stillness.clone())?;
+        let (width, height, kbps) = tiles.canvas();
+        tiers.resize_top(width, height, kbps);
 
         let lost_playing = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let bus_task = bus::watch(
@@ -147,16 +151,15 @@ impl RoomPipeline {
         let room = RoomPipeline {
             audio,
             pipeline,
-            compositor,
             composite_tee,
             codec,
             media: media.clone(),
             events,
             bus_task,
-            placeholders: HashMap::new(),
-            videos: HashMap::new(),
+            tiles,
             tiers,
             pace,
+            stillness,
             lost_playing,
             recorder: None,
         };
@@ -168,6 +171,8 @@ impl RoomPipeline {
     pub fn composite(&mut self, tier: usize) -> Result<FeedReader> {
         let room = self.pipeline.name();
         let room = room.strip_prefix("room-").unwrap_or(&room);
+        // A new or reopened tier starts on a keyframe, which needs a frame to be encoded.
+        self.stillness.changed(1);
         self.tiers
             .reader(tier, &self.pipeline, &self.composite_tee, room)
     }
@@ -184,16 +189,13 @@ impl RoomPipeline {
 
     /// Shows a dark tile with the participant's name until their video arrives.
     pub fn add_placeholder(&mut self, who: ParticipantId, name: &str, tile: Rect) -> Result<()> {
-        let bin = video::placeholder_bin(who, name, tile, self.media.fps)?;
-        let branch = self.attach_tile(bin, tile, video::PLACEHOLDER_ZORDER)?;
-        self.placeholders.insert(who, branch);
-        Ok(())
+        let scaled = self.tiles.scale(tile);
+        let bin = video::placeholder_bin(who, name, scaled, self.media.fps)?;
+        self.tiles.add_placeholder(who, bin, tile)
     }
 
     pub fn remove_placeholder(&mut self, who: ParticipantId) {
-        if let Some(branch) = self.placeholders.remove(&who) {
-            self.detach_tile(branch);
-        }
+        self.tiles.remove_placeholder(who);
     }
 
     /// Adds a decoding branch for a participant's camera and returns where to push its RTP
@@ -212,20 +214,17 @@ impl RoomPipeline {
             codec,
             payload_type,
             tile,
+            self.tiles.scale(tile),
             &self.media,
             signals.clone(),
             self.events.clone(),
         )?;
-        let mut branch = self.attach_tile(bin, tile, video::VIDEO_ZORDER)?;
-        branch.shown = Some(signals);
-        self.videos.insert(who, branch);
+        self.tiles.add_camera(who, bin, tile, signals)?;
         Ok(InputHandle { appsrc })
     }
 
     pub fn remove_video_input(&mut self, who: ParticipantId) {
-        if let Some(branch) = self.videos.remove(&who) {
-            self.detach_tile(branch);
-        }
+        self.tiles.remove_camera(who);
     }
 
     /// Adds a decoding branch for a participant's microphone, mixed into everyone's audio but
@@ -254,7 +253,7 @@ impl RoomPipeline {
 
     /// Frames decoded so far from `who`'s camera, if it has one.
     pub fn camera_frames(&self, who: ParticipantId) -> Option<u64> {
-        let signals = self.videos.get(&who)?.shown.as_ref()?;
+        let signals = self.tiles.camera_signals(who)?;
         Some(
             signals
                 .frames_decoded
@@ -262,37 +261,44 @@ impl RoomPipeline {
         )
     }
 
-    /// Moves each participant's tiles (video and placeholder) to its rectangle.
-    pub fn apply_layout(&self, tiles: &[(ParticipantId, Rect)]) {
-        for (who, rect) in tiles {
-            for branch in [self.placeholders.get(who), self.videos.get(who)]
-                .into_iter()
-                .flatten()
-            {
-                video::place(&branch.size, &branch.pad, *rect);
-                if let Some(signals) = &branch.shown {
-                    signals.show_in(*rect);
-                }
-            }
+    /// Moves each participant's tiles (video and placeholder) to its rectangle of the nominal
+    /// frame (`--width`×`--height`), and chooses the canvas again for them.
+    pub fn apply_layout(&mut self, tiles: &[(ParticipantId, Rect)]) {
+        self.tiles.apply_layout(tiles);
+        self.refresh_canvas(std::time::Instant::now());
+    }
+
+    /// Sizes the canvas to what the cameras show now (see canvas.rs): grows it at once when a
+    /// camera needs more, shrinks it after a while of needing less, and keeps the full frame while
+    /// recording. Called on layout changes, first frames and once a second.
+    pub fn refresh_canvas(&mut self, now: std::time::Instant) {
+        let pinned = self.recorder.is_some();
+        if let Some((width, height, kbps)) = self.tiles.refresh_canvas(pinned, now) {
+            self.tiers.resize_top(width, height, kbps);
         }
+    }
+
+    /// The canvas's size now, in pixels: what the top tier encodes.
+    pub fn canvas_size(&self) -> (u32, u32) {
+        let (width, height, _) = self.tiles.canvas();
+        (width, height)
+    }
+
+    /// `rect` of the nominal frame in the canvas's pixels now.
+    pub fn canvas_rect(&self, rect: Rect) -> Rect {
+        self.tiles.scale(rect)
     }
 
     /// The frame size each of `who`'s tiles (placeholder, then camera) has negotiated, i.e. what
     /// the compositor is being given now: lets a check see that a layout took effect.
     pub fn tile_sizes(&self, who: ParticipantId) -> Vec<(i32, i32)> {
-        [self.placeholders.get(&who), self.videos.get(&who)]
-            .into_iter()
-            .flatten()
-            .filter_map(|branch| {
-                let caps = branch.pad.current_caps()?;
-                let s = caps.structure(0)?;
-                Some((s.get::<i32>("width").ok()?, s.get::<i32>("height").ok()?))
-            })
-            .collect()
+        self.tiles.sizes(who)
     }
 
     /// Asks `tier`'s encoder for a keyframe (with its headers, so a new viewer can start).
     pub fn force_keyframe(&self, tier: usize) {
+        // The keyframe is the next frame encoded: let it through even if nothing changed.
+        self.stillness.changed(1);
         self.tiers.force_keyframe(tier);
     }
 
@@ -300,15 +306,25 @@ impl RoomPipeline {
     /// a keyframe forced now. `recording` numbers it in later `RecorderFailed` events.
     pub fn start_recording(&mut self, path: &std::path::Path, recording: u64) -> Result<()> {
         anyhow::ensure!(self.recorder.is_none(), "this room is already recording");
+        // A muxer refuses a change of size: the recording takes the full frame, and the canvas
+        // stays on it while the recording runs. The file starts at the first keyframe that size.
+        if let Some((width, height, kbps)) =
+            self.tiles.refresh_canvas(true, std::time::Instant::now())
+        {
+            self.tiers.resize_top(width, height, kbps);
+        }
         let recorder = recorder::Recorder::start(
             &self.pipeline,
             self.codec,
+            self.canvas_size(),
             path,
             recording,
             self.events.clone(),
             self.media.debug_dir.clone(),
         )?;
         self.recorder = Some(recorder);
+        // A file keeps a frame every frame period, still or not.
+        self.stillness.set_every_frame(true);
         // The recording takes the top tier.
         self.force_keyframe(0);
         Ok(())
@@ -319,11 +335,13 @@ impl RoomPipeline {
     pub fn stop_recording(
         &mut self,
     ) -> Option<impl std::future::Future<Output = Result<()>> + Send + 'static> {
+        self.stillness.set_every_frame(false);
         self.recorder.take().map(recorder::Recorder::finish)
     }
 
     /// Drops a failed recorder without finishing its file.
     pub fn abort_recording(&mut self) {
+        self.stillness.set_every_frame(false);
         if let Some(recorder) = self.recorder.take() {
             recorder.abort();
         }
@@ -345,7 +363,7 @@ impl RoomPipeline {
         let tiers = self.tiers.stats();
         let top = tiers.first().cloned().unwrap_or_default();
         PipelineStats {
-            compositor_pads: self.compositor.sink_pads().len(),
+            compositor_pads: self.tiles.compositor_pads(),
             mix_voices,
             mix_listeners,
             pipeline_children: self.pipeline.children().len(),
@@ -356,6 +374,9 @@ impl RoomPipeline {
             composite_stalls: self.pace.stalls(),
             longest_composite_gap_ms: self.pace.longest_gap_ms(),
             composite_idle_ms: self.pace.idle_ms(),
+            still_frames_skipped: self.stillness.dropped(),
+            canvas_width: self.canvas_size().0,
+            canvas_height: self.canvas_size().1,
             lost_playing: self.lost_playing.load(std::sync::atomic::Ordering::Relaxed),
             muted_voices,
             mix,
@@ -370,56 +391,6 @@ impl RoomPipeline {
             .filter(|e| e.current_state() != gst::State::Playing)
             .map(|e| format!("{} ({:?})", e.name(), e.current_state()))
             .collect()
-    }
-
-    fn attach_tile(&self, bin: gst::Bin, tile: Rect, zorder: u32) -> Result<TileBranch> {
-        let name = bin.name();
-        align_test_sources(&self.pipeline, &bin);
-        self.pipeline
-            .add(&bin)
-            .with_context(|| format!("adding {name} to the pipeline"))?;
-        let attached = (|| -> Result<TileBranch> {
-            let size = video::TileSize::follow(&bin)?;
-            let src = bin.static_pad("src").context("branch has no src pad")?;
-            let pad = self
-                .compositor
-                .request_pad_simple("sink_%u")
-                .context("compositor gave no sink pad")?;
-            pad.set_property("zorder", zorder);
-            if let Err(e) = src.link(&pad) {
-                self.compositor.release_request_pad(&pad);
-                anyhow::bail!("linking {name} to the compositor: {e:?}");
-            }
-            video::place(&size, &pad, tile);
-            bin.sync_state_with_parent()
-                .with_context(|| format!("starting {name}"))?;
-            Ok(TileBranch {
-                bin: bin.clone(),
-                pad,
-                size,
-                shown: None,
-            })
-        })();
-        match attached {
-            Ok(branch) => {
-                // A new input changes the compositor's latency; have every element agree again.
-                let _ = self.pipeline.recalculate_latency();
-                Ok(branch)
-            }
-            Err(e) => {
-                let _ = bin.set_state(gst::State::Null);
-                let _ = self.pipeline.remove(&bin);
-                Err(e)
-            }
-        }
-    }
-
-    fn detach_tile(&self, branch: TileBranch) {
-        // Stop the branch first: its pads flush, so its streaming thread leaves the compositor pad
-        // before that pad goes away (releasing first would make the thread post a not-linked error).
-        let _ = branch.bin.set_state(gst::State::Null);
-        self.compositor.release_request_pad(&branch.pad);
-        let _ = self.pipeline.remove(&branch.bin);
     }
 }
 

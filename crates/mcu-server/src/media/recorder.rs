@@ -34,6 +34,14 @@ const RECORDING_AUDIO_BITRATE_BPS: u32 = 64_000;
 /// file (already playable, see recorder-*.txt) is left as it is.
 pub const FINISH_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The width and height an encoded sample's caps give, if they do.
+fn frame_size(sample: &gst::Sample) -> Option<(u32, u32)> {
+    let s = sample.caps()?.structure(0)?;
+    let width = u32::try_from(s.get::<i32>("width").ok()?).ok()?;
+    let height = u32::try_from(s.get::<i32>("height").ok()?).ok()?;
+    Some((width, height))
+}
+
 /// Counts the recorder's traffic, for the room view and the tests.
 #[derive(Debug, Default)]
 pub struct RecorderCounters {
@@ -71,6 +79,7 @@ impl Recorder {
     pub fn start(
         room_pipeline: &gst::Pipeline,
         codec: VideoCodec,
+        size: (u32, u32),
         path: &Path,
         recording: u64,
         events: mpsc::UnboundedSender<PipelineEvent>,
@@ -125,7 +134,7 @@ impl Recorder {
             path: path.to_path_buf(),
             counters: Arc::new(RecorderCounters::default()),
         };
-        if let Err(e) = recorder.attach_taps() {
+        if let Err(e) = recorder.attach_taps(size) {
             recorder.abort();
             return Err(e);
         }
@@ -136,7 +145,10 @@ impl Recorder {
         &self.counters
     }
 
-    fn attach_taps(&mut self) -> Result<()> {
+    /// Taps the room; the file starts at the first keyframe of `size` (frames of another size, still
+    /// on their way while the canvas grows to the full frame, are skipped: the muxer would refuse
+    /// a change of size).
+    fn attach_taps(&mut self, size: (u32, u32)) -> Result<()> {
         // Audio waits for the first video keyframe too, so the file starts with both.
         let started = Arc::new(AtomicBool::new(false));
         let video = {
@@ -150,7 +162,7 @@ impl Recorder {
                     .buffer()
                     .is_some_and(|b| !b.flags().contains(gst::BufferFlags::DELTA_UNIT));
                 if !started.load(Ordering::Acquire) {
-                    if !is_keyframe {
+                    if !is_keyframe || frame_size(&sample).is_some_and(|s| s != size) {
                         counters
                             .skipped_before_keyframe
                             .fetch_add(1, Ordering::Relaxed);

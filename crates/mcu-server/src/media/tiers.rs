@@ -91,6 +91,8 @@ pub(super) struct Tiers {
     fps: u32,
     timestamp_offset: u32,
     top: Encode,
+    /// What the top tier encodes now: the canvas's size, not always the full frame of `specs[0]`.
+    top_now: Tier,
     /// Tier i + 1, once built.
     lower: Vec<Option<Lower>>,
 }
@@ -106,7 +108,9 @@ impl Tiers {
         top_sink: &gst::Element,
     ) -> Result<Self> {
         let lower = (1..specs.len()).map(|_| None).collect();
+        let top_now = specs.first().copied().context("a room has a top tier")?;
         Ok(Tiers {
+            top_now,
             specs,
             codec,
             fps,
@@ -228,6 +232,23 @@ impl Tiers {
         Ok(lower)
     }
 
+    /// The top tier now encodes a canvas of `width`×`height` (see canvas.rs) at `bitrate_kbps`.
+    /// The encoder meets the new size at its next frame, restarts on it, and sends a keyframe.
+    pub fn resize_top(&mut self, width: u32, height: u32, bitrate_kbps: u32) {
+        match self.codec {
+            VideoCodec::Vp8 => self
+                .top
+                .encoder
+                .set_property("target-bitrate", (bitrate_kbps * 1000) as i32),
+            VideoCodec::H264 => self.top.encoder.set_property("bitrate", bitrate_kbps),
+        }
+        self.top_now = Tier {
+            width,
+            height,
+            bitrate_kbps,
+        };
+    }
+
     /// Asks `tier`'s encoder for a keyframe (with its headers, so a viewer can start there).
     pub fn force_keyframe(&self, tier: usize) {
         tracing::debug!(tier, "keyframe forced");
@@ -266,6 +287,7 @@ impl Tiers {
                         .as_ref()
                         .is_some_and(|l| !l.valve.property::<bool>("drop")),
                 };
+                let spec = if i == 0 { &self.top_now } else { spec };
                 TierStats {
                     width: spec.width,
                     height: spec.height,

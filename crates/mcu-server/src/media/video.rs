@@ -65,6 +65,7 @@ pub fn input_bin(
     codec: VideoCodec,
     payload_type: u8,
     tile: Rect,
+    scaled: Rect,
     media: &MediaConfig,
     signals: Arc<InputSignals>,
     events: mpsc::UnboundedSender<PipelineEvent>,
@@ -77,8 +78,8 @@ pub fn input_bin(
         &[
             ("queue_max_ns", INPUT_QUEUE_MAX.as_nanos().to_string()),
             ("jitter_ms", media.video_jitter_ms.to_string()),
-            ("tile_width", tile.width.to_string()),
-            ("tile_height", tile.height.to_string()),
+            ("tile_width", scaled.width.to_string()),
+            ("tile_height", scaled.height.to_string()),
         ],
         &format!("video-{who}"),
     )?;
@@ -152,6 +153,11 @@ impl TileSize {
         let caps_filter = bin
             .by_name("tile_caps")
             .with_context(|| format!("{} has no element named tile_caps", bin.name()))?;
+        Self::follow_filter(caps_filter)
+    }
+
+    /// Watches `caps_filter`, which a source of its own feeds (a tile's, or the background's).
+    pub fn follow_filter(caps_filter: gst::Element) -> Result<Self> {
         let sink = caps_filter
             .static_pad("sink")
             .context("tile_caps has no sink pad")?;
@@ -172,13 +178,13 @@ impl TileSize {
         Ok(size)
     }
 
-    fn ask(&self, rect: Rect) {
-        *self.wanted.lock().unwrap_or_else(|e| e.into_inner()) = Some((rect.width, rect.height));
+    pub fn ask(&self, width: u32, height: u32) {
+        *self.wanted.lock().unwrap_or_else(|e| e.into_inner()) = Some((width, height));
     }
 }
 
 /// Sets the filter's width and height, keeping the rest of its caps (format, rate, aspect).
-fn resize_filter(caps_filter: &gst::Element, width: u32, height: u32) {
+pub(super) fn resize_filter(caps_filter: &gst::Element, width: u32, height: u32) {
     let current: Option<gst::Caps> = caps_filter.property("caps");
     let wanted = current.as_ref().and_then(|c| c.structure(0)).map(|s| {
         let mut s = s.to_owned();
@@ -198,7 +204,12 @@ fn resize_filter(caps_filter: &gst::Element, width: u32, height: u32) {
 /// frames still on their way at the old size are scaled to fit instead of overlapping a neighbour
 /// (the compositor scales only when a frame's size differs from its pad's).
 pub fn place(size: &TileSize, pad: &gst::Pad, rect: Rect) {
-    size.ask(rect);
+    size.ask(rect.width, rect.height);
+    set_pad_rect(pad, rect);
+}
+
+/// Where the compositor draws the pad's frames, and at what size.
+pub(super) fn set_pad_rect(pad: &gst::Pad, rect: Rect) {
     pad.set_property("xpos", rect.x as i32);
     pad.set_property("ypos", rect.y as i32);
     pad.set_property("width", rect.width as i32);

@@ -44,7 +44,8 @@ pub const COMMAND_QUEUE: usize = 256;
 /// (its socket no longer drains), and is dropped from the room rather than slowing it. Room above
 /// the largest chat backlog plus two messages per shared file, which a subscriber gets at once.
 pub const EVENT_QUEUE: usize = 512;
-/// How often the room shuts the lower tiers nobody watches any more.
+/// How often the room shuts the lower tiers nobody watches any more, and sizes its canvas to its
+/// cameras again.
 const TIER_CHECK: Duration = Duration::from_secs(1);
 /// A room command that takes longer than this is logged: it is the actor's watchdog.
 const SLOW_COMMAND: Duration = Duration::from_millis(200);
@@ -140,7 +141,12 @@ impl Room {
         loop {
             let keyframe_due = self.throttles.iter().filter_map(|t| t.pending_at()).min();
             tokio::select! {
-                _ = tier_check.tick() => self.pipeline.shut_idle_tiers(std::time::Instant::now()),
+                _ = tier_check.tick() => {
+                    let now = std::time::Instant::now();
+                    self.pipeline.shut_idle_tiers(now);
+                    // Cameras change size on their own (a browser adapting to its link).
+                    self.pipeline.refresh_canvas(now);
+                }
                 command = commands.recv() => {
                     let Some(command) = command else { break };
                     let started = Instant::now();
@@ -421,6 +427,8 @@ impl Room {
         match event {
             PipelineEvent::FirstFrame(who) => {
                 self.pipeline.remove_placeholder(who);
+                // Its size is known now: the canvas may have to grow for it.
+                self.pipeline.refresh_canvas(std::time::Instant::now());
                 true
             }
             PipelineEvent::BranchFailed { participant, error } => {
