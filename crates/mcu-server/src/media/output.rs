@@ -52,29 +52,37 @@ impl Output {
             .context("the compositor has no background pad sink_0")?;
         let pending = Arc::new(Mutex::new(Pending::default()));
         let handed_over = pending.clone();
-        canvas_caps
+        let canvas_sink = canvas_caps
             .static_pad("sink")
-            .context("canvas_caps has no sink pad")?
-            .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
-                let change = std::mem::take(&mut *lock(&handed_over));
-                if let Some((width, height)) = change.size {
-                    video::resize_filter(&canvas_caps, width, height);
-                    // Until the background source meets its new size, the compositor scales it.
-                    video::set_pad_rect(
-                        &background_pad,
-                        Rect {
-                            x: 0,
-                            y: 0,
-                            width,
-                            height,
-                        },
-                    );
-                }
-                for (pad, rect) in change.tiles {
-                    video::set_pad_rect(&pad, rect);
-                }
-                gst::PadProbeReturn::Ok
-            });
+            .context("canvas_caps has no sink pad")?;
+        // Weak references: the probe lives on canvas_caps's own pad, and strong ones would keep
+        // the filter and the compositor's pad alive after the room's pipeline is gone.
+        let (canvas_caps, background_pad) = (canvas_caps.downgrade(), background_pad.downgrade());
+        canvas_sink.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            let change = std::mem::take(&mut *lock(&handed_over));
+            let (Some(canvas_caps), Some(background_pad)) =
+                (canvas_caps.upgrade(), background_pad.upgrade())
+            else {
+                return gst::PadProbeReturn::Ok;
+            };
+            if let Some((width, height)) = change.size {
+                video::resize_filter(&canvas_caps, width, height);
+                // Until the background source meets its new size, the compositor scales it.
+                video::set_pad_rect(
+                    &background_pad,
+                    Rect {
+                        x: 0,
+                        y: 0,
+                        width,
+                        height,
+                    },
+                );
+            }
+            for (pad, rect) in change.tiles {
+                video::set_pad_rect(&pad, rect);
+            }
+            gst::PadProbeReturn::Ok
+        });
         let adaptive = media.canvas == CanvasMode::Fit;
         Ok(Output {
             nominal: (media.width, media.height),

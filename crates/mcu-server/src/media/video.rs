@@ -165,11 +165,14 @@ impl TileSize {
             wanted: Arc::default(),
         };
         let wanted = size.wanted.clone();
+        // Weak: the probe lives on the filter's own pad, so a strong reference would keep the
+        // filter (and its branch) alive for ever once the branch is removed.
+        let caps_filter = caps_filter.downgrade();
         sink.add_probe(
             gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
             move |_, _| {
                 let next = wanted.lock().unwrap_or_else(|e| e.into_inner()).take();
-                if let Some((width, height)) = next {
+                if let (Some((width, height)), Some(caps_filter)) = (next, caps_filter.upgrade()) {
                     resize_filter(&caps_filter, width, height);
                 }
                 gst::PadProbeReturn::Ok
