@@ -178,7 +178,9 @@ async fn a_sender_on_a_lossy_jittery_uplink_keeps_its_tile_moving_for_the_others
     };
     let before = camera_frames(&server.room("lossy").await.expect("listed"));
     let from = Instant::now();
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // 12 s: the loss is random, and one unrepaired keyframe costs the camera a second; over 6 s
+    // one clean-clone run measured 17.8 fps where others measure 22-24.
+    tokio::time::sleep(Duration::from_secs(12)).await;
     let to = Instant::now();
     let after = camera_frames(&server.room("lossy").await.expect("listed"));
     let decoded_fps = (after - before) as f64 / (to - from).as_secs_f64();
