@@ -53,6 +53,11 @@ pub struct ServeArgs {
     /// Most participants in one room (at most 25, the largest grid).
     #[arg(long, env = "MCU_MAX_PARTICIPANTS", default_value_t = config::DEFAULT_MAX_PARTICIPANTS)]
     max_participants: usize,
+    /// Most rooms open at once (0: no limit). A join that would open one more is refused with
+    /// server_full. By default 3 per two cores: what two cores held of rooms of four browsers
+    /// (docs/performance.md).
+    #[arg(long, env = "MCU_MAX_ROOMS")]
+    max_rooms: Option<usize>,
     /// HTTPS certificate chain (PEM); needs --tls-key.
     #[arg(long, env = "MCU_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -221,6 +226,13 @@ pub fn server_config(args: ServeArgs) -> Result<ServerConfig> {
         room_codecs,
         media_timeout: Duration::from_secs_f64(args.media_timeout_secs),
         max_participants: args.max_participants,
+        max_rooms: match args.max_rooms {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None => Some(config::default_max_rooms(
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+            )),
+        },
         rtc: config::RtcOptions {
             ice_servers,
             public_ip: args.public_ip,

@@ -338,7 +338,7 @@ class Call {
         break;
       case "error":
         console.warn(`server: ${message.code}: ${message.message}`);
-        if (["room_full", "invalid_room_name", "unauthorized", "invalid_display_name"].includes(message.code)) {
+        if (["room_full", "server_full", "invalid_room_name", "unauthorized", "invalid_display_name"].includes(message.code)) {
           this.closed = true;
           setStatus(message.message, "failed");
         } else if (message.code === "forbidden" || message.code === "conflict") {

@@ -47,6 +47,17 @@ pub const DEFAULT_MEDIA_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_RECORDINGS_DIR: &str = "recordings";
 /// A 5×5 grid is the largest that stays legible at 1280×720 (see layout::MAX_TILES).
 pub const DEFAULT_MAX_PARTICIPANTS: usize = crate::layout::MAX_TILES;
+/// Rooms a machine takes per two cores unless `--max-rooms` says otherwise. Measured with `mcu
+/// bench --ramp-rooms` (docs/performance.md): two cores held 3 rooms of four people sending
+/// 640×360 (what browsers send in a 2×2 grid) at full frame rate and 7 rooms of four sending
+/// 320×180; the fourth room of the first kind dropped frames. Past its limit a machine queues
+/// media for every room, so the default is the heavier case.
+pub const DEFAULT_ROOMS_PER_TWO_CORES: usize = 3;
+
+/// The room limit for a machine with `cores` cores (at least one room).
+pub fn default_max_rooms(cores: usize) -> usize {
+    (cores * DEFAULT_ROOMS_PER_TWO_CORES / 2).max(1)
+}
 /// Chat messages a room keeps for whoever joins later: an hour of a lively meeting.
 pub const DEFAULT_CHAT_HISTORY: usize = 100;
 /// Most chat messages a room may keep: a late joiner gets them all at once (see EVENT_QUEUE).
@@ -325,6 +336,9 @@ pub struct ServerConfig {
     pub room_codecs: HashMap<String, VideoCodec>,
     pub media_timeout: Duration,
     pub max_participants: usize,
+    /// Most rooms open at once; a join that would open one more is refused (`server_full`).
+    /// `None`: no limit.
+    pub max_rooms: Option<usize>,
     pub rtc: RtcOptions,
     pub tls: Option<TlsConfig>,
     /// Serve the web client from this directory instead of the copy built into the binary.
@@ -356,6 +370,7 @@ impl Default for ServerConfig {
             room_codecs: HashMap::new(),
             media_timeout: DEFAULT_MEDIA_TIMEOUT,
             max_participants: DEFAULT_MAX_PARTICIPANTS,
+            max_rooms: None,
             rtc: RtcOptions::default(),
             tls: None,
             web_dir: None,

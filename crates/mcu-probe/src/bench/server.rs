@@ -36,7 +36,8 @@ impl OwnServer {
             }
         }
         let mut child = command
-            .args(["serve", "--listen", "127.0.0.1:0"])
+            // No room limit: finding how many rooms fit is what the bench is for.
+            .args(["serve", "--listen", "127.0.0.1:0", "--max-rooms", "0"])
             .env("MCU_RECORDINGS_DIR", scratch.join("recordings"))
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file))

@@ -228,7 +228,15 @@ where
 
 async fn list_rooms(ctx: &SessionContext) -> Response<Body> {
     let rooms = ctx.registry.snapshots().await;
-    json_response(StatusCode::OK, json!({ "rooms": rooms }))
+    let limit = ctx.registry.config().max_rooms;
+    json_response(
+        StatusCode::OK,
+        json!({
+            "rooms": rooms,
+            "max_rooms": limit,
+            "refused_rooms": ctx.registry.refused_rooms(),
+        }),
+    )
 }
 
 async fn get_room(handle: RoomHandle) -> Response<Body> {
@@ -294,6 +302,11 @@ fn room_error(handle: &RoomHandle, e: RoomError) -> Response<Body> {
         RoomError::AlreadyRecording | RoomError::NotRecording => {
             (StatusCode::CONFLICT, "conflict", e.to_string())
         }
+        RoomError::ServerFull(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_full",
+            e.to_string(),
+        ),
         RoomError::RecordingFailed(_) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             "recording_failed",

@@ -241,6 +241,9 @@ pub enum ErrorCode {
     InvalidRoomName,
     InvalidDisplayName,
     RoomFull,
+    /// The server holds as many rooms as it can (`--max-rooms`); an existing room can still be
+    /// joined. The message says what to do.
+    ServerFull,
     /// The SDP could not be applied (unparsable, or nothing we can receive or send).
     BadSdp,
     BadCandidate,

@@ -13,6 +13,8 @@ pub enum RoomError {
     Closed,
     #[error("the room is full ({0} participants)")]
     Full(usize),
+    #[error("this server already holds its limit of {0} rooms: join an existing room, or try again later or on another server")]
+    ServerFull(usize),
     #[error("{0} is not in the room")]
     NotHere(ParticipantId),
     /// The media graph could not take a participant or a track.
@@ -36,6 +38,7 @@ impl RoomError {
     pub fn code(&self) -> ErrorCode {
         match self {
             RoomError::Full(_) => ErrorCode::RoomFull,
+            RoomError::ServerFull(_) => ErrorCode::ServerFull,
             RoomError::NotHere(_) => ErrorCode::OutOfOrder,
             RoomError::AlreadyRecording | RoomError::NotRecording => ErrorCode::Conflict,
             RoomError::File(refusal) => refusal.code(),
@@ -61,6 +64,7 @@ mod tests {
     fn each_error_carries_the_code_clients_branch_on() {
         assert_eq!(RoomError::Full(25).code(), ErrorCode::RoomFull);
         assert_eq!(RoomError::AlreadyRecording.code(), ErrorCode::Conflict);
+        assert_eq!(RoomError::ServerFull(3).code(), ErrorCode::ServerFull);
         let too_large = RoomError::from(FileRefusal::Limit(OfferError::FileTooLarge {
             size: 2,
             limit: 1,

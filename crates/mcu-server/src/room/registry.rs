@@ -3,7 +3,7 @@
 //! that replaced it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
@@ -27,6 +27,11 @@ pub struct Registry {
     store: Arc<RecordingStore>,
     rooms: Mutex<HashMap<RoomId, (RoomHandle, u64)>>,
     next_generation: AtomicU64,
+    /// Whether the room limit was logged since the last room opened: a flood of refused joins
+    /// writes one line, not one per join.
+    full_logged: AtomicBool,
+    /// Joins refused because the server held its limit of rooms.
+    refused_rooms: AtomicU64,
 }
 
 impl Registry {
@@ -36,6 +41,8 @@ impl Registry {
             store,
             rooms: Mutex::new(HashMap::new()),
             next_generation: AtomicU64::new(1),
+            full_logged: AtomicBool::new(false),
+            refused_rooms: AtomicU64::new(0),
         })
     }
 
@@ -55,9 +62,7 @@ impl Registry {
         events: mpsc::Sender<ServerMessage>,
     ) -> Result<(RoomHandle, Joined, oneshot::Receiver<String>), RoomError> {
         for _ in 0..JOIN_ATTEMPTS {
-            let handle = self
-                .get_or_create(room)
-                .map_err(|e| RoomError::Media(format!("{e:#}")))?;
+            let handle = self.get_or_create(room)?;
             let (removed, removed_rx) = oneshot::channel();
             match handle.join(name.to_string(), events.clone(), removed).await {
                 Ok(joined) => return Ok((handle, joined, removed_rx)),
@@ -68,10 +73,20 @@ impl Registry {
         Err(RoomError::Closed)
     }
 
-    fn get_or_create(self: &Arc<Self>, room: &RoomId) -> Result<RoomHandle> {
+    fn get_or_create(self: &Arc<Self>, room: &RoomId) -> Result<RoomHandle, RoomError> {
         let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((handle, _)) = rooms.get(room) {
             return Ok(handle.clone());
+        }
+        if let Some(limit) = self.config.max_rooms {
+            if rooms.len() >= limit {
+                self.refused_rooms.fetch_add(1, Ordering::Relaxed);
+                if !self.full_logged.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(limit, "the server holds its limit of rooms (--max-rooms): new rooms are refused until one closes");
+                }
+                return Err(RoomError::ServerFull(limit));
+            }
+            self.full_logged.store(false, Ordering::Relaxed);
         }
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let handle = super::spawn(
@@ -80,7 +95,8 @@ impl Registry {
             self.store.clone(),
             Arc::downgrade(self),
             generation,
-        )?;
+        )
+        .map_err(|e| RoomError::Media(format!("{e:#}")))?;
         rooms.insert(room.clone(), (handle.clone(), generation));
         Ok(handle)
     }
@@ -91,6 +107,11 @@ impl Registry {
         if rooms.get(room).is_some_and(|(_, g)| *g == generation) {
             rooms.remove(room);
         }
+    }
+
+    /// Joins refused so far because the server held its limit of rooms.
+    pub fn refused_rooms(&self) -> u64 {
+        self.refused_rooms.load(Ordering::Relaxed)
     }
 
     pub fn room(&self, room: &RoomId) -> Option<RoomHandle> {
