@@ -373,3 +373,38 @@ async fn rooms_past_the_limit_are_refused_and_existing_rooms_still_take_joins() 
     assert_eq!(admitted["type"], "joined", "{admitted}");
     first.leave_all().await;
 }
+
+/// A socket that never joins is closed (policy violation, 1008) with an error that says why, after
+/// the server's 15-s join deadline: a stranger cannot pile up idle sockets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_that_never_joins_is_closed() {
+    common::init();
+    let server = Server::start("unjoined", &[]);
+    let opened = Instant::now();
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url("idle"))
+        .await
+        .expect("connecting");
+    let mut told = None;
+    let close = loop {
+        let frame = tokio::time::timeout(Duration::from_secs(25), ws.next())
+            .await
+            .expect("the server acts within 25 s");
+        match frame {
+            Some(Ok(Message::Text(text))) => {
+                let json: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+                if json["type"] == "error" {
+                    told = json["message"].as_str().map(str::to_string);
+                }
+            }
+            Some(Ok(Message::Close(close))) => break close,
+            Some(Ok(_)) => {}
+            Some(Err(e)) => panic!("the socket failed instead of closing: {e}"),
+            None => panic!("the socket ended without a close frame"),
+        }
+    };
+    let after = opened.elapsed();
+    println!("closed after {after:?}: {close:?}, told {told:?}");
+    assert_eq!(close.map(|c| c.code), Some(CloseCode::Policy));
+    assert!(told.is_some_and(|m| m.contains("no join")));
+    assert!(after >= Duration::from_secs(14), "closed after {after:?}");
+}

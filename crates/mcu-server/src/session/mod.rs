@@ -44,6 +44,13 @@ use sharing::{ChannelInput, Route, Sharing, Transport};
 
 /// How often the session checks for a vanished participant.
 const LIVENESS_CHECK: Duration = Duration::from_millis(500);
+/// A socket that has not joined within this long is closed (a refused join counts as not
+/// joined). The web client and the probe send `join` as soon as the socket opens (the name is
+/// asked for before it connects); a socket left idle only holds a task, a buffer and a file
+/// descriptor, which a stranger could otherwise pile up without limit.
+const JOIN_DEADLINE: Duration = Duration::from_secs(15);
+/// Close code for a socket that never joined: policy violation.
+const CLOSE_NO_JOIN: u16 = 1008;
 /// Close code for a participant a moderator removed (4000–4999 are the application's own):
 /// the web client does not reconnect after it.
 pub const CLOSE_REMOVED: u16 = 4001;
@@ -149,6 +156,7 @@ async fn run(socket: WebSocket, room_name: String, ctx: Arc<SessionContext>) {
     };
     let (peer_tx, mut peer_rx) = mpsc::channel::<PeerEvent>(64);
     let mut liveness = tokio::time::interval(LIVENESS_CHECK);
+    let opened = Instant::now();
     let close = loop {
         tokio::select! {
             frame = ws_in.next() => {
@@ -193,6 +201,11 @@ async fn run(socket: WebSocket, room_name: String, ctx: Arc<SessionContext>) {
                 break (CLOSE_REMOVED, "removed");
             }
             _ = liveness.tick() => {
+                if session.member.is_none() && opened.elapsed() > JOIN_DEADLINE {
+                    tracing::info!("no join within {JOIN_DEADLINE:?}, closing the socket");
+                    session.reply(ServerMessage::error(ErrorCode::OutOfOrder, format!("no join within {} s; connect again to join", JOIN_DEADLINE.as_secs()))).await;
+                    break (CLOSE_NO_JOIN, "no join");
+                }
                 let timeout = session.ctx.registry.config().media_timeout;
                 if session.member.is_some() && session.activity.idle() > timeout {
                     tracing::info!("no media for {timeout:?}, removing the participant");
