@@ -58,6 +58,21 @@ pub struct ServeArgs {
     /// (docs/performance.md).
     #[arg(long, env = "MCU_MAX_ROOMS")]
     max_rooms: Option<usize>,
+    /// WebSockets one client address may hold at once (0: no limit); past it, rate_limited.
+    #[arg(long, env = "MCU_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = config::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS)]
+    max_connections_per_address: usize,
+    /// Rooms one client address may open per minute (0: no limit); past it, rate_limited.
+    #[arg(long, env = "MCU_MAX_NEW_ROOMS_PER_ADDRESS", default_value_t = config::DEFAULT_MAX_NEW_ROOMS_PER_ADDRESS)]
+    max_new_rooms_per_address: usize,
+    /// A reverse proxy in front of this server (repeatable, or comma-separated in the env): its
+    /// X-Forwarded-For names the client for the per-address limits, and admin requests through
+    /// it need --admin-token.
+    #[arg(
+        long = "trusted-proxy",
+        env = "MCU_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    trusted_proxies: Vec<std::net::IpAddr>,
     /// HTTPS certificate chain (PEM); needs --tls-key.
     #[arg(long, env = "MCU_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -233,6 +248,9 @@ pub fn server_config(args: ServeArgs) -> Result<ServerConfig> {
                 std::thread::available_parallelism().map_or(1, |n| n.get()),
             )),
         },
+        max_connections_per_address: args.max_connections_per_address,
+        max_new_rooms_per_address: args.max_new_rooms_per_address,
+        trusted_proxies: args.trusted_proxies,
         rtc: config::RtcOptions {
             ice_servers,
             public_ip: args.public_ip,

@@ -256,6 +256,7 @@ class Call {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     const ws = new WebSocket(`${scheme}://${location.host}/ws/${encodeURIComponent(this.room)}`);
     this.ws = ws;
+    this.joinedHere = false;
     ws.onopen = () => {
       const join = { type: "join", name: this.name };
       if (joinToken) join.token = joinToken;
@@ -277,10 +278,18 @@ class Call {
   }
 
   async onMessage(message) {
+    // Before `joined`, `rate_limited` refuses this connection (too many from this address, or
+    // too many new rooms): coming back at once would only be refused again.
+    if (message.type === "error" && message.code === "rate_limited" && !this.joinedHere) {
+      this.closed = true;
+      setStatus(message.message, "failed");
+      return;
+    }
     if (this.sharing.onMessage(message)) return;
     switch (message.type) {
       case "joined":
         this.attempt = 0;
+        this.joinedHere = true;
         this.id = message.participant_id;
         this.sharing.reset({ selfId: message.participant_id, maxFileSize: message.max_file_size });
         this.people = new Map([[message.participant_id, { name: this.name, self: true }]]);
@@ -341,7 +350,7 @@ class Call {
         if (["room_full", "server_full", "invalid_room_name", "unauthorized", "invalid_display_name"].includes(message.code)) {
           this.closed = true;
           setStatus(message.message, "failed");
-        } else if (message.code === "forbidden" || message.code === "conflict") {
+        } else if (["forbidden", "conflict", "video_too_large"].includes(message.code)) {
           setNotice(message.message);
         }
         break;

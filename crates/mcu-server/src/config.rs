@@ -47,6 +47,14 @@ pub const DEFAULT_MEDIA_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_RECORDINGS_DIR: &str = "recordings";
 /// A 5×5 grid is the largest that stays legible at 1280×720 (see layout::MAX_TILES).
 pub const DEFAULT_MAX_PARTICIPANTS: usize = crate::layout::MAX_TILES;
+/// WebSockets one client address may hold at once. Each participant holds one (the web client
+/// reconnects on the same one); an office behind one NAT filling a 25-person room needs 25, and
+/// a few tabs left open on top stay within 40. A stranger's script stops there.
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 40;
+/// Rooms one client address may open per minute. People open one room and invite others; a
+/// class or a team behind one NAT splitting into breakout rooms opens a handful at once. Past
+/// it, `rate_limited`: joining existing rooms still works.
+pub const DEFAULT_MAX_NEW_ROOMS_PER_ADDRESS: usize = 10;
 /// Rooms a machine takes per two cores unless `--max-rooms` says otherwise. Measured with `mcu
 /// bench --ramp-rooms` (docs/performance.md): two cores held 3 rooms of four people sending
 /// 640×360 (what browsers send in a 2×2 grid) at full frame rate and 7 rooms of four sending
@@ -339,6 +347,13 @@ pub struct ServerConfig {
     /// Most rooms open at once; a join that would open one more is refused (`server_full`).
     /// `None`: no limit.
     pub max_rooms: Option<usize>,
+    /// WebSockets one client address may hold at once (0: no limit).
+    pub max_connections_per_address: usize,
+    /// Rooms one client address may open per minute (0: no limit).
+    pub max_new_rooms_per_address: usize,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (their own address otherwise
+    /// would be every client's).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     pub rtc: RtcOptions,
     pub tls: Option<TlsConfig>,
     /// Serve the web client from this directory instead of the copy built into the binary.
@@ -371,6 +386,9 @@ impl Default for ServerConfig {
             media_timeout: DEFAULT_MEDIA_TIMEOUT,
             max_participants: DEFAULT_MAX_PARTICIPANTS,
             max_rooms: None,
+            max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+            max_new_rooms_per_address: DEFAULT_MAX_NEW_ROOMS_PER_ADDRESS,
+            trusted_proxies: Vec::new(),
             rtc: RtcOptions::default(),
             tls: None,
             web_dir: None,

@@ -38,6 +38,44 @@ pub fn sweep_stale_temporary() -> usize {
     removed
 }
 
+/// This server's directory of temporary shared files: `mcu-files-<pid>` in the system's
+/// temporary directory.
+fn own_temporary() -> PathBuf {
+    std::env::temp_dir().join(format!("mcu-files-{}", std::process::id()))
+}
+
+/// Removes this server's temporary directory at shutdown (each room removed its own already).
+pub fn remove_own_temporary() {
+    let _ = std::fs::remove_dir_all(own_temporary());
+}
+
+/// Creates `dir` (and its parents) readable by this user only, and refuses one that someone
+/// else made: the name in /tmp is predictable, so another local user could have created it (or
+/// a link by that name) to read the files or redirect them.
+fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {} for shared files", dir.display()))?;
+    let meta =
+        std::fs::symlink_metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if !meta.is_dir() || meta.uid() != me {
+        anyhow::bail!(
+            "{} exists and is not a directory of this user's: remove it",
+            dir.display()
+        );
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("making {} private", dir.display()))?;
+    }
+    Ok(())
+}
+
 pub struct FileStore {
     dir: PathBuf,
     room: RoomId,
@@ -50,15 +88,15 @@ impl FileStore {
     pub fn open(room: &RoomId, keep_dir: Option<&Path>, generation: u64) -> Result<Self> {
         let (dir, keep) = match keep_dir {
             Some(dir) => (dir.to_path_buf(), true),
-            None => (
-                std::env::temp_dir()
-                    .join(format!("mcu-files-{}", std::process::id()))
-                    .join(format!("{room}-{generation}")),
-                false,
-            ),
+            None => (own_temporary().join(format!("{room}-{generation}")), false),
         };
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("creating {} for shared files", dir.display()))?;
+        if keep {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("creating {} for shared files", dir.display()))?;
+        } else {
+            create_private_dir(&own_temporary())?;
+            create_private_dir(&dir)?;
+        }
         Ok(FileStore {
             dir,
             room: room.clone(),
@@ -159,6 +197,12 @@ mod tests {
         let store = FileStore::open(&room, None, 424_242).unwrap();
         let (_, path) = store.create(&info(1, "../../etc/passwd")).unwrap();
         assert_eq!(path.file_name().unwrap(), "f1");
+        // Private: only this user may list or read them, the server's directory included.
+        use std::os::unix::fs::PermissionsExt;
+        for dir in [store.dir(), &own_temporary()] {
+            let mode = std::fs::metadata(dir).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "{}", dir.display());
+        }
         assert!(path.starts_with(store.dir()));
         // A second file with the same id never overwrites the first.
         let (_, again) = store.create(&info(1, "x")).unwrap();

@@ -1,6 +1,7 @@
 //! HTTP routes: the WebSocket signalling endpoint, health, the admin API, and the page.
 
 use std::convert::Infallible;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use warp::http::StatusCode;
 use warp::Filter;
 
+use crate::admission::{client_address, ClientKey};
 use crate::protocol::MAX_MESSAGE_BYTES;
 use crate::session::{self, SessionContext};
 
@@ -91,6 +93,37 @@ async fn asset(
     Ok(response)
 }
 
+/// The TCP peer of the request (the listener puts it in every request).
+fn peer() -> impl Filter<Extract = (Option<SocketAddr>,), Error = Infallible> + Clone {
+    warp::ext::optional::<crate::listener::Peer>()
+        .map(|p: Option<crate::listener::Peer>| p.map(|p| p.0))
+}
+
+/// Where an admin request came from (see `admin::check_access`).
+fn caller(
+    ctx: Arc<SessionContext>,
+) -> impl Filter<Extract = (crate::admin::Caller,), Error = Infallible> + Clone {
+    peer().and(warp::header::headers_cloned()).map(
+        move |peer: Option<SocketAddr>, headers: warp::http::HeaderMap| {
+            let text = |name: &str| {
+                headers
+                    .get(name)
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            };
+            crate::admin::Caller {
+                peer,
+                host: text("host"),
+                origin: text("origin"),
+                forwarded: ["x-forwarded-for", "forwarded", "x-real-ip"]
+                    .iter()
+                    .any(|h| headers.contains_key(*h)),
+                via_trusted_proxy: peer
+                    .is_some_and(|p| ctx.registry.config().trusted_proxies.contains(&p.ip())),
+            }
+        },
+    )
+}
+
 pub fn routes(
     ctx: Arc<SessionContext>,
     web_dir: Option<PathBuf>,
@@ -101,12 +134,32 @@ pub fn routes(
     };
     let ws = warp::path!("ws" / String)
         .and(warp::ws())
+        .and(peer())
+        .and(warp::header::optional::<String>("x-forwarded-for"))
         .and(with_ctx.clone())
-        .map(|room: String, ws: warp::ws::Ws, ctx: Arc<SessionContext>| {
-            ws.max_message_size(WS_TRANSPORT_LIMIT)
-                .max_frame_size(WS_TRANSPORT_LIMIT)
-                .on_upgrade(move |socket| session::serve(socket, room, ctx))
-        });
+        .map(
+            |room: String,
+             ws: warp::ws::Ws,
+             peer: Option<SocketAddr>,
+             forwarded_for: Option<String>,
+             ctx: Arc<SessionContext>| {
+                let config = ctx.registry.config();
+                let client =
+                    client_address(peer, forwarded_for.as_deref(), &config.trusted_proxies)
+                        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+                // Counted from the upgrade request on, so a refused socket never reaches a room;
+                // it is still upgraded, since a browser cannot read why a failed upgrade failed.
+                let slot = ctx.registry.admission().connect(ClientKey::of(client));
+                ws.max_message_size(WS_TRANSPORT_LIMIT)
+                    .max_frame_size(WS_TRANSPORT_LIMIT)
+                    .on_upgrade(move |socket| async move {
+                        match slot {
+                            Ok(slot) => session::serve(socket, room, ctx, slot).await,
+                            Err(refusal) => session::refuse(socket, &room, client, refusal).await,
+                        }
+                    })
+            },
+        );
     let health = warp::path!("healthz")
         .and(warp::get())
         .and(with_ctx.clone())
@@ -125,18 +178,18 @@ pub fn routes(
     let api = warp::path!("api" / "v1" / ..)
         .and(warp::method())
         .and(warp::path::tail())
-        .and(warp::addr::remote())
+        .and(caller(ctx.clone()))
         .and(warp::header::optional::<String>("authorization"))
         .and(warp::header::optional::<String>("range"))
         .and(with_ctx)
         .then(
-            |method, tail: warp::path::Tail, peer, authorization, range, ctx| async move {
+            |method, tail: warp::path::Tail, caller, authorization, range, ctx| async move {
                 crate::admin::handle(
                     ctx,
                     crate::admin::ApiRequest {
                         method,
                         path: tail.as_str().to_string(),
-                        peer,
+                        caller,
                         authorization,
                         range,
                     },

@@ -3,14 +3,19 @@
 //! architecture and ../shared/STYLE.md for the design habits.
 
 mod admin;
+pub mod admission;
 pub mod auth;
 pub mod canvas;
 pub mod codec;
 pub mod config;
 mod files;
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 pub mod ids;
 pub mod layout;
+mod listener;
+mod log_limit;
 pub mod media;
 pub mod protocol;
 mod rate;

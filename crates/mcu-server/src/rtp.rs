@@ -124,6 +124,177 @@ fn h264_keyframe_start(payload: &[u8]) -> bool {
     }
 }
 
+/// The picture size a camera packet declares, for the packets that declare one: a VP8 keyframe's
+/// first packet (RFC 6386, 9.1) and an H.264 sequence parameter set, alone or in a STAP-A (the
+/// macroblock-aligned size, before cropping). The server reads it before anything is decoded,
+/// since a decoder allocates what the stream declares: a 16383×16383 VP8 frame is ~400 MB.
+pub fn declared_size(packet: &[u8], codec: VideoCodec) -> Option<(u32, u32)> {
+    let payload = &packet[payload_start(packet)?..];
+    match codec {
+        VideoCodec::Vp8 => {
+            let d = vp8_descriptor(payload)?;
+            if !d.keyframe_start {
+                return None;
+            }
+            let at = vp8_header_offset(payload)?;
+            let header = payload.get(at..at + 10)?;
+            if header[3..6] != [0x9d, 0x01, 0x2a] {
+                return None;
+            }
+            let width = u16::from_le_bytes([header[6], header[7]]) & 0x3fff;
+            let height = u16::from_le_bytes([header[8], header[9]]) & 0x3fff;
+            Some((u32::from(width), u32::from(height)))
+        }
+        VideoCodec::H264 => {
+            let first = *payload.first()?;
+            match first & 0x1f {
+                7 => h264_sps_size(payload),
+                24 => {
+                    let mut at = 1;
+                    while let (Some(high), Some(low)) = (payload.get(at), payload.get(at + 1)) {
+                        let size = usize::from(u16::from_be_bytes([*high, *low]));
+                        let unit = payload.get(at + 2..at + 2 + size)?;
+                        if unit.first().is_some_and(|nal| nal & 0x1f == 7) {
+                            return h264_sps_size(unit);
+                        }
+                        at += 2 + size;
+                    }
+                    None
+                }
+                _ => None,
+            }
+        }
+    }
+}
+
+/// Where the VP8 payload header starts, past the payload descriptor (RFC 7741, 4.2).
+fn vp8_header_offset(payload: &[u8]) -> Option<usize> {
+    let first = *payload.first()?;
+    if first & 0x80 == 0 {
+        return Some(1);
+    }
+    let extension = *payload.get(1)?;
+    let mut at = 2;
+    if extension & 0x80 != 0 {
+        at += if payload.get(at)? & 0x80 != 0 { 2 } else { 1 };
+    }
+    if extension & 0x40 != 0 {
+        at += 1;
+    }
+    if extension & 0x30 != 0 {
+        at += 1;
+    }
+    Some(at)
+}
+
+/// Reads Exp-Golomb coded fields of an H.264 RBSP (emulation prevention already removed).
+struct Bits<'a> {
+    data: &'a [u8],
+    at: usize,
+}
+
+impl Bits<'_> {
+    fn bit(&mut self) -> Option<u32> {
+        let byte = *self.data.get(self.at / 8)?;
+        let bit = (byte >> (7 - self.at % 8)) & 1;
+        self.at += 1;
+        Some(u32::from(bit))
+    }
+
+    fn bits(&mut self, n: u32) -> Option<u32> {
+        (0..n).try_fold(0, |v, _| Some(v << 1 | self.bit()?))
+    }
+
+    /// ue(v); anything over 31 leading zeros is not a valid stream.
+    fn ue(&mut self) -> Option<u32> {
+        let mut zeros = 0;
+        while self.bit()? == 0 {
+            zeros += 1;
+            if zeros > 31 {
+                return None;
+            }
+        }
+        Some(((1u64 << zeros) - 1 + u64::from(self.bits(zeros)?)) as u32)
+    }
+
+    fn se(&mut self) -> Option<i64> {
+        let v = i64::from(self.ue()?);
+        Some(if v % 2 == 1 { (v + 1) / 2 } else { -(v / 2) })
+    }
+}
+
+/// The size an H.264 SPS NAL unit declares (ITU-T H.264, 7.3.2.1.1).
+fn h264_sps_size(nal: &[u8]) -> Option<(u32, u32)> {
+    // The RBSP: the NAL header dropped, emulation prevention bytes (00 00 03) removed.
+    let mut rbsp = Vec::with_capacity(nal.len());
+    let mut zeros = 0;
+    for &b in nal.get(1..)? {
+        if zeros >= 2 && b == 3 {
+            zeros = 0;
+            continue;
+        }
+        zeros = if b == 0 { zeros + 1 } else { 0 };
+        rbsp.push(b);
+    }
+    let mut r = Bits { data: &rbsp, at: 0 };
+    let profile = r.bits(8)?;
+    r.bits(16)?; // constraint flags, level
+    r.ue()?; // seq_parameter_set_id
+    if matches!(
+        profile,
+        100 | 110 | 122 | 244 | 44 | 83 | 86 | 118 | 128 | 138 | 139 | 134 | 135
+    ) {
+        let chroma_format = r.ue()?;
+        if chroma_format == 3 {
+            r.bit()?;
+        }
+        r.ue()?; // bit depths
+        r.ue()?;
+        r.bit()?; // qpprime_y_zero_transform_bypass
+        if r.bit()? == 1 {
+            let lists = if chroma_format == 3 { 12 } else { 8 };
+            for list in 0..lists {
+                if r.bit()? == 1 {
+                    let size = if list < 6 { 16 } else { 64 };
+                    let (mut last, mut next) = (8i64, 8i64);
+                    for _ in 0..size {
+                        if next != 0 {
+                            next = (last + r.se()? + 256) % 256;
+                        }
+                        last = if next == 0 { last } else { next };
+                    }
+                }
+            }
+        }
+    }
+    r.ue()?; // log2_max_frame_num_minus4
+    match r.ue()? {
+        0 => {
+            r.ue()?;
+        }
+        1 => {
+            r.bit()?;
+            r.se()?;
+            r.se()?;
+            for _ in 0..r.ue()?.min(255) {
+                r.se()?;
+            }
+        }
+        _ => {}
+    }
+    r.ue()?; // max_num_ref_frames
+    r.bit()?; // gaps_in_frame_num_value_allowed_flag
+    let width_mbs = u64::from(r.ue()?) + 1;
+    let height_units = u64::from(r.ue()?) + 1;
+    let frame_mbs_only = u64::from(r.bit()?);
+    let width = width_mbs * 16;
+    let height = (2 - frame_mbs_only) * height_units * 16;
+    Some((
+        u32::try_from(width).unwrap_or(u32::MAX),
+        u32::try_from(height).unwrap_or(u32::MAX),
+    ))
+}
+
 /// The payload with its VP8 picture id set to `id` (15 bits); None when the payload carries no
 /// 15-bit picture id to set.
 pub fn with_vp8_picture_id(payload: &Bytes, id: u16) -> Option<Bytes> {
@@ -219,6 +390,67 @@ mod tests {
         assert_eq!(rewritten.len(), payload.len());
         // No picture id, nothing to rewrite.
         assert!(with_vp8_picture_id(&Bytes::from_static(&[0x10, 0x00]), 1).is_none());
+    }
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_vp8_keyframe_declares_its_size_and_a_delta_frame_none() {
+        // Descriptor with a 15-bit picture id, then the frame tag, start code and 14-bit sizes.
+        let mut payload = vec![0x90, 0x80, 0x80, 0x01, 0x50, 0x42, 0x00, 0x9d, 0x01, 0x2a];
+        payload.extend_from_slice(&16383u16.to_le_bytes());
+        payload.extend_from_slice(&(0x4000u16 | 16383).to_le_bytes()); // scale bits ignored
+        let packet = rtp(1, 0, false, &payload);
+        assert_eq!(
+            declared_size(&packet, VideoCodec::Vp8),
+            Some((16383, 16383))
+        );
+        let mut delta = payload.clone();
+        delta[4] |= 0x01;
+        assert_eq!(
+            declared_size(&rtp(1, 0, false, &delta), VideoCodec::Vp8),
+            None
+        );
+        // A truncated keyframe header declares nothing (and does not panic).
+        assert_eq!(
+            declared_size(&rtp(1, 0, false, &payload[..8]), VideoCodec::Vp8),
+            None
+        );
+    }
+
+    #[test]
+    fn an_h264_sps_declares_its_size_alone_or_in_a_stap_a() {
+        // From x264 (gst-launch-1.0 … x264enc ! video/x-h264,profile=…), emulation prevention
+        // bytes included.
+        let baseline_360p = hex("6742c01ed900a02ff97016a0c0c0d4a0000003002000000791e2c5c9");
+        let high_1440p = hex("67640032acd9402800b5b016a0202028000003000800000301e478c18cb0");
+        let main_1080p = hex("674d4028eca03c0113f2e02d40404050000003001000000303c8f1831960");
+        assert_eq!(
+            declared_size(&rtp(1, 0, false, &baseline_360p), VideoCodec::H264),
+            Some((640, 368))
+        );
+        assert_eq!(
+            declared_size(&rtp(1, 0, false, &high_1440p), VideoCodec::H264),
+            Some((2560, 1440))
+        );
+        // STAP-A: SPS then a PPS.
+        let mut stap = vec![24];
+        stap.extend_from_slice(&(main_1080p.len() as u16).to_be_bytes());
+        stap.extend_from_slice(&main_1080p);
+        stap.extend_from_slice(&[0, 4, 0x68, 0xee, 0x3c, 0x80]);
+        assert_eq!(
+            declared_size(&rtp(1, 0, false, &stap), VideoCodec::H264),
+            Some((1920, 1088))
+        );
+        // Every prefix of an SPS: nothing or a size, never a panic.
+        for n in 0..high_1440p.len() {
+            let _ = declared_size(&rtp(1, 0, false, &high_1440p[..n]), VideoCodec::H264);
+        }
     }
 
     #[test]

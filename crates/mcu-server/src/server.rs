@@ -45,32 +45,17 @@ pub async fn run(config: ServerConfig) -> Result<()> {
         async move {
             shutdown_signal().await;
             registry.close_all("the server is shutting down").await;
+            crate::files::remove_own_temporary();
             tracing::info!("every room closed");
         }
     };
     // Printed on stdout, alone on its line, so scripts and tests can find the port (`--listen :0`).
-    match &config.tls {
-        None => {
-            let (local, serving) = warp::serve(routes)
-                .try_bind_with_graceful_shutdown(config.listen, shutdown_signal())
-                .with_context(|| format!("listening on {}", config.listen))?;
-            println!("listening on http://{local}");
-            tracing::info!(%local, "serving HTTP");
-            serving.await;
-        }
-        Some(tls) => {
-            let pem = crate::tls::load(tls)?;
-            let (local, serving) = warp::serve(routes)
-                .tls()
-                .cert(pem.cert)
-                .key(pem.key)
-                .try_bind_with_graceful_shutdown(config.listen, shutdown_signal())
-                .with_context(|| format!("listening on {} with TLS", config.listen))?;
-            println!("listening on https://{local}");
-            tracing::info!(%local, "serving HTTPS");
-            serving.await;
-        }
-    }
+    let pem = config.tls.as_ref().map(crate::tls::load).transpose()?;
+    let (local, listener, tls) = crate::listener::bind(config.listen, pem.as_ref()).await?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("listening on {scheme}://{local}");
+    tracing::info!(%local, "serving {}", scheme.to_uppercase());
+    crate::listener::serve(listener, tls, routes, shutdown_signal()).await;
     Ok(())
 }
 

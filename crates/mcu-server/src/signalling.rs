@@ -13,6 +13,11 @@ use crate::protocol::{
 /// Candidates that arrive before the offer they belong to are held until it is applied. Browsers
 /// gather a handful per interface; 64 is generous and stops a client from growing our memory.
 pub const MAX_EARLY_CANDIDATES: usize = 64;
+/// Candidates one session may send in all. A browser sends a handful per network interface and
+/// per renegotiation (about 10 on a laptop with VPN and IPv6); each one makes webrtc-rs start
+/// connectivity checks, and 20,000 trickled ones cost 67 MB and a core for 30 s after the client
+/// left. Past the cap one error says so and the rest are dropped unread.
+pub const MAX_CANDIDATES: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -36,6 +41,8 @@ pub enum Action {
     EndOfCandidates,
     /// The candidate was kept for later; nothing to do now.
     Buffered,
+    /// Past the session's cap of candidates: dropped without a reply (the client was told once).
+    Ignored,
     Leave,
     Record(RecordAction),
     /// A chat or file request, for the room.
@@ -62,6 +69,10 @@ pub struct Signalling {
     phase: Phase,
     has_remote_description: bool,
     early_candidates: Vec<IceCandidate>,
+    /// Every candidate this session sent, taken or not.
+    candidates_seen: usize,
+    /// The client was told that candidates past `MAX_EARLY_CANDIDATES` are dropped.
+    early_overflow_told: bool,
 }
 
 impl Default for Signalling {
@@ -76,6 +87,8 @@ impl Signalling {
             phase: Phase::AwaitingJoin,
             has_remote_description: false,
             early_candidates: Vec::new(),
+            candidates_seen: 0,
+            early_overflow_told: false,
         }
     }
 
@@ -104,16 +117,27 @@ impl Signalling {
             )),
             (Phase::Joined, M::Candidate { candidate: None }) => Ok(Action::EndOfCandidates),
             (Phase::Joined, M::Candidate { candidate: Some(c) }) => {
-                if self.has_remote_description {
+                self.candidates_seen += 1;
+                if self.candidates_seen > MAX_CANDIDATES + 1 {
+                    Ok(Action::Ignored)
+                } else if self.candidates_seen == MAX_CANDIDATES + 1 {
+                    Err(ServerMessage::error(
+                        ErrorCode::BadCandidate,
+                        format!("more than {MAX_CANDIDATES} candidates in one session; the rest are ignored"),
+                    ))
+                } else if self.has_remote_description {
                     Ok(Action::AddCandidate(c))
                 } else if self.early_candidates.len() < MAX_EARLY_CANDIDATES {
                     self.early_candidates.push(c);
                     Ok(Action::Buffered)
-                } else {
+                } else if !self.early_overflow_told {
+                    self.early_overflow_told = true;
                     Err(ServerMessage::error(
                         ErrorCode::BadCandidate,
-                        format!("more than {MAX_EARLY_CANDIDATES} candidates before an offer"),
+                        format!("more than {MAX_EARLY_CANDIDATES} candidates before an offer; the rest are ignored"),
                     ))
+                } else {
+                    Ok(Action::Ignored)
                 }
             }
             (Phase::Joined, M::Leave {}) => {
@@ -306,6 +330,47 @@ mod tests {
                 candidate: Some(candidate(999))
             })),
             ErrorCode::BadCandidate
+        );
+        // Told once; the rest are dropped quietly.
+        assert_eq!(
+            s.on_message(ClientMessage::Candidate {
+                candidate: Some(candidate(1000))
+            }),
+            Ok(Action::Ignored)
+        );
+    }
+
+    #[test]
+    fn a_candidate_flood_is_cut_off_at_the_cap_with_one_error() {
+        let mut s = Signalling::new();
+        s.joined();
+        s.remote_description_applied();
+        for n in 0..MAX_CANDIDATES as u32 {
+            assert!(matches!(
+                s.on_message(ClientMessage::Candidate {
+                    candidate: Some(candidate(n))
+                }),
+                Ok(Action::AddCandidate(_))
+            ));
+        }
+        assert_eq!(
+            code(s.on_message(ClientMessage::Candidate {
+                candidate: Some(candidate(1000))
+            })),
+            ErrorCode::BadCandidate
+        );
+        for n in 0..10_000 {
+            assert_eq!(
+                s.on_message(ClientMessage::Candidate {
+                    candidate: Some(candidate(n))
+                }),
+                Ok(Action::Ignored)
+            );
+        }
+        // The end-of-candidates marker and everything else still work.
+        assert_eq!(
+            s.on_message(ClientMessage::Candidate { candidate: None }),
+            Ok(Action::EndOfCandidates)
         );
     }
 

@@ -81,7 +81,13 @@ pub enum Content {
     /// Like a camera to the encoder: moving detail everywhere but a block of its colour in the
     /// middle, where the checks read it (a tile's centre, a sixteenth of the tile either way).
     CameraLike,
+    /// Its colour, flat, at 2560×1440 (5 fps, to spare the machine): larger than the server
+    /// decodes, for the test that it is refused before decoding.
+    Oversized,
 }
+
+/// The size of `Content::Oversized`.
+pub const OVERSIZED: (u32, u32) = (2560, 1440);
 
 /// Camera-like video is a still texture (noise drawn at a quarter of the frame's size, scaled
 /// up: the room behind someone) under sensor noise that changes every frame at a fifth of full
@@ -120,6 +126,11 @@ fn camera_description(codec: VideoCodec, argb: u32, content: Content) -> String 
             "videotestsrc is-live=true pattern=solid-color foreground-color={argb} \
                ! {}",
             raw(SEND_WIDTH, SEND_HEIGHT)
+        ),
+        Content::Oversized => format!(
+            "videotestsrc is-live=true pattern=solid-color foreground-color={argb} \
+               ! video/x-raw,format=I420,width={},height={},framerate=5/1",
+            OVERSIZED.0, OVERSIZED.1
         ),
         Content::CameraLike => format!(
             "videotestsrc pattern=snow num-buffers=1 ! {} ! videoscale ! {} \

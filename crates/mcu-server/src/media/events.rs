@@ -35,6 +35,8 @@ pub struct PipelineStats {
     pub mix_listeners: usize,
     /// Child elements/bins directly in the pipeline.
     pub pipeline_children: usize,
+    /// Every element in the pipeline, inside bins too.
+    pub elements: usize,
     /// Top-tier packets the encoder produced while someone watched, and packets its viewers
     /// missed because their writers fell behind.
     pub video_packets_out: u64,

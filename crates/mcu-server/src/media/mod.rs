@@ -36,7 +36,7 @@ pub use sink::FeedReader;
 pub use tiers::TierStats;
 use tiers::Tiers;
 
-pub use video::InputSignals;
+pub use video::{live_tile_filters, InputSignals};
 
 /// How long an appsrc may hold packets the pipeline has not taken yet. Beyond this the oldest are
 /// dropped (leaky downstream): late media is worthless in a call, and memory stays bounded.
@@ -367,6 +367,12 @@ impl RoomPipeline {
             mix_voices,
             mix_listeners,
             pipeline_children: self.pipeline.children().len(),
+            elements: self
+                .pipeline
+                .iterate_recurse()
+                .into_iter()
+                .flatten()
+                .count(),
             video_packets_out: top.packets_out,
             video_packets_dropped: top.packets_dropped,
             tiers,

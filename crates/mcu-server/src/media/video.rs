@@ -1,7 +1,7 @@
 //! Video branches that feed the compositor: a participant's decoded camera, and the named
 //! placeholder shown until that camera's first frame.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -20,6 +20,15 @@ use crate::layout::Rect;
 /// camera covers its placeholder the moment it shows anything.
 pub const PLACEHOLDER_ZORDER: u32 = 1;
 pub const VIDEO_ZORDER: u32 = 2;
+
+/// Camera branches' `tile_caps` filters alive in this process, in every room. Each tile holds
+/// one while it lives; one more per join that outlives its leave is a leak (its pad probe once
+/// held a strong reference to the filter, and every departed camera kept one alive).
+static LIVE_TILE_FILTERS: AtomicUsize = AtomicUsize::new(0);
+
+pub fn live_tile_filters() -> usize {
+    LIVE_TILE_FILTERS.load(Ordering::Relaxed)
+}
 
 /// What a video input branch reports to the session that feeds it, without going through the
 /// room actor: whether a frame was decoded yet, when the decoder wants a keyframe (which the
@@ -123,6 +132,11 @@ pub fn input_bin(
     let tile_caps = bin
         .by_name("tile_caps")
         .with_context(|| format!("pipelines/{} has no element named tile_caps", template.file))?;
+    LIVE_TILE_FILTERS.fetch_add(1, Ordering::Relaxed);
+    // The notice stays connected when its handle is dropped; it fires as the filter is disposed.
+    let _ = tile_caps.add_weak_ref_notify(|| {
+        LIVE_TILE_FILTERS.fetch_sub(1, Ordering::Relaxed);
+    });
     let tile_src = tile_caps
         .static_pad("src")
         .context("tile_caps has no src pad")?;

@@ -261,6 +261,9 @@ pub enum ErrorCode {
     FileTooLarge,
     /// No file with that id is shared in this room (or it is not ready yet).
     UnknownFile,
+    /// A camera declared a picture larger than the server decodes (1920×1080, either way up);
+    /// its frames are dropped until a keyframe of an accepted size.
+    VideoTooLarge,
 }
 
 impl ServerMessage {

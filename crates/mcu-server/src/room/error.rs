@@ -15,6 +15,9 @@ pub enum RoomError {
     Full(usize),
     #[error("this server already holds its limit of {0} rooms: join an existing room, or try again later or on another server")]
     ServerFull(usize),
+    /// The client's address hit a per-address limit (`--max-new-rooms-per-address`).
+    #[error(transparent)]
+    RateLimited(#[from] crate::admission::Refusal),
     #[error("{0} is not in the room")]
     NotHere(ParticipantId),
     /// The media graph could not take a participant or a track.
@@ -39,6 +42,7 @@ impl RoomError {
         match self {
             RoomError::Full(_) => ErrorCode::RoomFull,
             RoomError::ServerFull(_) => ErrorCode::ServerFull,
+            RoomError::RateLimited(_) => ErrorCode::RateLimited,
             RoomError::NotHere(_) => ErrorCode::OutOfOrder,
             RoomError::AlreadyRecording | RoomError::NotRecording => ErrorCode::Conflict,
             RoomError::File(refusal) => refusal.code(),

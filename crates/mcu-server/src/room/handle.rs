@@ -121,6 +121,21 @@ impl RoomCommand {
         }
     }
 
+    /// Whether carrying it out adds, removes or restarts GStreamer elements (so it runs off the
+    /// async workers); the rest only read or set a property.
+    pub(super) fn changes_the_graph(&self) -> bool {
+        matches!(
+            self,
+            RoomCommand::Join { .. }
+                | RoomCommand::AddTrack { .. }
+                | RoomCommand::Leave { .. }
+                | RoomCommand::Watch { .. }
+                | RoomCommand::StartRecording { .. }
+                | RoomCommand::StopRecording { .. }
+                | RoomCommand::Remove { .. }
+        )
+    }
+
     /// Answers a command the room can no longer carry out (it is closing).
     pub(super) fn refuse(self) {
         match self {

@@ -74,6 +74,31 @@ struct Room {
     sharing: SharingTask,
 }
 
+/// Runs GStreamer work (elements added and removed, state changes: milliseconds each, and
+/// much longer on a saturated machine) from the room's task without stalling the other tasks of
+/// its tokio worker: the worker hands its queue to another thread first. Measured before: during
+/// a 40-room flood, a leave in a quiet room waited 4.4 s.
+fn off_async_workers<R>(work: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
+}
+
+/// Gives the memory a closed room freed back to the system. glibc keeps freed memory in its
+/// per-thread arenas: measured before, RSS stayed at 1.55 GB after three 40-room floods had
+/// ended, and `malloc_trim(0)` brought it to 147 MB. It walks the heap (a few ms), once per room.
+fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free pages; it takes no pointers and is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Starts a room actor. The room removes itself from `registry` when its last participant leaves.
 pub(crate) fn spawn(
     id: RoomId,
@@ -143,9 +168,11 @@ impl Room {
             tokio::select! {
                 _ = tier_check.tick() => {
                     let now = std::time::Instant::now();
-                    self.pipeline.shut_idle_tiers(now);
-                    // Cameras change size on their own (a browser adapting to its link).
-                    self.pipeline.refresh_canvas(now);
+                    off_async_workers(|| {
+                        self.pipeline.shut_idle_tiers(now);
+                        // Cameras change size on their own (a browser adapting to its link).
+                        self.pipeline.refresh_canvas(now);
+                    });
                 }
                 command = commands.recv() => {
                     let Some(command) = command else { break };
@@ -155,7 +182,11 @@ impl Room {
                         close_reason = Some(reason);
                         break;
                     }
-                    self.handle(command);
+                    if command.changes_the_graph() {
+                        off_async_workers(|| self.handle(command));
+                    } else {
+                        self.handle(command);
+                    }
                     if started.elapsed() > SLOW_COMMAND {
                         tracing::warn!(command = what, elapsed_ms = started.elapsed().as_millis() as u64, "slow room command");
                     }
@@ -164,7 +195,7 @@ impl Room {
                     }
                 }
                 Some(event) = pipeline_events.recv() => {
-                    if !self.on_pipeline_event(event) {
+                    if !off_async_workers(|| self.on_pipeline_event(event)) {
                         break;
                     }
                     if self.participants.is_empty() {
@@ -207,7 +238,10 @@ impl Room {
         let _ = task.await;
         // Dropping the pipeline sets it to NULL and drops its appsinks, which ends every
         // viewer's feed of the composite.
-        drop(self.pipeline);
+        off_async_workers(|| {
+            drop(self.pipeline);
+            return_freed_memory();
+        });
         tracing::info!("room closed");
     }
 

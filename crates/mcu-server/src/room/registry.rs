@@ -1,15 +1,21 @@
 //! The rooms that exist. A room is created by its first join and forgets itself when its last
 //! participant leaves; a generation number makes sure a closing room never removes the fresh room
 //! that replaced it.
+//!
+//! Building a room's pipeline takes 50–300 ms of GStreamer calls (and seconds on a saturated
+//! machine: during a 40-room flood, joins to other rooms waited 3–6 s behind the registry's
+//! lock). So the lock only reserves the name: the room is built on a blocking thread, and joins
+//! that arrive meanwhile wait for it on a watch channel, not on the lock.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{Joined, RoomError, RoomHandle, RoomSnapshot};
+use crate::admission::{Admission, ClientKey, Limits};
 use crate::config::ServerConfig;
 use crate::ids::RoomId;
 use crate::protocol::ServerMessage;
@@ -25,24 +31,44 @@ const CLOSE_ROUNDS: usize = 3;
 pub struct Registry {
     config: Arc<ServerConfig>,
     store: Arc<RecordingStore>,
-    rooms: Mutex<HashMap<RoomId, (RoomHandle, u64)>>,
+    /// Every room by name, with its generation; a room being built is `None` in its channel
+    /// until it is open (or its build failed).
+    rooms: Mutex<HashMap<RoomId, (Opening, u64)>>,
     next_generation: AtomicU64,
     /// Whether the room limit was logged since the last room opened: a flood of refused joins
     /// writes one line, not one per join.
     full_logged: AtomicBool,
     /// Joins refused because the server held its limit of rooms.
     refused_rooms: AtomicU64,
+    /// Per-address limits on connections and new rooms.
+    admission: Arc<Admission>,
+}
+
+/// A room as it opens: `None` while it is built, then the room or why it could not open.
+type Opening = watch::Receiver<Option<Result<RoomHandle, RoomError>>>;
+
+/// The open room in `opening`, if it has opened.
+fn opened(opening: &Opening) -> Option<RoomHandle> {
+    opening
+        .borrow()
+        .as_ref()
+        .and_then(|r| r.as_ref().ok())
+        .cloned()
 }
 
 impl Registry {
     pub fn new(config: Arc<ServerConfig>, store: Arc<RecordingStore>) -> Arc<Self> {
         Arc::new(Registry {
-            config,
             store,
             rooms: Mutex::new(HashMap::new()),
             next_generation: AtomicU64::new(1),
             full_logged: AtomicBool::new(false),
             refused_rooms: AtomicU64::new(0),
+            admission: Admission::new(Limits {
+                connections: config.max_connections_per_address,
+                rooms_per_minute: config.max_new_rooms_per_address,
+            }),
+            config,
         })
     }
 
@@ -54,15 +80,20 @@ impl Registry {
         &self.store
     }
 
-    /// Joins `room`, creating it if needed.
+    pub fn admission(&self) -> &Arc<Admission> {
+        &self.admission
+    }
+
+    /// Joins `room` for a client at `client`, creating the room if needed.
     pub async fn join(
         self: &Arc<Self>,
         room: &RoomId,
         name: &str,
+        client: ClientKey,
         events: mpsc::Sender<ServerMessage>,
     ) -> Result<(RoomHandle, Joined, oneshot::Receiver<String>), RoomError> {
         for _ in 0..JOIN_ATTEMPTS {
-            let handle = self.get_or_create(room)?;
+            let handle = self.get_or_create(room, client).await?;
             let (removed, removed_rx) = oneshot::channel();
             match handle.join(name.to_string(), events.clone(), removed).await {
                 Ok(joined) => return Ok((handle, joined, removed_rx)),
@@ -73,10 +104,26 @@ impl Registry {
         Err(RoomError::Closed)
     }
 
-    fn get_or_create(self: &Arc<Self>, room: &RoomId) -> Result<RoomHandle, RoomError> {
+    async fn get_or_create(
+        self: &Arc<Self>,
+        room: &RoomId,
+        client: ClientKey,
+    ) -> Result<RoomHandle, RoomError> {
+        let mut opening = self.reserve(room, client)?;
+        let outcome = opening
+            .wait_for(|state| state.is_some())
+            .await
+            .map_err(|_| RoomError::Closed)?
+            .clone();
+        outcome.unwrap_or(Err(RoomError::Closed))
+    }
+
+    /// The room's channel: the existing one, or a new one whose room is being built (counted
+    /// against `--max-rooms` from now on).
+    fn reserve(self: &Arc<Self>, room: &RoomId, client: ClientKey) -> Result<Opening, RoomError> {
         let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((handle, _)) = rooms.get(room) {
-            return Ok(handle.clone());
+        if let Some((opening, _)) = rooms.get(room) {
+            return Ok(opening.clone());
         }
         if let Some(limit) = self.config.max_rooms {
             if rooms.len() >= limit {
@@ -88,17 +135,32 @@ impl Registry {
             }
             self.full_logged.store(false, Ordering::Relaxed);
         }
+        self.admission
+            .open_room(client, std::time::Instant::now())?;
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-        let handle = super::spawn(
-            room.clone(),
-            self.config.clone(),
-            self.store.clone(),
-            Arc::downgrade(self),
-            generation,
-        )
-        .map_err(|e| RoomError::Media(format!("{e:#}")))?;
-        rooms.insert(room.clone(), (handle.clone(), generation));
-        Ok(handle)
+        let (publish, opening) = watch::channel(None);
+        rooms.insert(room.clone(), (opening.clone(), generation));
+        drop(rooms);
+        // Its own task, so the room is published even if the join that asked for it is gone.
+        let (registry, room) = (self.clone(), room.clone());
+        tokio::spawn(async move {
+            let build = {
+                let (config, store) = (registry.config.clone(), registry.store.clone());
+                let (weak, room) = (Arc::downgrade(&registry), room.clone());
+                tokio::task::spawn_blocking(move || {
+                    super::spawn(room, config, store, weak, generation)
+                        .map_err(|e| RoomError::Media(format!("{e:#}")))
+                })
+            };
+            let outcome = build
+                .await
+                .unwrap_or_else(|e| Err(RoomError::Media(format!("building the room: {e}"))));
+            if outcome.is_err() {
+                registry.forget(&room, generation);
+            }
+            let _ = publish.send(Some(outcome));
+        });
+        Ok(opening)
     }
 
     /// Called by a room as it closes.
@@ -114,14 +176,19 @@ impl Registry {
         self.refused_rooms.load(Ordering::Relaxed)
     }
 
+    /// The room, if it is open.
     pub fn room(&self, room: &RoomId) -> Option<RoomHandle> {
         let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
-        rooms.get(room).map(|(h, _)| h.clone())
+        rooms.get(room).and_then(|(opening, _)| opened(opening))
     }
 
+    /// Every open room (not those still being built).
     fn handles(&self) -> Vec<RoomHandle> {
         let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
-        rooms.values().map(|(h, _)| h.clone()).collect()
+        rooms
+            .values()
+            .filter_map(|(opening, _)| opened(opening))
+            .collect()
     }
 
     /// Closes every room and waits until each has finished (recordings completed), for a clean

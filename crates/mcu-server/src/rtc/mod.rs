@@ -35,6 +35,7 @@ use crate::codec::VideoCodec;
 use crate::config::{RtcOptions, UdpPolicy};
 use crate::protocol::{IceCandidate, IceServer};
 use webrtc::ice_transport::ice_candidate::{RTCIceCandidate, RTCIceCandidateInit};
+use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 
 /// Payload types we offer. They only have to be consistent within one SDP; these are the numbers
 /// browsers commonly use, which makes captures easier to read.
@@ -257,6 +258,22 @@ impl RtcFactory {
         self.loopback_only
     }
 
+    /// A peer connection as a session sets it up before the offer: the composite and an audio
+    /// mix to send (webrtc-rs 0.17 needs them before the offer is applied).
+    pub async fn peer_connection_with_tracks(
+        &self,
+        codec: VideoCodec,
+    ) -> Result<Arc<RTCPeerConnection>> {
+        let pc = self.peer_connection().await?;
+        pc.add_track(OutboundTrack::video(codec, "composite", "mcu").as_local())
+            .await
+            .context("adding the composite track")?;
+        pc.add_track(OutboundTrack::audio("mcu-mix").as_local())
+            .await
+            .context("adding the audio mix track")?;
+        Ok(pc)
+    }
+
     pub async fn peer_connection(&self) -> Result<Arc<RTCPeerConnection>> {
         let config = RTCConfiguration {
             ice_servers: self
@@ -404,4 +421,18 @@ pub fn candidate_from_protocol(candidate: IceCandidate) -> RTCIceCandidateInit {
         sdp_mline_index: candidate.sdp_m_line_index,
         username_fragment: candidate.username_fragment,
     }
+}
+
+/// Applies a client's offer to `pc` and returns our answer, applied too: the whole of what the
+/// server does with an SDP a client sent (webrtc-rs parses and checks it).
+pub async fn answer(pc: &RTCPeerConnection, offer_sdp: String) -> Result<String> {
+    let offer = RTCSessionDescription::offer(offer_sdp).context("reading the offer")?;
+    pc.set_remote_description(offer)
+        .await
+        .context("applying the offer")?;
+    let answer = pc.create_answer(None).await.context("creating an answer")?;
+    pc.set_local_description(answer.clone())
+        .await
+        .context("applying our answer")?;
+    Ok(answer.sdp)
 }

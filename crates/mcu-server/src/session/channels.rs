@@ -26,10 +26,7 @@ impl Session {
             return;
         };
         let reply = match share {
-            Share::Subscribe => {
-                sharing.subscribe(&transport).await;
-                None
-            }
+            Share::Subscribe => sharing.subscribe(&transport).await,
             Share::Chat(text) => sharing.chat(text).await,
             Share::Offer {
                 name,
@@ -44,10 +41,26 @@ impl Session {
         }
     }
 
+    /// File bytes from the WebSocket, in the fallback for a missing data channel: paced like
+    /// the data channel (the session stops reading the socket meanwhile, so TCP slows the
+    /// sender down). They are not media: only RTP and RTCP keep a participant in the room.
+    pub(super) async fn on_ws_binary(&mut self, frame: &[u8]) -> Option<ServerMessage> {
+        if self.sharing.is_some() {
+            let wait = self
+                .upload_pacer
+                .lock()
+                .await
+                .delay(frame.len(), std::time::Instant::now());
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        self.on_binary(frame).await
+    }
+
     /// File bytes, from the `files` data channel or (in the fallback) the WebSocket. `Some` is
     /// an error for the sender.
     pub(super) async fn on_binary(&mut self, frame: &[u8]) -> Option<ServerMessage> {
-        self.activity.touch();
         match self.sharing.as_mut() {
             Some(sharing) => sharing.chunk(frame).await,
             None => Some(ServerMessage::error(

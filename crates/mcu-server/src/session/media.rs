@@ -24,7 +24,9 @@ use webrtc::util::Marshal;
 use super::reorder::Reorder;
 use super::viewer::Feedback;
 use super::{Activity, Session};
+use crate::log_limit::limited_info;
 use crate::media::{InputHandle, InputSignals};
+use crate::protocol::{ErrorCode, ServerMessage};
 use crate::room::TrackKind;
 use crate::rtc;
 
@@ -34,6 +36,49 @@ const FIRST_KEYFRAME_PLI_INTERVAL: Duration = Duration::from_millis(500);
 /// Later keyframe requests (after loss) are spaced at least this far apart, so a decoder that asks
 /// on every broken frame does not make the sender emit keyframe after keyframe.
 const LOSS_PLI_MIN_INTERVAL: Duration = Duration::from_millis(300);
+
+/// The largest picture a camera may send, either way up (a phone held upright sends 1080×1920):
+/// 1080p, which no tile needs more than, with H.264's macroblock rounding (1080 → 1088). A
+/// decoder allocates whatever the stream declares, up to 16383×16383 (~400 MB a frame in VP8).
+pub const MAX_INPUT_LONG_SIDE: u32 = 1920;
+pub const MAX_INPUT_SHORT_SIDE: u32 = 1088;
+
+fn input_size_allowed((width, height): (u32, u32)) -> bool {
+    width.max(height) <= MAX_INPUT_LONG_SIDE && width.min(height) <= MAX_INPUT_SHORT_SIDE
+}
+
+/// Keeps a camera's pictures within `MAX_INPUT_*` before anything is decoded: from a keyframe
+/// (or H.264 parameter set) that declares a larger picture, every packet is dropped until one
+/// declares an accepted size again.
+#[derive(Default)]
+struct InputSizeGate {
+    refusing: Option<(u32, u32)>,
+}
+
+enum GateVerdict {
+    Pass,
+    Drop,
+    /// The first packet dropped for this size: tell the sender why.
+    Refuse((u32, u32)),
+}
+
+impl InputSizeGate {
+    fn check(&mut self, packet: &[u8], codec: crate::codec::VideoCodec) -> GateVerdict {
+        if let Some(size) = crate::rtp::declared_size(packet, codec) {
+            if input_size_allowed(size) {
+                self.refusing = None;
+            } else if self.refusing != Some(size) {
+                self.refusing = Some(size);
+                return GateVerdict::Refuse(size);
+            }
+        }
+        if self.refusing.is_some() {
+            GateVerdict::Drop
+        } else {
+            GateVerdict::Pass
+        }
+    }
+}
 
 /// What a sender may spend on each pixel of its tile, per second: 3 bits is about 0.1 bit per
 /// pixel per frame at 30 fps, where VP8 on camera content stops gaining visibly (720p at
@@ -105,7 +150,14 @@ async fn pump(track: Arc<TrackRemote>, input: InputHandle, activity: Arc<Activit
 
 /// As `pump`, for a camera: packets after a gap wait for the missing one (reorder.rs). The track
 /// is read on a task of its own, so the wait's timer never cancels a read half done.
-async fn pump_camera(track: Arc<TrackRemote>, input: InputHandle, activity: Arc<Activity>) {
+async fn pump_camera(
+    track: Arc<TrackRemote>,
+    codec: crate::codec::VideoCodec,
+    input: InputHandle,
+    activity: Arc<Activity>,
+    outbox: mpsc::Sender<ServerMessage>,
+) {
+    let mut gate = InputSizeGate::default();
     let (tx, mut rx) = mpsc::channel(CAMERA_READ_QUEUE);
     let reader = tokio::spawn(async move {
         while let Ok((packet, _)) = track.read_rtp().await {
@@ -133,6 +185,18 @@ async fn pump_camera(track: Arc<TrackRemote>, input: InputHandle, activity: Arc<
             let Ok(bytes) = packet.marshal() else {
                 continue;
             };
+            match gate.check(&bytes, codec) {
+                GateVerdict::Pass => {}
+                GateVerdict::Drop => continue,
+                GateVerdict::Refuse((width, height)) => {
+                    limited_info!(width, height, "camera picture too large, dropped");
+                    let _ = outbox.try_send(ServerMessage::error(
+                        ErrorCode::VideoTooLarge,
+                        format!("your camera sends {width}×{height}; the server decodes at most 1920×1080 (either way up): send a smaller picture"),
+                    ));
+                    continue;
+                }
+            }
             if input.push(bytes).is_err() {
                 gone = true;
                 break;
@@ -295,8 +359,14 @@ impl Session {
             .add_track(member.id, kind, signals.clone())
             .await?;
         let pc = Arc::downgrade(&member.pc);
-        if let TrackKind::Video { .. } = kind {
-            self.spawn(pump_camera(track.clone(), input, self.activity.clone()));
+        if let TrackKind::Video { codec, .. } = kind {
+            self.spawn(pump_camera(
+                track.clone(),
+                codec,
+                input,
+                self.activity.clone(),
+                self.outbox.clone(),
+            ));
             self.spawn(request_keyframes(pc.clone(), track.ssrc(), signals.clone()));
             self.spawn(cap_sender(pc, track.ssrc(), signals));
         } else {
@@ -309,6 +379,22 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pictures_up_to_1080p_either_way_up_are_decoded() {
+        for ok in [
+            (1920, 1080),
+            (1920, 1088),
+            (1080, 1920),
+            (640, 360),
+            (16, 16),
+        ] {
+            assert!(input_size_allowed(ok), "{ok:?}");
+        }
+        for refused in [(2560, 1440), (16383, 16383), (1921, 720), (1100, 1100)] {
+            assert!(!input_size_allowed(refused), "{refused:?}");
+        }
+    }
 
     #[test]
     fn a_camera_is_asked_for_what_its_tile_shows() {

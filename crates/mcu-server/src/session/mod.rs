@@ -29,8 +29,10 @@ use tracing::Instrument;
 use warp::ws::WebSocket;
 use webrtc::peer_connection::RTCPeerConnection;
 
+use crate::admission::{ClientKey, ConnectionSlot};
 use crate::auth::Secret;
 use crate::ids::{ParticipantId, RoomId};
+use crate::log_limit::limited_info;
 use crate::protocol::{
     parse_client_message, validate_display_name, ErrorCode, RecordAction, ServerMessage,
     CLOSE_MESSAGE_TOO_BIG, MAX_MESSAGE_BYTES,
@@ -101,17 +103,46 @@ struct Membership {
 }
 
 /// Serves one WebSocket until it closes; everything it logs carries the room and, once joined,
-/// the participant.
-pub async fn serve(socket: WebSocket, room_name: String, ctx: Arc<SessionContext>) {
+/// the participant. `slot` counts it against its client's address until it ends.
+pub async fn serve(
+    socket: WebSocket,
+    room_name: String,
+    ctx: Arc<SessionContext>,
+    slot: ConnectionSlot,
+) {
     let span = tracing::info_span!(
         "session",
         room = %room_name,
         participant = tracing::field::Empty
     );
-    run(socket, room_name, ctx).instrument(span).await
+    run(socket, room_name, ctx, slot.key())
+        .instrument(span)
+        .await;
+    drop(slot);
 }
 
-async fn run(socket: WebSocket, room_name: String, ctx: Arc<SessionContext>) {
+/// A WebSocket its address may not open: one `rate_limited` error that says why, then a
+/// policy-violation close.
+pub async fn refuse(
+    socket: WebSocket,
+    room: &str,
+    client: std::net::IpAddr,
+    refusal: crate::admission::Refusal,
+) {
+    use futures_util::SinkExt;
+    limited_info!(%client, room, "connection refused: {refusal}");
+    let mut socket = socket;
+    let message = ServerMessage::error(ErrorCode::RateLimited, refusal.to_string());
+    if let Ok(text) = serde_json::to_string(&message) {
+        let _ = socket.send(warp::ws::Message::text(text)).await;
+    }
+    let _ = socket
+        .send(warp::ws::Message::close_with(CLOSE_NO_JOIN, "rate limited"))
+        .await;
+    let _ = socket.close().await;
+}
+
+async fn run(socket: WebSocket, room_name: String, ctx: Arc<SessionContext>, client: ClientKey) {
     let (ws_out, mut ws_in) = socket.split();
     let (outbox, outbox_rx) = mpsc::channel::<ServerMessage>(EVENT_QUEUE);
     let (close_tx, close_rx) = mpsc::channel::<(u16, &'static str)>(1);
@@ -139,6 +170,7 @@ async fn run(socket: WebSocket, room_name: String, ctx: Arc<SessionContext>) {
     };
 
     let (removed_tx, mut removed_rx) = mpsc::channel::<String>(1);
+    let ctx_file_rate = ctx.registry.config().file_rate;
     let (channel_tx, mut channel_rx) = mpsc::channel::<ChannelInput>(CHANNEL_INPUT_QUEUE);
     let mut session = Session {
         ctx,
@@ -153,6 +185,8 @@ async fn run(socket: WebSocket, room_name: String, ctx: Arc<SessionContext>) {
         ws_binary,
         channel_tx,
         sharing: None,
+        upload_pacer: sharing::upload_pacer(ctx_file_rate),
+        client,
     };
     let (peer_tx, mut peer_rx) = mpsc::channel::<PeerEvent>(64);
     let mut liveness = tokio::time::interval(LIVENESS_CHECK);
@@ -168,12 +202,12 @@ async fn run(socket: WebSocket, room_name: String, ctx: Arc<SessionContext>) {
                     continue;
                 }
                 if frame.as_bytes().len() > MAX_MESSAGE_BYTES {
-                    tracing::info!(bytes = frame.as_bytes().len(), "oversized message, closing");
+                    limited_info!(bytes = frame.as_bytes().len(), "oversized message, closing");
                     break (CLOSE_MESSAGE_TOO_BIG, "message too big");
                 }
                 let Ok(text) = frame.to_str() else {
                     // Binary frames are file bytes, in the fallback for a missing data channel.
-                    let reply = session.on_binary(frame.as_bytes()).await;
+                    let reply = session.on_ws_binary(frame.as_bytes()).await;
                     if let Some(reply) = reply {
                         session.reply(reply).await;
                     }
@@ -201,14 +235,17 @@ async fn run(socket: WebSocket, room_name: String, ctx: Arc<SessionContext>) {
                 break (CLOSE_REMOVED, "removed");
             }
             _ = liveness.tick() => {
+                if let Some(sharing) = session.sharing.as_mut() {
+                    sharing.drop_given_up_uploads();
+                }
                 if session.member.is_none() && opened.elapsed() > JOIN_DEADLINE {
-                    tracing::info!("no join within {JOIN_DEADLINE:?}, closing the socket");
+                    limited_info!("no join within {JOIN_DEADLINE:?}, closing the socket");
                     session.reply(ServerMessage::error(ErrorCode::OutOfOrder, format!("no join within {} s; connect again to join", JOIN_DEADLINE.as_secs()))).await;
                     break (CLOSE_NO_JOIN, "no join");
                 }
                 let timeout = session.ctx.registry.config().media_timeout;
                 if session.member.is_some() && session.activity.idle() > timeout {
-                    tracing::info!("no media for {timeout:?}, removing the participant");
+                    limited_info!("no media for {timeout:?}, removing the participant");
                     session.reply(ServerMessage::error(ErrorCode::Internal, "no media arrived for too long; you were removed")).await;
                     break (1000, "media timeout");
                 }
@@ -237,6 +274,10 @@ struct Session {
     channel_tx: mpsc::Sender<ChannelInput>,
     /// Chat and files, once joined.
     sharing: Option<Sharing>,
+    /// The pace of the file bytes this client uploads, on any transport.
+    upload_pacer: sharing::UploadPacer,
+    /// The client's address, as the per-address limits count it.
+    client: ClientKey,
 }
 
 impl Session {
@@ -264,7 +305,7 @@ impl Session {
             Action::Join { name, token } => self.join(name, token, peer_tx).await?,
             Action::ApplyOffer { sdp } => self.apply_offer(sdp).await,
             Action::AddCandidate(c) => self.add_candidate(c).await,
-            Action::EndOfCandidates | Action::Buffered => {}
+            Action::EndOfCandidates | Action::Buffered | Action::Ignored => {}
             Action::Leave => return Ok(false),
             Action::Record(action) => self.record(action).await,
             Action::Share(share) => self.share(share, Transport::WebSocket).await,
@@ -280,7 +321,7 @@ impl Session {
             return Ok((name, true));
         };
         let refuse = |e: crate::auth::TokenError| {
-            tracing::info!("join refused: {e}");
+            limited_info!("join refused: {e}");
             ServerMessage::error(ErrorCode::Unauthorized, e.to_string())
         };
         let token = token.ok_or_else(|| refuse(crate::auth::TokenError::Missing))?;
@@ -311,11 +352,12 @@ impl Session {
         let (room, joined, removed) = match self
             .ctx
             .registry
-            .join(&self.room, &name, self.outbox.clone())
+            .join(&self.room, &name, self.client, self.outbox.clone())
             .await
         {
             Ok(j) => j,
             Err(e) => {
+                limited_info!(client = %self.client, "join refused: {e}");
                 self.reply(e.to_message()).await;
                 return Ok(());
             }
@@ -386,7 +428,12 @@ impl Session {
             self.activity.clone(),
         ));
         let file_rate = self.ctx.registry.config().file_rate;
-        install_callbacks(&pc, peer_tx.clone(), self.channel_tx.clone(), file_rate);
+        install_callbacks(
+            &pc,
+            peer_tx.clone(),
+            self.channel_tx.clone(),
+            self.upload_pacer.clone(),
+        );
         self.sharing = Some(Sharing::new(
             id,
             room.clone(),

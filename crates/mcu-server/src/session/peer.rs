@@ -2,24 +2,28 @@
 //! and what webrtc-rs callbacks report (local candidates, state, tracks, data channels), brought
 //! back onto the session task as `PeerEvent`s.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use tokio::sync::mpsc;
 use webrtc::data_channel::RTCDataChannel;
 use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
-use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::track::track_remote::TrackRemote;
 
 use super::sharing::{self, ChannelInput};
 use super::Session;
+use crate::log_limit::limited_info;
 use crate::protocol::{ErrorCode, IceCandidate, ServerMessage};
 use crate::rtc;
 
 /// How long a session waits for its peer connection to be set up before giving up on an answer.
 const SDP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Data channels one peer connection may open: `chat` and `files`, each reopened once (the web
+/// client reopens a channel that failed). Each channel is a buffer and handlers in webrtc-rs's
+/// SCTP association, so a client opening thousands would grow our memory without limit.
+pub(super) const MAX_DATA_CHANNELS: usize = 4;
 
 /// Things that happen in webrtc-rs callbacks, brought back onto the session task.
 pub(super) enum PeerEvent {
@@ -28,25 +32,17 @@ pub(super) enum PeerEvent {
     Track(Arc<TrackRemote>),
     /// A data channel other than `chat` and `files`.
     UnknownChannel(Arc<RTCDataChannel>),
+    /// A data channel past `MAX_DATA_CHANNELS`.
+    TooManyChannels(Arc<RTCDataChannel>),
 }
 
 impl Session {
     pub(super) async fn apply_offer(&mut self, sdp: String) {
         let Some(member) = &self.member else { return };
         let pc = member.pc.clone();
-        let result = tokio::time::timeout(SDP_TIMEOUT, async {
-            let offer = RTCSessionDescription::offer(sdp).context("reading the offer")?;
-            pc.set_remote_description(offer)
-                .await
-                .context("applying the offer")?;
-            let answer = pc.create_answer(None).await.context("creating an answer")?;
-            pc.set_local_description(answer.clone())
-                .await
-                .context("applying our answer")?;
-            anyhow::Ok(answer.sdp)
-        })
-        .await
-        .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out negotiating")));
+        let result = tokio::time::timeout(SDP_TIMEOUT, rtc::answer(&pc, sdp))
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out negotiating")));
         let applied = match result {
             Ok(answer) => {
                 self.reply(ServerMessage::Answer { sdp: answer }).await;
@@ -121,9 +117,22 @@ impl Session {
                 let _ = dc.close().await;
                 true
             }
+            PeerEvent::TooManyChannels(dc) => {
+                limited_info!(label = dc.label(), "data channel past the cap, closed");
+                self.reply(ServerMessage::error(
+                    ErrorCode::BadMessage,
+                    format!(
+                        "more than {MAX_DATA_CHANNELS} data channels on one connection; {:?} was closed",
+                        dc.label()
+                    ),
+                ))
+                .await;
+                let _ = dc.close().await;
+                true
+            }
             PeerEvent::Track(track) => {
                 if let Err(e) = self.on_track(track).await {
-                    tracing::warn!("incoming track refused: {e:#}");
+                    limited_info!("incoming track refused: {e:#}");
                     self.reply(ServerMessage::error(ErrorCode::BadSdp, format!("{e:#}")))
                         .await;
                 }
@@ -137,7 +146,7 @@ pub(super) fn install_callbacks(
     pc: &Arc<RTCPeerConnection>,
     events: mpsc::Sender<PeerEvent>,
     channels: mpsc::Sender<ChannelInput>,
-    file_rate: u64,
+    pacer: sharing::UploadPacer,
 ) {
     let tx = events.clone();
     pc.on_ice_candidate(Box::new(move |candidate| {
@@ -164,16 +173,25 @@ pub(super) fn install_callbacks(
     }));
     // The handlers go on before this callback returns: webrtc-rs starts reading the channel
     // right after it, and drops whatever arrives before a message handler is set.
+    // One pace for every `files` channel of this connection (and the WebSocket), so a second
+    // channel does not double the upload rate.
+    let opened = AtomicUsize::new(0);
     pc.on_data_channel(Box::new(move |dc| {
         let tx = events.clone();
+        let too_many = opened.fetch_add(1, Ordering::Relaxed) >= MAX_DATA_CHANNELS;
         let known = matches!(dc.label(), sharing::CHAT_CHANNEL | sharing::FILES_CHANNEL);
-        if known {
-            sharing::watch_channel(&dc, channels.clone(), file_rate);
+        if known && !too_many {
+            sharing::watch_channel(&dc, channels.clone(), pacer.clone());
         }
         Box::pin(async move {
-            if !known {
-                let _ = tx.send(PeerEvent::UnknownChannel(dc)).await;
-            }
+            let event = if too_many {
+                PeerEvent::TooManyChannels(dc)
+            } else if !known {
+                PeerEvent::UnknownChannel(dc)
+            } else {
+                return;
+            };
+            let _ = tx.send(event).await;
         })
     }));
 }

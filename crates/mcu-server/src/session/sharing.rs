@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,12 @@ use crate::room::{RoomHandle, Upload};
 pub const CHAT_BURST: f64 = 8.0;
 /// The rate a participant's chat refills at, in messages per second: faster than anyone types.
 pub const CHAT_PER_SECOND: f64 = 2.0;
+/// `chat_subscribe`s at once: the web client sends one when it joins and one each time its chat
+/// channel (re)opens; each replays up to the whole backlog, so a loop of them would make the
+/// server send the backlog again and again.
+const SUBSCRIBE_BURST: f64 = 4.0;
+/// Then one every 5 s.
+const SUBSCRIBE_PER_SECOND: f64 = 0.2;
 
 /// The data channel a client opens for chat and file control messages (ordered, reliable).
 pub const CHAT_CHANNEL: &str = "chat";
@@ -66,12 +73,23 @@ pub enum ChannelInput {
     Closed(Arc<RTCDataChannel>),
 }
 
+/// The pace of file bytes arriving from one client (its data channels and, in the fallback, its
+/// WebSocket), shared by all of them.
+pub type UploadPacer = Arc<tokio::sync::Mutex<Pacer>>;
+
+pub fn upload_pacer(bytes_per_second: u64) -> UploadPacer {
+    Arc::new(tokio::sync::Mutex::new(Pacer::new(bytes_per_second)))
+}
+
 /// Forwards a data channel's events into the session. Each message is handed over before the
-/// next is read (the handler awaits the bounded channel, and on `files` keeps to `rate`), so an
-/// uploader is slowed down through SCTP's flow control rather than queued without bound.
-pub fn watch_channel(dc: &Arc<RTCDataChannel>, input: mpsc::Sender<ChannelInput>, rate: u64) {
+/// next is read (the handler awaits the bounded channel, and on `files` keeps to the pace), so
+/// an uploader is slowed down through SCTP's flow control rather than queued without bound.
+pub fn watch_channel(
+    dc: &Arc<RTCDataChannel>,
+    input: mpsc::Sender<ChannelInput>,
+    pacer: UploadPacer,
+) {
     let wants_text = dc.label() == CHAT_CHANNEL;
-    let pacer = Arc::new(tokio::sync::Mutex::new(Pacer::new(rate)));
     {
         let (dc2, input) = (dc.clone(), input.clone());
         dc.on_open(Box::new(move || {
@@ -136,6 +154,8 @@ struct Receiving {
     received: u64,
     hash: Sha256,
     last_progress: Instant,
+    /// Raised by the room when it gave up on this upload and deleted its file.
+    given_up: Arc<AtomicBool>,
 }
 
 /// The session's half of sharing.
@@ -150,6 +170,8 @@ pub struct Sharing {
     ws_binary: mpsc::Sender<Bytes>,
     /// Chat messages and file offers share one rate limit.
     limit: RateLimit,
+    /// `chat_subscribe` replays the room's backlog, so it has a tighter limit of its own.
+    subscribe_limit: RateLimit,
     /// Bytes per second of each download.
     rate: u64,
 }
@@ -172,6 +194,7 @@ impl Sharing {
             downloads: Vec::new(),
             ws_binary,
             limit: RateLimit::new(CHAT_BURST, CHAT_PER_SECOND),
+            subscribe_limit: RateLimit::new(SUBSCRIBE_BURST, SUBSCRIBE_PER_SECOND),
             rate,
         }
     }
@@ -218,8 +241,15 @@ impl Sharing {
         }
     }
 
-    /// `chat_subscribe`: the room's chat and files come on the transport it came on.
-    pub async fn subscribe(&mut self, transport: &Transport) {
+    /// `chat_subscribe`: the room's chat and files come on the transport it came on. `Some` is
+    /// an error for the sender.
+    pub async fn subscribe(&mut self, transport: &Transport) -> Option<ServerMessage> {
+        if !self.subscribe_limit.allow(Instant::now()) {
+            return Some(ServerMessage::error(
+                ErrorCode::RateLimited,
+                "chat_subscribe too often (it replays the backlog); this one was dropped",
+            ));
+        }
         let channel = match transport {
             Transport::DataChannel(dc) => Some(dc.clone()),
             Transport::WebSocket => None,
@@ -234,6 +264,7 @@ impl Sharing {
         );
         *self.route.lock().unwrap_or_else(|e| e.into_inner()) = channel;
         self.room.subscribe_chat(self.who).await;
+        None
     }
 
     fn rate_limited(&mut self) -> Option<ServerMessage> {
@@ -284,12 +315,18 @@ impl Sharing {
             return refused(refusal);
         }
         match self.room.offer_file(self.who, name, size, mime).await {
-            Ok(Upload { info, file, path }) => {
+            Ok(Upload {
+                info,
+                file,
+                path,
+                given_up,
+            }) => {
                 self.uploads.insert(
                     info.file_id,
                     Receiving {
                         file: tokio::fs::File::from_std(file),
                         path,
+                        given_up,
                         size: info.size,
                         received: 0,
                         hash: Sha256::new(),
@@ -311,6 +348,7 @@ impl Sharing {
             Ok(c) => c,
             Err(e) => return Some(ServerMessage::error(ErrorCode::BadMessage, e.to_string())),
         };
+        self.drop_given_up_uploads();
         let Some(upload) = self.uploads.get_mut(&file_id) else {
             return Some(ServerMessage::error(
                 ErrorCode::UnknownFile,
@@ -353,6 +391,18 @@ impl Sharing {
             self.room.file_progress(file_id, received).await;
         }
         None
+    }
+
+    /// Closes the files of the uploads the room gave up on (their `file_failed` went to everyone,
+    /// the sender included): nothing more is written into a file the room deleted.
+    pub fn drop_given_up_uploads(&mut self) {
+        self.uploads.retain(|file_id, upload| {
+            let keep = !upload.given_up.load(Ordering::Relaxed);
+            if !keep {
+                tracing::info!(file_id, "upload given up by the room, its file closed");
+            }
+            keep
+        });
     }
 
     async fn fail_upload(&mut self, file_id: u32, reason: &str) {

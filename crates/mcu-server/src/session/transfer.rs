@@ -43,6 +43,15 @@ impl Pacer {
 
     /// How long to wait before sending `bytes` more at `now`.
     pub fn delay(&mut self, bytes: usize, now: Instant) -> Duration {
+        // A sender that fell behind the pace (it paused) starts afresh, so an idle minute is
+        // not credit for a minute's bytes at once.
+        if let Some(started) = self.started {
+            let earned = now.saturating_duration_since(started).as_secs_f64() * self.rate;
+            if earned > self.sent as f64 {
+                self.started = None;
+                self.sent = 0;
+            }
+        }
         let started = *self.started.get_or_insert(now);
         self.sent += bytes as u64;
         let due = self.sent.saturating_sub(PACER_BURST) as f64 / self.rate;
@@ -116,6 +125,20 @@ mod tests {
         assert!((wait.as_secs_f64() - 1.0).abs() < 0.01, "{wait:?}");
         // Time that passed counts: a second later, that same byte count is due now.
         assert!(pacer.delay(0, t0 + Duration::from_secs(1)) < Duration::from_millis(10));
+    }
+
+    #[test]
+    fn a_pause_is_not_credit_for_a_flood_afterwards() {
+        let t0 = Instant::now();
+        let mut pacer = Pacer::new(1_000_000);
+        assert_eq!(pacer.delay(1024, t0), Duration::ZERO);
+        // A minute later 20 MB arrive at once: the burst goes, the rest waits its pace.
+        let later = t0 + Duration::from_secs(60);
+        let mut wait = Duration::ZERO;
+        for _ in 0..(20 * 1024 / 64) {
+            wait = pacer.delay(64 * 1024, later);
+        }
+        assert!(wait > Duration::from_secs(19), "{wait:?}");
     }
 
     #[test]

@@ -12,6 +12,8 @@ mod state;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Result;
@@ -42,6 +44,9 @@ pub struct Upload {
     pub info: FileInfo,
     pub file: std::fs::File,
     pub path: PathBuf,
+    /// Set when the room gives up on the upload (it stalled, or failed) and has deleted its
+    /// file: the session then closes the file and takes no more bytes for it.
+    pub given_up: Arc<AtomicBool>,
 }
 
 /// A file ready to be sent to a participant (who was told its SHA-256 in `file_ready`).
@@ -147,6 +152,8 @@ struct Sharing {
     files: FileCatalog,
     store: FileStore,
     paths: HashMap<u32, PathBuf>,
+    /// The flag of each upload in progress, raised when the room gives up on it.
+    live_uploads: HashMap<u32, Arc<AtomicBool>>,
     /// To ask the room to remove a participant that stopped reading its events.
     room: mpsc::WeakSender<RoomCommand>,
 }
@@ -167,6 +174,7 @@ pub(super) fn spawn(
         files: FileCatalog::new(limits.max_file, limits.max_room),
         store,
         paths: HashMap::new(),
+        live_uploads: HashMap::new(),
         room,
     };
     let task = tokio::spawn(sharing.run(commands, membership).in_current_span());
@@ -331,9 +339,16 @@ impl Sharing {
             }
         };
         self.paths.insert(info.file_id, path.clone());
+        let given_up = Arc::new(AtomicBool::new(false));
+        self.live_uploads.insert(info.file_id, given_up.clone());
         tracing::info!(participant = %who, file_id = info.file_id, size = %size_text(info.size), "file offered");
         self.broadcast(ServerMessage::FileOffered(Box::new(info.clone())));
-        Ok(Upload { info, file, path })
+        Ok(Upload {
+            info,
+            file,
+            path,
+            given_up,
+        })
     }
 
     fn progress(&mut self, file_id: u32, received: u64) {
@@ -349,6 +364,7 @@ impl Sharing {
             return;
         };
         let info = entry.info.clone();
+        self.live_uploads.remove(&file_id);
         if let Some(path) = self.paths.get(&file_id) {
             if let Err(e) = self.store.finish(path, &info, &sha256) {
                 tracing::warn!(file_id, "no sidecar for a kept file: {e:#}");
@@ -361,6 +377,9 @@ impl Sharing {
     fn failed(&mut self, file_id: u32, reason: String) {
         if self.files.fail(file_id).is_none() {
             return;
+        }
+        if let Some(given_up) = self.live_uploads.remove(&file_id) {
+            given_up.store(true, Ordering::Relaxed);
         }
         if let Some(path) = self.paths.remove(&file_id) {
             self.store.discard(&path);
