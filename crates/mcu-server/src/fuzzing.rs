@@ -247,4 +247,42 @@ mod tests {
             "mutations that keep the offer valid are answered"
         );
     }
+
+    /// Writes the seeds above into `fuzz/seeds/<target>/`, where `cargo fuzz run` starts from
+    /// (docs/fuzzing.md): `cargo test -p mcu-server --lib write_fuzz_seeds -- --ignored`.
+    #[test]
+    #[ignore = "writes files; run by hand to refresh fuzz/seeds"]
+    fn write_fuzz_seeds() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds");
+        let target = OfferTarget::new().unwrap();
+        let token = crate::auth::mint(
+            &Secret::new(TOKEN_SECRET),
+            "room",
+            "Ada",
+            true,
+            Duration::from_secs(3600),
+            std::time::SystemTime::now(),
+        )
+        .unwrap();
+        let header = [0x80u8, 0x60, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1];
+        let mut vp8 = header.to_vec();
+        vp8.extend_from_slice(&[
+            0x90, 0x80, 0x80, 0x01, 0x50, 0x42, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01,
+        ]);
+        let seeds: Vec<(&str, Vec<u8>)> = vec![
+            ("offer", target.seed_offer().unwrap().into_bytes()),
+            ("join_token", token.into_bytes()),
+            (
+                "signalling",
+                b"{\"type\":\"join\",\"name\":\"Ada\"}\n{\"type\":\"offer\",\"sdp\":\"v=0\"}\n{\"type\":\"chat\",\"text\":\"hi\"}".to_vec(),
+            ),
+            ("file_chunk", [&[0u8, 0, 0, 7][..], &[1u8; 64][..]].concat()),
+            ("rtp_size", vp8),
+        ];
+        for (name, seed) in seeds {
+            let dir = root.join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("seed"), seed).unwrap();
+        }
+    }
 }

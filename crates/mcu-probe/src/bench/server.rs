@@ -36,8 +36,19 @@ impl OwnServer {
             }
         }
         let mut child = command
-            // No room limit: finding how many rooms fit is what the bench is for.
-            .args(["serve", "--listen", "127.0.0.1:0", "--max-rooms", "0"])
+            // No room limit: finding how many rooms fit is what the bench is for. And no
+            // per-address limits: every synthetic participant comes from 127.0.0.1.
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--max-rooms",
+                "0",
+                "--max-connections-per-address",
+                "0",
+                "--max-new-rooms-per-address",
+                "0",
+            ])
             .env("MCU_RECORDINGS_DIR", scratch.join("recordings"))
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file))
