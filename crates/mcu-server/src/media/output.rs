@@ -33,7 +33,6 @@ pub(super) struct Output {
     choice: CanvasChoice,
     adaptive: bool,
     pending: Arc<Mutex<Pending>>,
-    background: TileSize,
 }
 
 impl Output {
@@ -55,6 +54,11 @@ impl Output {
         let canvas_sink = canvas_caps
             .static_pad("sink")
             .context("canvas_caps has no sink pad")?;
+        // The background's source is asked for the new size only once the canvas has it, from
+        // this probe: asked from the room's thread at the same time, its source could renegotiate
+        // first, against a canvas still at the old size, and fail (`not-negotiated`, which closed
+        // the room: seen twice in CI, right after a canvas grew).
+        let background_follows = background;
         // Weak references: the probe lives on canvas_caps's own pad, and strong ones would keep
         // the filter and the compositor's pad alive after the room's pipeline is gone.
         let (canvas_caps, background_pad) = (canvas_caps.downgrade(), background_pad.downgrade());
@@ -67,6 +71,7 @@ impl Output {
             };
             if let Some((width, height)) = change.size {
                 video::resize_filter(&canvas_caps, width, height);
+                background_follows.ask(width, height);
                 // Until the background source meets its new size, the compositor scales it.
                 video::set_pad_rect(
                     &background_pad,
@@ -89,7 +94,6 @@ impl Output {
             choice: CanvasChoice::fixed(initial_step(media)),
             adaptive,
             pending,
-            background,
         })
     }
 
@@ -121,7 +125,6 @@ impl Output {
         let needed = canvas::needed_step(contents);
         let step = self.choice.decide(needed, pinned, now)?;
         let (width, height) = canvas::size(step, self.nominal.0, self.nominal.1);
-        self.background.ask(width, height);
         lock(&self.pending).size = Some((width, height));
         tracing::info!(width, height, "canvas resized");
         Some((width, height))
