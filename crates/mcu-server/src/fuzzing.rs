@@ -182,25 +182,23 @@ mod tests {
         seeds.iter().map(|s| s.as_bytes().to_vec()).collect()
     }
 
-    #[test]
-    fn signalling_survives_mutated_sessions() {
-        let seeds = text(&[
+    /// Real inputs of each target, where the mutations start (also written to fuzz/seeds).
+    fn signalling_seeds() -> Vec<Vec<u8>> {
+        text(&[
             "{\"type\":\"join\",\"name\":\"Ada\"}\n{\"type\":\"offer\",\"sdp\":\"v=0\"}\n{\"type\":\"candidate\",\"candidate\":{\"candidate\":\"candidate:1 1 udp 2122260223 192.168.1.20 54321 typ host\",\"sdpMid\":\"0\",\"sdpMLineIndex\":0}}",
             "{\"type\":\"join\",\"name\":\"Bo\",\"token\":\"e30.e30.x\"}\n{\"type\":\"chat\",\"text\":\"hi\"}\n{\"type\":\"file_offer\",\"name\":\"a.txt\",\"size\":3,\"ref\":1}\n{\"type\":\"file_get\",\"file_id\":1}",
             "{\"type\":\"record\",\"action\":\"start\"}\n{\"type\":\"chat_subscribe\"}\n{\"type\":\"ping\"}\n{\"type\":\"leave\"}",
-        ]);
-        run(&seeds, 20_000, signalling);
+        ])
     }
 
-    #[test]
-    fn the_chunk_decoder_survives_mutated_frames() {
-        let mut frame = vec![0u8, 0, 0, 7];
-        frame.extend_from_slice(&[1u8; 100]);
-        run(&[frame, vec![0, 0, 0, 1, 9]], 20_000, file_chunk);
+    fn chunk_seeds() -> Vec<Vec<u8>> {
+        vec![
+            [&[0u8, 0, 0, 7][..], &[1u8; 100][..]].concat(),
+            vec![0, 0, 0, 1, 9],
+        ]
     }
 
-    #[test]
-    fn token_parsing_survives_mutated_tokens() {
+    fn token_seeds() -> Vec<Vec<u8>> {
         let token = crate::auth::mint(
             &Secret::new(TOKEN_SECRET),
             "room",
@@ -210,25 +208,44 @@ mod tests {
             std::time::SystemTime::now(),
         )
         .unwrap();
-        let seeds = text(&[&token, "eyJhbGciOiJub25lIn0.e30.", "a.b.c"]);
-        run(&seeds, 5_000, join_token);
+        text(&[&token, "eyJhbGciOiJub25lIn0.e30.", "a.b.c"])
+    }
+
+    /// A VP8 keyframe's first packet, an H.264 SPS from x264 (2560×1440, high profile), and a
+    /// STAP-A with an SPS and a PPS.
+    fn rtp_seeds() -> Vec<Vec<u8>> {
+        let header = [0x80u8, 0x60, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1];
+        let payloads: [&[u8]; 3] = [
+            &[
+                0x90, 0x80, 0x80, 0x01, 0x50, 0x42, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01,
+            ],
+            &[
+                0x67, 0x64, 0x00, 0x32, 0xac, 0xd9, 0x40, 0x28, 0x00, 0xb5, 0xb0, 0x16, 0xa0, 0x20,
+                0x20, 0x28, 0x00, 0x00, 0x03, 0x00, 0x08, 0x00, 0x00, 0x03, 0x01, 0xe4, 0x78, 0xc1,
+            ],
+            &[24, 0, 4, 0x67, 0x42, 0xc0, 0x1e, 0, 2, 0x68, 0xce],
+        ];
+        payloads.iter().map(|p| [&header[..], p].concat()).collect()
+    }
+
+    #[test]
+    fn signalling_survives_mutated_sessions() {
+        run(&signalling_seeds(), 20_000, signalling);
+    }
+
+    #[test]
+    fn the_chunk_decoder_survives_mutated_frames() {
+        run(&chunk_seeds(), 20_000, file_chunk);
+    }
+
+    #[test]
+    fn token_parsing_survives_mutated_tokens() {
+        run(&token_seeds(), 5_000, join_token);
     }
 
     #[test]
     fn the_rtp_size_reader_survives_mutated_packets() {
-        let header = [0x80u8, 0x60, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1];
-        let mut vp8 = header.to_vec();
-        vp8.extend_from_slice(&[
-            0x90, 0x80, 0x80, 0x01, 0x50, 0x42, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01,
-        ]);
-        let mut sps = header.to_vec();
-        sps.extend_from_slice(&[
-            0x67, 0x64, 0x00, 0x32, 0xac, 0xd9, 0x40, 0x28, 0x00, 0xb5, 0xb0, 0x16, 0xa0, 0x20,
-            0x20, 0x28, 0x00, 0x00, 0x03, 0x00, 0x08, 0x00, 0x00, 0x03, 0x01, 0xe4, 0x78, 0xc1,
-        ]);
-        let mut stap = header.to_vec();
-        stap.extend_from_slice(&[24, 0, 4, 0x67, 0x42, 0xc0, 0x1e, 0, 2, 0x68, 0xce]);
-        run(&[vp8, sps, stap], 50_000, rtp_size);
+        run(&rtp_seeds(), 50_000, rtp_size);
     }
 
     #[test]
@@ -236,7 +253,7 @@ mod tests {
         let target = OfferTarget::new().unwrap();
         let offer = target.seed_offer().unwrap();
         assert!(target.run(offer.as_bytes()), "the real offer is answered");
-        // Each input builds a peer connection: two thousand take about 2 s.
+        // Each input builds a peer connection: two thousand take about a second.
         let answered = std::cell::Cell::new(0);
         run(&[offer.into_bytes()], 2_000, |data| {
             answered.set(answered.get() + usize::from(target.run(data)));
@@ -254,35 +271,21 @@ mod tests {
     #[ignore = "writes files; run by hand to refresh fuzz/seeds"]
     fn write_fuzz_seeds() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds");
-        let target = OfferTarget::new().unwrap();
-        let token = crate::auth::mint(
-            &Secret::new(TOKEN_SECRET),
-            "room",
-            "Ada",
-            true,
-            Duration::from_secs(3600),
-            std::time::SystemTime::now(),
-        )
-        .unwrap();
-        let header = [0x80u8, 0x60, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1];
-        let mut vp8 = header.to_vec();
-        vp8.extend_from_slice(&[
-            0x90, 0x80, 0x80, 0x01, 0x50, 0x42, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01,
-        ]);
-        let seeds: Vec<(&str, Vec<u8>)> = vec![
-            ("offer", target.seed_offer().unwrap().into_bytes()),
-            ("join_token", token.into_bytes()),
-            (
-                "signalling",
-                b"{\"type\":\"join\",\"name\":\"Ada\"}\n{\"type\":\"offer\",\"sdp\":\"v=0\"}\n{\"type\":\"chat\",\"text\":\"hi\"}".to_vec(),
-            ),
-            ("file_chunk", [&[0u8, 0, 0, 7][..], &[1u8; 64][..]].concat()),
-            ("rtp_size", vp8),
+        let offer = OfferTarget::new().unwrap().seed_offer().unwrap();
+        let targets = [
+            ("offer", vec![offer.into_bytes()]),
+            ("join_token", token_seeds()),
+            ("signalling", signalling_seeds()),
+            ("file_chunk", chunk_seeds()),
+            ("rtp_size", rtp_seeds()),
         ];
-        for (name, seed) in seeds {
+        for (name, seeds) in targets {
             let dir = root.join(name);
+            let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(dir.join("seed"), seed).unwrap();
+            for (n, seed) in seeds.iter().enumerate() {
+                std::fs::write(dir.join(format!("seed-{n}")), seed).unwrap();
+            }
         }
     }
 }

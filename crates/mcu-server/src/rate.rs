@@ -1,7 +1,7 @@
 //! A token bucket, for anything a client may do only so often (chat messages, file offers). Pure:
 //! time is passed in. A leaf: it imports nothing from the rest of the server.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A token bucket: `burst` messages at once, refilled at `per_second`.
 #[derive(Debug, Clone)]
@@ -22,18 +22,37 @@ impl RateLimit {
         }
     }
 
-    /// Whether one more message may go now; counts it if so.
-    pub fn allow(&mut self, now: Instant) -> bool {
+    fn refill(&mut self, now: Instant) {
         if let Some(last) = self.last {
             let refill = now.saturating_duration_since(last).as_secs_f64() * self.per_second;
             self.tokens = (self.tokens + refill).min(self.burst);
         }
         self.last = Some(now);
+    }
+
+    /// Whether one more message may go now; counts it if so.
+    pub fn allow(&mut self, now: Instant) -> bool {
+        self.refill(now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
         } else {
             false
+        }
+    }
+}
+
+impl RateLimit {
+    /// Takes `cost` tokens at `now` whatever the bucket holds, going into debt, and says how long
+    /// to wait until the debt is paid: for a stream of bytes that must keep to a pace (pass the
+    /// byte count) rather than be refused. Idle time fills the bucket only up to `burst`.
+    pub fn take(&mut self, cost: f64, now: Instant) -> Duration {
+        self.refill(now);
+        self.tokens -= cost;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.per_second)
         }
     }
 }

@@ -62,6 +62,8 @@ struct Vp8Descriptor {
     keyframe_start: bool,
     /// The 15-bit picture id and its offset in the payload.
     picture_id: Option<(u16, usize)>,
+    /// Where the VP8 payload header starts, past the descriptor.
+    header_at: usize,
 }
 
 fn vp8_descriptor(payload: &[u8]) -> Option<Vp8Descriptor> {
@@ -94,6 +96,7 @@ fn vp8_descriptor(payload: &[u8]) -> Option<Vp8Descriptor> {
     Some(Vp8Descriptor {
         keyframe_start,
         picture_id,
+        header_at: at,
     })
 }
 
@@ -136,8 +139,7 @@ pub fn declared_size(packet: &[u8], codec: VideoCodec) -> Option<(u32, u32)> {
             if !d.keyframe_start {
                 return None;
             }
-            let at = vp8_header_offset(payload)?;
-            let header = payload.get(at..at + 10)?;
+            let header = payload.get(d.header_at..d.header_at + 10)?;
             if header[3..6] != [0x9d, 0x01, 0x2a] {
                 return None;
             }
@@ -165,26 +167,6 @@ pub fn declared_size(packet: &[u8], codec: VideoCodec) -> Option<(u32, u32)> {
             }
         }
     }
-}
-
-/// Where the VP8 payload header starts, past the payload descriptor (RFC 7741, 4.2).
-fn vp8_header_offset(payload: &[u8]) -> Option<usize> {
-    let first = *payload.first()?;
-    if first & 0x80 == 0 {
-        return Some(1);
-    }
-    let extension = *payload.get(1)?;
-    let mut at = 2;
-    if extension & 0x80 != 0 {
-        at += if payload.get(at)? & 0x80 != 0 { 2 } else { 1 };
-    }
-    if extension & 0x40 != 0 {
-        at += 1;
-    }
-    if extension & 0x30 != 0 {
-        at += 1;
-    }
-    Some(at)
 }
 
 /// Reads Exp-Golomb coded fields of an H.264 RBSP (emulation prevention already removed).

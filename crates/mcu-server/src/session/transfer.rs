@@ -23,9 +23,7 @@ pub(super) const LOW_WATER: usize = 256 * 1024;
 /// so a file never takes the whole of a participant's link from their audio and video.
 #[derive(Debug)]
 pub struct Pacer {
-    rate: f64,
-    started: Option<Instant>,
-    sent: u64,
+    bucket: crate::rate::RateLimit,
 }
 
 /// What a transfer may send at once before the pace applies: a few frames, so a small file
@@ -35,27 +33,15 @@ const PACER_BURST: u64 = 256 * 1024;
 impl Pacer {
     pub fn new(bytes_per_second: u64) -> Self {
         Pacer {
-            rate: bytes_per_second.max(1) as f64,
-            started: None,
-            sent: 0,
+            bucket: crate::rate::RateLimit::new(PACER_BURST as f64, bytes_per_second.max(1) as f64),
         }
     }
 
-    /// How long to wait before sending `bytes` more at `now`.
+    /// How long to wait after sending `bytes` at `now` before sending more. A token bucket: a
+    /// pause earns at most `PACER_BURST` of credit, so an idle minute is not a minute's bytes
+    /// at once.
     pub fn delay(&mut self, bytes: usize, now: Instant) -> Duration {
-        // A sender that fell behind the pace (it paused) starts afresh, so an idle minute is
-        // not credit for a minute's bytes at once.
-        if let Some(started) = self.started {
-            let earned = now.saturating_duration_since(started).as_secs_f64() * self.rate;
-            if earned > self.sent as f64 {
-                self.started = None;
-                self.sent = 0;
-            }
-        }
-        let started = *self.started.get_or_insert(now);
-        self.sent += bytes as u64;
-        let due = self.sent.saturating_sub(PACER_BURST) as f64 / self.rate;
-        Duration::from_secs_f64(due).saturating_sub(now.saturating_duration_since(started))
+        self.bucket.take(bytes as f64, now)
     }
 }
 
