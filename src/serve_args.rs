@@ -41,6 +41,10 @@ pub struct ServeArgs {
     /// or fixed (always the full size).
     #[arg(long, env = "MCU_CANVAS", value_enum, default_value_t = config::CanvasMode::Fit)]
     canvas: config::CanvasMode,
+    /// Most voices mixed at once: a room with more microphones mixes only those talking (a
+    /// talker keeps their place through a pause) and encodes one mix for everyone else.
+    #[arg(long, env = "MCU_MAX_MIXED_VOICES", default_value_t = config::DEFAULT_MAX_MIXED_VOICES as u64, value_parser = clap::value_parser!(u64).range(1..=25))]
+    max_mixed_voices: u64,
     /// Codec of the composite for every room not named in --room-codec.
     #[arg(long, env = "MCU_VIDEO_CODEC", value_enum, default_value_t = VideoCodec::Vp8)]
     video_codec: VideoCodec,
@@ -235,6 +239,7 @@ pub fn server_config(args: ServeArgs) -> Result<ServerConfig> {
             lower_tiers: args.tiers,
             debug_dir: args.debug_dir,
             canvas: args.canvas,
+            max_mixed_voices: args.max_mixed_voices as usize,
             ..MediaConfig::default()
         },
         video_codec: args.video_codec,

@@ -226,6 +226,84 @@ async fn mix_minus_everyone_hears_the_others_and_never_themselves() {
     crowd.leave_all().await;
 }
 
+/// Whether every listener hears exactly the `mixed` participants' tones, never their own.
+fn heard_as(crowd: &Crowd, tones: &[f64], mixed: &[usize]) -> bool {
+    (0..crowd.members.len()).all(|listener| {
+        let audio = crowd.members[listener].observe().audio;
+        tones.iter().enumerate().all(|(speaker, hz)| {
+            let share = analysis::tone_share(&audio, 48_000.0, *hz);
+            if mixed.contains(&speaker) && speaker != listener {
+                share >= analysis::TONE_PRESENT
+            } else {
+                share < analysis::TONE_ABSENT
+            }
+        })
+    })
+}
+
+/// A room with more microphones than --max-mixed-voices mixes that many voices (here everyone
+/// "talks", so the first ones in keep their places) and everyone else hears one shared encode of
+/// that mix. When a moderator mutes a mixed voice, a waiting one takes its place: it moves from
+/// the shared encode to its own (everyone but itself), the muted one the other way, and both
+/// streams go on being decoded by the probes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_over_the_mixing_limit_mixes_its_talkers_and_the_others_share_one_encode() {
+    common::init();
+    let server = Server::start("loudest", &["--max-mixed-voices", "2"]);
+    let mut crowd = crowd_of(&server, "loudest", 4).await;
+    let roster = crowd.roster();
+    let ids: Vec<String> = crowd.members.iter().map(|m| m.id().to_string()).collect();
+    let tones: Vec<f64> = ids
+        .iter()
+        .map(|id| roster[id].tone_hz.expect("a tone"))
+        .collect();
+    wait_for(
+        "the first two to be heard by everyone else, the last two by nobody",
+        SETTLE,
+        || heard_as(&crowd, &tones, &[0, 1]).then_some(()),
+    )
+    .await;
+    let mixing = |room: &serde_json::Value| {
+        (
+            room["pipeline"]["mixed_voices"].as_u64(),
+            room["pipeline"]["listeners_on_shared_mix"].as_u64(),
+        )
+    };
+    let room = server.room("loudest").await.expect("the room");
+    assert_eq!(mixing(&room), (Some(2), Some(2)), "{room:#}");
+
+    let muted = server
+        .request(
+            "POST",
+            &format!("/api/v1/rooms/loudest/participants/{}/mute", ids[0]),
+            &[],
+        )
+        .await;
+    assert_eq!(muted.status, 200);
+    let newcomer = wait_for(
+        "a waiting voice to take the muted one's place",
+        SETTLE,
+        || {
+            [2, 3]
+                .into_iter()
+                .find(|&waiting| heard_as(&crowd, &tones, &[1, waiting]))
+        },
+    )
+    .await;
+    let room = server.room("loudest").await.expect("the room");
+    assert_eq!(mixing(&room), (Some(2), Some(2)), "{room:#}");
+    assert!(
+        room["pipeline"]["mix"]["mix_changes"].as_u64() >= Some(4),
+        "{room:#}"
+    );
+    // The newcomer hears the other talker through its own encode, and keeps hearing it.
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(heard_as(&crowd, &tones, &[1, newcomer]), "{newcomer}");
+    }
+    crowd.leave_all().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h264_sender_is_composited_beside_a_vp8_sender() {
     common::init();

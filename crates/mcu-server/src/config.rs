@@ -28,6 +28,11 @@ pub const DEFAULT_AUDIO_BITRATE_BPS: u32 = 32_000;
 pub const DEFAULT_VIDEO_JITTER_MS: u32 = 20;
 /// Audio packets are 20 ms apart; holding 40 ms lets one late packet still make it into the mix.
 pub const DEFAULT_AUDIO_JITTER_MS: u32 = 40;
+/// A room with more microphones than this mixes only the voices talking, this many at most, and
+/// encodes one mix for everyone else (media/loudest.rs). Four: more people than that talking at
+/// once is no conversation anyone can follow, and each one more costs an Opus encode; in two
+/// 25-person rooms the listeners' encodes were 13 % of both cores before this limit (perf).
+pub const DEFAULT_MAX_MIXED_VOICES: usize = 4;
 /// Extra time the compositor and the audio mix wait for a late input before producing a frame
 /// without it. Small, because a frame is produced every 33 ms and a late input simply shows its
 /// previous frame.
@@ -147,6 +152,8 @@ pub struct MediaConfig {
     pub video_jitter_ms: u32,
     pub audio_jitter_ms: u32,
     pub mixer_latency_ms: u32,
+    /// Most voices mixed at once (`--max-mixed-voices`).
+    pub max_mixed_voices: usize,
     /// A pipeline that fails writes a `.dot` graph of itself here (`--debug-dir`).
     pub debug_dir: Option<PathBuf>,
     /// Whether a room composites on a canvas sized to its cameras (see canvas.rs) or always on the
@@ -195,6 +202,7 @@ impl Default for MediaConfig {
             video_jitter_ms: DEFAULT_VIDEO_JITTER_MS,
             audio_jitter_ms: DEFAULT_AUDIO_JITTER_MS,
             mixer_latency_ms: DEFAULT_MIXER_LATENCY_MS,
+            max_mixed_voices: DEFAULT_MAX_MIXED_VOICES,
             debug_dir: None,
             canvas: CanvasMode::default(),
         }

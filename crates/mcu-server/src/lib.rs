@@ -15,6 +15,7 @@ mod http;
 pub mod ids;
 pub mod layout;
 mod listener;
+pub mod load;
 mod log_limit;
 pub mod media;
 pub mod protocol;

@@ -1,7 +1,8 @@
 //! The room's audio: each participant's microphone is decoded once and handed to the room's
 //! mix-minus (media/mixminus.rs); a thread of the room's own mixes a 20-ms frame as soon as every
-//! live voice has delivered it, and pushes everyone-but-you to each listener's encoder and
-//! everyone to the full mix (which the recorder taps). Branches come and go at run time.
+//! live voice has delivered it, and pushes everyone-but-you to the encoder of each listener whose
+//! voice is in the mix, the full mix once to the encoder every other listener hears
+//! (media/routes.rs), and the full mix to the recorder's tap. Branches come and go at run time.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -16,7 +17,8 @@ use gstreamer_app as gst_app;
 use tokio::sync::mpsc;
 
 use super::mixminus::{Frame, MixCounters, MixMinus, Poll, Timing, FRAME_SAMPLES, SAMPLE_RATE};
-use super::sink::{packets_from, PacketCounters};
+use super::routes::{Routes, Source};
+use super::sink::{on_each_buffer, on_each_stamped_packet};
 use super::{pipelines, INPUT_QUEUE_MAX};
 use crate::config::MediaConfig;
 use crate::ids::ParticipantId;
@@ -43,6 +45,58 @@ fn raw_audio_caps() -> gst::Caps {
         .field("channels", 1i32)
         .field("layout", "interleaved")
         .build()
+}
+
+/// What the room's audio holds and does, for PipelineStats.
+pub struct AudioStats {
+    pub voices: usize,
+    pub listeners: usize,
+    pub muted_voices: usize,
+    /// Voices in the mix now (all of them unless the room has more than `max_mixed_voices`).
+    pub mixed_voices: usize,
+    /// Listeners hearing the room's shared encode of the full mix (their voice is not in it).
+    pub listeners_on_shared_mix: usize,
+    pub counters: MixCounters,
+}
+
+/// A listener encoder (pipelines/listener-audio.txt) named `name`.
+fn listener_bin(media: &MediaConfig, name: &str) -> Result<gst::Bin> {
+    pipelines::LISTENER_AUDIO.bin(
+        &[
+            ("queue_max_ns", INPUT_QUEUE_MAX.as_nanos().to_string()),
+            ("audio_bitrate_bps", media.audio_bitrate_bps.to_string()),
+        ],
+        name,
+    )
+}
+
+/// A listener encoder's appsrc (raw audio in) and appsink (RTP out).
+fn listener_ends(bin: &gst::Bin) -> Result<(gst_app::AppSrc, gst::Element)> {
+    let src = bin
+        .by_name("src")
+        .and_then(|e| e.dynamic_cast::<gst_app::AppSrc>().ok())
+        .context("pipelines/listener-audio.txt has no appsrc named src")?;
+    src.set_caps(Some(&raw_audio_caps()));
+    let sink = bin
+        .by_name("sink")
+        .context("pipelines/listener-audio.txt has no element named sink")?;
+    Ok((src, sink))
+}
+
+/// Where the mixing thread's frames go, besides the listeners' own encoders.
+struct Outputs {
+    /// Everyone's audio, for the recorder.
+    fullmix: gst_app::AppSrc,
+    /// The encoder every listener outside the mix hears.
+    shared_mix: gst_app::AppSrc,
+    routes: Arc<Routes>,
+}
+
+/// Frames of silence in a row, and whether this one goes to the encoder: a pause is sent as one
+/// frame in `SILENT_FRAME_EVERY` (see SILENT_FRAMES_BEFORE_PAUSE).
+fn worth_encoding(run: &mut u32, silent: bool) -> bool {
+    *run = if silent { run.saturating_add(1) } else { 0 };
+    *run <= SILENT_FRAMES_BEFORE_PAUSE || run.is_multiple_of(SILENT_FRAME_EVERY)
 }
 
 /// What the speakers' streaming threads and the mixing thread share.
@@ -74,9 +128,14 @@ pub struct AudioGraph {
     mixer: Option<JoinHandle<()>>,
     inputs: BTreeMap<ParticipantId, gst::Bin>,
     listeners: BTreeMap<ParticipantId, gst::Bin>,
+    /// Which encoder each listener hears.
+    routes: Arc<Routes>,
     /// Speakers muted by the server, kept across their microphone coming and going.
     muted: HashSet<ParticipantId>,
 }
+
+/// Packets queued for one listener's track writer: 2.5 s of 20-ms frames.
+const LISTENER_PACKET_QUEUE: usize = 128;
 
 impl AudioGraph {
     /// Starts the room's mixing thread; `fullmix` (an appsrc in the room pipeline) gets everyone's
@@ -103,9 +162,28 @@ impl AudioGraph {
             )),
             stall_after: STALLED_VOICE,
         };
+        let routes = Arc::new(Routes::default());
+        let shared_mix = {
+            let bin = listener_bin(&media, "listener-shared")?;
+            let (src, sink) = listener_ends(&bin)?;
+            let routes = routes.clone();
+            on_each_stamped_packet(&sink, move |at, packet| routes.deliver_shared(at, packet))?;
+            pipeline
+                .add(&bin)
+                .context("adding listener-shared")
+                .and_then(|_| {
+                    bin.sync_state_with_parent()
+                        .context("starting listener-shared")
+                })?;
+            src
+        };
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                mix: MixMinus::new(running_time(&clock, base_time), timing),
+                mix: MixMinus::new(
+                    running_time(&clock, base_time),
+                    timing,
+                    media.max_mixed_voices,
+                ),
                 listeners: Arc::from(Vec::new()),
                 stop: false,
             }),
@@ -113,9 +191,14 @@ impl AudioGraph {
         });
         let mixer = {
             let shared = shared.clone();
+            let outputs = Outputs {
+                fullmix,
+                shared_mix,
+                routes: routes.clone(),
+            };
             std::thread::Builder::new()
                 .name(format!("mix-{}", pipeline.name()))
-                .spawn(move || mix_until_stopped(&shared, &clock, base_time, &fullmix))
+                .spawn(move || mix_until_stopped(&shared, &clock, base_time, &outputs))
                 .context("starting the room's mixing thread")?
         };
         Ok(AudioGraph {
@@ -125,6 +208,7 @@ impl AudioGraph {
             mixer: Some(mixer),
             inputs: BTreeMap::new(),
             listeners: BTreeMap::new(),
+            routes,
             muted: HashSet::new(),
         })
     }
@@ -152,9 +236,8 @@ impl AudioGraph {
         ));
         let sink = bin
             .by_name("sink")
-            .and_then(|e| e.dynamic_cast::<gst_app::AppSink>().ok())
-            .context("pipelines/audio-input.txt has no appsink named sink")?;
-        sink.set_callbacks(voice_callbacks(who, self.shared.clone()));
+            .context("pipelines/audio-input.txt has no element named sink")?;
+        on_each_buffer(&sink, into_the_mix(who, self.shared.clone()))?;
         {
             let mut state = self.shared.lock();
             state.mix.add_voice(who);
@@ -178,25 +261,11 @@ impl AudioGraph {
 
     pub fn add_listener(&mut self, who: ParticipantId) -> Result<mpsc::Receiver<Bytes>> {
         self.remove_listener(who);
-        let bin = pipelines::LISTENER_AUDIO.bin(
-            &[
-                ("queue_max_ns", INPUT_QUEUE_MAX.as_nanos().to_string()),
-                (
-                    "audio_bitrate_bps",
-                    self.media.audio_bitrate_bps.to_string(),
-                ),
-            ],
-            &format!("listener-{who}"),
-        )?;
-        let src = bin
-            .by_name("src")
-            .and_then(|e| e.dynamic_cast::<gst_app::AppSrc>().ok())
-            .context("pipelines/listener-audio.txt has no appsrc named src")?;
-        src.set_caps(Some(&raw_audio_caps()));
-        let sink = bin
-            .by_name("sink")
-            .context("pipelines/listener-audio.txt has no element named sink")?;
-        let packets = packets_from(&sink, Arc::new(PacketCounters::default()))?;
+        let bin = listener_bin(&self.media, &format!("listener-{who}"))?;
+        let (src, sink) = listener_ends(&bin)?;
+        let (tx, packets) = mpsc::channel(LISTENER_PACKET_QUEUE);
+        let routes = self.routes.clone();
+        on_each_stamped_packet(&sink, move |at, packet| routes.deliver_own(who, at, packet))?;
         let started = self
             .pipeline
             .add(&bin)
@@ -210,6 +279,7 @@ impl AudioGraph {
             self.remove_listener(who);
             return Err(e);
         }
+        self.routes.add(who, tx);
         self.update_listeners(|listeners| listeners.push((who, src)));
         Ok(packets)
     }
@@ -231,15 +301,17 @@ impl AudioGraph {
         self.shared.lock().mix.set_muted(who, muted);
     }
 
-    /// Voices in the mix, listeners fed by it, muted voices, and the mixer's counts.
-    pub fn stats(&self) -> (usize, usize, usize, MixCounters) {
+    /// What the mix holds and does now.
+    pub fn stats(&self) -> AudioStats {
         let state = self.shared.lock();
-        (
-            state.mix.voices(),
-            state.listeners.len(),
-            state.mix.muted_voices(),
-            state.mix.counters(),
-        )
+        AudioStats {
+            voices: state.mix.voices(),
+            listeners: state.listeners.len(),
+            muted_voices: state.mix.muted_voices(),
+            mixed_voices: state.mix.mixed_voices(),
+            listeners_on_shared_mix: self.routes.on_shared(),
+            counters: state.mix.counters(),
+        }
     }
 
     fn remove_input(&mut self, who: ParticipantId) {
@@ -255,6 +327,7 @@ impl AudioGraph {
     fn remove_listener(&mut self, who: ParticipantId) {
         // Out of the mixing thread's list first, so it stops pushing to a branch going away.
         self.update_listeners(|listeners| listeners.retain(|(l, _)| *l != who));
+        self.routes.remove(who);
         if let Some(bin) = self.listeners.remove(&who) {
             let _ = bin.set_state(gst::State::Null);
             let _ = self.pipeline.remove(&bin);
@@ -282,31 +355,24 @@ impl Drop for AudioGraph {
 
 /// Hands each decoded buffer of `who`'s voice to the mix, on the branch's streaming thread.
 /// Never blocks for longer than the mix takes to store 20 ms of samples.
-fn voice_callbacks(who: ParticipantId, shared: Arc<Shared>) -> gst_app::AppSinkCallbacks {
-    gst_app::AppSinkCallbacks::builder()
-        .new_sample(move |sink| {
-            let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-            let running_time = sample.buffer().and_then(|b| b.pts()).and_then(|pts| {
-                sample
-                    .segment()
-                    .and_then(|s| s.downcast_ref::<gst::ClockTime>())
-                    .and_then(|s| s.to_running_time(pts))
-            });
-            let (Some(buffer), Some(pts)) = (sample.buffer(), running_time) else {
-                return Ok(gst::FlowSuccess::Ok);
-            };
-            let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
-            let samples: Vec<i16> = map
-                .chunks_exact(2)
-                .map(|b| i16::from_le_bytes([b[0], b[1]]))
-                .collect();
-            let completed = shared.lock().mix.push(who, pts.nseconds(), &samples);
-            if completed {
-                shared.wake.notify_one();
-            }
-            Ok(gst::FlowSuccess::Ok)
-        })
-        .build()
+fn into_the_mix(
+    who: ParticipantId,
+    shared: Arc<Shared>,
+) -> impl Fn(Option<u64>, &[u8]) -> Result<(), gst::FlowError> + Send + Sync + 'static {
+    move |running_time, data| {
+        let Some(pts) = running_time else {
+            return Ok(());
+        };
+        let samples: Vec<i16> = data
+            .chunks_exact(2)
+            .map(|b| i16::from_le_bytes([b[0], b[1]]))
+            .collect();
+        let completed = shared.lock().mix.push(who, pts, &samples);
+        if completed {
+            shared.wake.notify_one();
+        }
+        Ok(())
+    }
 }
 
 fn running_time(clock: &gst::Clock, base_time: gst::ClockTime) -> u64 {
@@ -322,10 +388,12 @@ fn mix_until_stopped(
     shared: &Shared,
     clock: &gst::Clock,
     base_time: gst::ClockTime,
-    fullmix: &gst_app::AppSrc,
+    outputs: &Outputs,
 ) {
-    // Per listener: frames of silence in a row so far.
+    // Per listener with an encoder of their own, and for the shared one: frames of silence in a
+    // row so far.
     let mut silent_for: std::collections::HashMap<ParticipantId, u32> = Default::default();
+    let mut shared_silent_for = 0u32;
     loop {
         let (frame, listeners) = {
             let mut state = shared.lock();
@@ -347,18 +415,35 @@ fn mix_until_stopped(
             }
             (state.mix.mix(), state.listeners.clone())
         };
+        // Who hears which encoder is settled before any encoder sees this frame.
+        outputs
+            .routes
+            .follow(super::routes::frame_at(frame.pts_ns), |who| {
+                if frame.is_mixed(who) {
+                    Source::Own
+                } else {
+                    Source::Shared
+                }
+            });
+        let mut full_silent = false;
+        let full = frame_buffer(&frame, |out| {
+            frame.full(out);
+            full_silent = out.iter().all(|s| *s == 0);
+        });
         // A push fails only while a branch is shutting down (flushing); the next frame goes on.
-        let _ = fullmix.push_buffer(frame_buffer(&frame, |out| frame.full(out)));
+        let _ = outputs.fullmix.push_buffer(full.clone());
+        let anyone_on_shared = listeners.iter().any(|(who, _)| !frame.is_mixed(*who));
+        if anyone_on_shared && worth_encoding(&mut shared_silent_for, full_silent) {
+            let _ = outputs.shared_mix.push_buffer(full);
+        }
         silent_for.retain(|who, _| listeners.iter().any(|(w, _)| w == who));
-        for (who, src) in listeners.iter() {
+        for (who, src) in listeners.iter().filter(|(who, _)| frame.is_mixed(*who)) {
             let mut silent = false;
             let buffer = frame_buffer(&frame, |out| {
                 frame.without(*who, out);
                 silent = out.iter().all(|s| *s == 0);
             });
-            let run = silent_for.entry(*who).or_default();
-            *run = if silent { run.saturating_add(1) } else { 0 };
-            if *run <= SILENT_FRAMES_BEFORE_PAUSE || run.is_multiple_of(SILENT_FRAME_EVERY) {
+            if worth_encoding(silent_for.entry(*who).or_default(), silent) {
                 let _ = src.push_buffer(buffer);
             }
         }

@@ -31,8 +31,13 @@ pub struct PipelineStats {
     pub compositor_pads: usize,
     /// Microphones in the room's mix-minus.
     pub mix_voices: usize,
-    /// Participants the mix-minus feeds (each with an Opus encoder of their own).
+    /// Participants the mix-minus feeds.
     pub mix_listeners: usize,
+    /// Voices in the mix now: all of them, unless the room has more than `max_mixed_voices`
+    /// microphones (then those talking). Each has an Opus encoder of its own.
+    pub mixed_voices: usize,
+    /// Listeners whose voice is not in the mix: they hear the room's one shared encode of it.
+    pub listeners_on_shared_mix: usize,
     /// Child elements/bins directly in the pipeline.
     pub pipeline_children: usize,
     /// Every element in the pipeline, inside bins too.
@@ -52,6 +57,10 @@ pub struct PipelineStats {
     pub composite_idle_ms: u64,
     /// Composite frames not encoded because nothing in them had changed (media/still.rs).
     pub still_frames_skipped: u64,
+    /// Composite frames not encoded to spare the machine (load.rs).
+    pub frames_thinned: u64,
+    /// What the room gives up now because the machine cannot keep up with it (load.rs).
+    pub load_level: crate::load::Level,
     /// The canvas the room composites on now (canvas.rs), in pixels.
     pub canvas_width: u32,
     pub canvas_height: u32,

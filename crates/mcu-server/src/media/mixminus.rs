@@ -7,12 +7,17 @@
 //! docs/performance.md). Here the work per frame is one addition per speaker sample and one
 //! subtraction per listener sample, on one thread.
 //!
+//! In a room with more microphones than `max_mixed`, only the voices talking are mixed (see
+//! media/loudest.rs): a listener who is not one of them hears exactly the full mix, which the
+//! room encodes once for all of them.
+//!
 //! Pure: it takes samples with their running times and the current running time, and hands out
 //! frames. No GStreamer, no clock, no thread (media/audio.rs supplies those).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use super::loudest::{level_db, LoudestVoices};
 use crate::ids::ParticipantId;
 
 /// Opus's native rate; every speaker is decoded to it.
@@ -73,6 +78,8 @@ pub struct MixCounters {
     pub early_samples: u64,
     /// Frames skipped because the mixer fell too far behind the clock.
     pub skipped_frames: u64,
+    /// Voices let into or left out of the mix (a big room mixes only those talking).
+    pub mix_changes: u64,
 }
 
 struct Voice {
@@ -117,7 +124,7 @@ impl Voice {
     }
 }
 
-/// One mixed frame: the sum of every unmuted voice, and each voice, so that any listener's mix
+/// One mixed frame: the sum of every mixed voice, and each of them, so that any listener's mix
 /// is `sum − own`.
 pub struct Frame {
     /// Running time of the frame's first sample, in ns.
@@ -132,6 +139,12 @@ impl Frame {
         for (o, s) in out.iter_mut().zip(self.sum.iter()) {
             *o = clamp(*s);
         }
+    }
+
+    /// Whether `who`'s voice is in this frame's mix. A listener whose voice is not hears exactly
+    /// `full`, the same as every other such listener.
+    pub fn is_mixed(&self, who: ParticipantId) -> bool {
+        self.voices.contains_key(&who)
     }
 
     /// Everyone's audio but `listener`'s own. A listener who is not a speaker hears everyone.
@@ -174,11 +187,13 @@ pub struct MixMinus {
     /// The frame for which `push` last reported completion, so it is reported once.
     completed: Option<i64>,
     counters: MixCounters,
+    loudest: LoudestVoices,
 }
 
 impl MixMinus {
-    /// A mixer whose first frame is the one under way at running time `now_ns`.
-    pub fn new(now_ns: u64, timing: Timing) -> Self {
+    /// A mixer whose first frame is the one under way at running time `now_ns`, mixing at most
+    /// `max_mixed` voices at once (see media/loudest.rs).
+    pub fn new(now_ns: u64, timing: Timing, max_mixed: usize) -> Self {
         let now = ns_to_samples(now_ns);
         MixMinus {
             next_frame: now - now.rem_euclid(FRAME_SAMPLES as i64),
@@ -188,6 +203,7 @@ impl MixMinus {
             last_now: now,
             completed: None,
             counters: MixCounters::default(),
+            loudest: LoudestVoices::new(max_mixed),
         }
     }
 
@@ -222,8 +238,16 @@ impl MixMinus {
         self.voices.values().filter(|v| v.muted).count()
     }
 
+    /// Voices in the latest frame's mix.
+    pub fn mixed_voices(&self) -> usize {
+        self.loudest.mixed()
+    }
+
     pub fn counters(&self) -> MixCounters {
-        self.counters
+        MixCounters {
+            mix_changes: self.loudest.changes(),
+            ..self.counters
+        }
     }
 
     /// Stores a decoded buffer of `who`'s voice whose first sample plays at running time
@@ -330,18 +354,27 @@ impl MixMinus {
     pub fn mix(&mut self) -> Frame {
         let start = self.next_frame;
         let complete = self.coverage(self.last_now) != Coverage::Missing;
-        let mut sum = Box::new([0i32; FRAME_SAMPLES]);
         let mut voices = BTreeMap::new();
         for (who, voice) in self.voices.iter_mut() {
             let mut samples = Box::new([0i16; FRAME_SAMPLES]);
             voice.take_frame(start, &mut samples);
-            if voice.muted {
-                continue;
+            if !voice.muted {
+                voices.insert(*who, samples);
             }
+        }
+        // Who is mixed is decided on this very frame, so a voice let in is heard from the first
+        // frame that made it count as talk.
+        let levels: Vec<(ParticipantId, f32)> = voices
+            .iter()
+            .map(|(who, samples)| (*who, level_db(&samples[..])))
+            .collect();
+        self.loudest.update(start / FRAME_SAMPLES as i64, &levels);
+        voices.retain(|who, _| self.loudest.is_mixed(*who));
+        let mut sum = Box::new([0i32; FRAME_SAMPLES]);
+        for samples in voices.values() {
             for (s, v) in sum.iter_mut().zip(samples.iter()) {
                 *s += i32::from(*v);
             }
-            voices.insert(*who, samples);
         }
         self.next_frame += FRAME_SAMPLES as i64;
         self.counters.frames += 1;
@@ -382,9 +415,9 @@ mod tests {
         out
     }
 
-    /// A mixer at 1 s of running time with these voices.
+    /// A mixer at 1 s of running time with these voices, all of them mixed.
     fn mixer(voices: &[ParticipantId]) -> MixMinus {
-        let mut m = MixMinus::new(1_000 * MS, TIMING);
+        let mut m = MixMinus::new(1_000 * MS, TIMING, 4);
         for v in voices {
             m.add_voice(*v);
         }
@@ -563,6 +596,29 @@ mod tests {
             "the stale audio was dropped"
         );
         assert!(m.counters().skipped_frames > 90);
+    }
+
+    #[test]
+    fn a_room_over_the_limit_mixes_only_its_talkers_and_the_rest_hear_one_mix() {
+        let voices: Vec<ParticipantId> = (1..=5).map(ParticipantId).collect();
+        let mut m = MixMinus::new(1_000 * MS, TIMING, 2);
+        for v in &voices {
+            m.add_voice(*v);
+        }
+        // Two talk (a quarter of full scale), three breathe into their microphones.
+        for v in &voices {
+            let value = if v.0 <= 2 { 8_000 } else { 3 };
+            m.push(*v, 1_000 * MS, &constant(value));
+        }
+        assert_eq!(m.poll(1_020 * MS), Poll::Ready);
+        let frame = m.mix();
+        assert!(frame.is_mixed(A) && frame.is_mixed(B) && !frame.is_mixed(C));
+        assert_eq!(m.mixed_voices(), 2);
+        assert_eq!(mixed(&frame, None), constant(16_000), "no breathing in it");
+        assert_eq!(mixed(&frame, Some(A)), constant(8_000));
+        for quiet in &voices[2..] {
+            assert_eq!(mixed(&frame, Some(*quiet)), mixed(&frame, None));
+        }
     }
 
     #[test]

@@ -7,11 +7,13 @@
 mod audio;
 mod bus;
 mod events;
+mod loudest;
 mod mixminus;
 mod output;
 mod pace;
 pub mod pipelines;
 mod recorder;
+mod routes;
 mod sink;
 mod still;
 mod tiers;
@@ -58,6 +60,17 @@ pub struct RoomPipeline {
     stillness: Arc<still::Stillness>,
     lost_playing: Arc<std::sync::atomic::AtomicU64>,
     recorder: Option<recorder::Recorder>,
+    /// What the room gives up to the machine's load now (load.rs).
+    load_level: crate::load::Level,
+}
+
+/// Composite frames counted since the room opened, for load.rs: made by the compositor, handed
+/// to the encoders (neither still nor thinned), and taken by the top encoder from its queue.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FrameCounts {
+    pub composited: u64,
+    pub handed: u64,
+    pub encoded: u64,
 }
 
 impl RoomPipeline {
@@ -134,6 +147,7 @@ impl RoomPipeline {
         )?;
         let pace = Arc::new(pace::Pace::new(media.fps));
         pace::watch(&compositor, pace.clone(), name)?;
+        pace::watch_encoder(&element("encoder_queue")?, pace.clone())?;
         // From here on the pipeline may be playing: every early return must stop it first (a
         // pipeline dropped while playing aborts the process). The mixing thread starts once the
         // pipeline's clock runs, since it keeps time by it.
@@ -162,6 +176,7 @@ impl RoomPipeline {
             stillness,
             lost_playing,
             recorder: None,
+            load_level: crate::load::Level::Full,
         };
         Ok(room)
     }
@@ -358,14 +373,34 @@ impl RoomPipeline {
         })
     }
 
+    pub fn frame_counts(&self) -> FrameCounts {
+        FrameCounts {
+            composited: self.pace.frames(),
+            handed: self.stillness.passed(),
+            encoded: self.pace.encoded(),
+        }
+    }
+
+    /// Gives up (or takes back) what `level` says: a third of the composite frames' encodes, then
+    /// the canvas's size (from the next canvas decision; not while recording, whose canvas is the
+    /// full frame and whose every frame is encoded).
+    pub fn apply_load(&mut self, level: crate::load::Level) {
+        self.load_level = level;
+        let (kept, of) = level.frames_kept();
+        self.stillness.set_keep(kept, of);
+        self.tiles.set_min_canvas_step(level.min_canvas_step());
+    }
+
     pub fn stats(&self) -> PipelineStats {
-        let (mix_voices, mix_listeners, muted_voices, mix) = self.audio.stats();
+        let audio = self.audio.stats();
         let tiers = self.tiers.stats();
         let top = tiers.first().cloned().unwrap_or_default();
         PipelineStats {
             compositor_pads: self.tiles.compositor_pads(),
-            mix_voices,
-            mix_listeners,
+            mix_voices: audio.voices,
+            mix_listeners: audio.listeners,
+            mixed_voices: audio.mixed_voices,
+            listeners_on_shared_mix: audio.listeners_on_shared_mix,
             pipeline_children: self.pipeline.children().len(),
             elements: self
                 .pipeline
@@ -381,11 +416,13 @@ impl RoomPipeline {
             longest_composite_gap_ms: self.pace.longest_gap_ms(),
             composite_idle_ms: self.pace.idle_ms(),
             still_frames_skipped: self.stillness.dropped(),
+            frames_thinned: self.stillness.thinned(),
+            load_level: self.load_level,
             canvas_width: self.canvas_size().0,
             canvas_height: self.canvas_size().1,
             lost_playing: self.lost_playing.load(std::sync::atomic::Ordering::Relaxed),
-            muted_voices,
-            mix,
+            muted_voices: audio.muted_voices,
+            mix: audio.counters,
         }
     }
 

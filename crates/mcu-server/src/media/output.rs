@@ -33,6 +33,9 @@ pub(super) struct Output {
     choice: CanvasChoice,
     adaptive: bool,
     pending: Arc<Mutex<Pending>>,
+    /// The largest canvas allowed is this step of canvas::STEPS (0 unless the room is short of
+    /// CPU, see load.rs).
+    min_step: usize,
 }
 
 impl Output {
@@ -94,11 +97,16 @@ impl Output {
             choice: CanvasChoice::fixed(initial_step(media)),
             adaptive,
             pending,
+            min_step: 0,
         })
     }
 
     pub fn step(&self) -> usize {
         self.choice.step()
+    }
+
+    pub fn set_min_step(&mut self, step: usize) {
+        self.min_step = step.min(canvas::STEPS.len() - 1);
     }
 
     /// The canvas's size now, in pixels.
@@ -122,7 +130,7 @@ impl Output {
         if !self.adaptive {
             return None;
         }
-        let needed = canvas::needed_step(contents);
+        let needed = canvas::needed_step(contents).max(self.min_step);
         let step = self.choice.decide(needed, pinned, now)?;
         let (width, height) = canvas::size(step, self.nominal.0, self.nominal.1);
         lock(&self.pending).size = Some((width, height));

@@ -1,6 +1,7 @@
 //! Watches the composite's pace: counts output frames and notices when the compositor falls behind
-//! (a frame comes much later than the frame period), which a viewer sees as a freeze. Cheap enough
-//! to run always: one clock read per composite frame.
+//! (a frame comes much later than the frame period), which a viewer sees as a freeze; and counts
+//! the frames the top encoder takes from its one-frame queue, which load.rs compares with the
+//! frames handed to it. Cheap enough to run always: one clock read per composite frame.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,6 +22,7 @@ pub struct Pace {
     frames: AtomicU64,
     stalls: AtomicU64,
     longest_gap_us: AtomicU64,
+    encoded: AtomicU64,
 }
 
 impl Pace {
@@ -32,6 +34,7 @@ impl Pace {
             frames: AtomicU64::new(0),
             stalls: AtomicU64::new(0),
             longest_gap_us: AtomicU64::new(0),
+            encoded: AtomicU64::new(0),
         }
     }
 
@@ -53,6 +56,11 @@ impl Pace {
 
     pub fn frames(&self) -> u64 {
         self.frames.load(Ordering::Relaxed)
+    }
+
+    /// Frames the top encoder took to encode.
+    pub fn encoded(&self) -> u64 {
+        self.encoded.load(Ordering::Relaxed)
     }
 
     pub fn stalls(&self) -> u64 {
@@ -80,6 +88,18 @@ pub fn watch(compositor: &gst::Element, pace: Arc<Pace>, room: &str) -> Result<(
         if let Some(gap_us) = pace.frame() {
             tracing::warn!(room = %room, gap_ms = gap_us / 1000, "composite stalled");
         }
+        gst::PadProbeReturn::Ok
+    });
+    Ok(())
+}
+
+/// Counts every frame leaving `queue` (the top encoder's input queue) for the encoder.
+pub fn watch_encoder(queue: &gst::Element, pace: Arc<Pace>) -> Result<()> {
+    let pad = queue
+        .static_pad("src")
+        .context("the encoder's queue has no src pad")?;
+    pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+        pace.encoded.fetch_add(1, Ordering::Relaxed);
         gst::PadProbeReturn::Ok
     });
     Ok(())

@@ -1,8 +1,8 @@
 //! Packets leave the pipeline through an appsink whose callback hands each RTP packet on without
-//! waiting: to a bounded channel with one reader (a listener's audio), or to a feed that any number
-//! of readers follow (the composite, read by every viewer). The callback runs on a GStreamer
-//! streaming thread, so it never blocks: a full channel drops the packet, and a feed's reader that
-//! falls too far behind skips ahead; either way what was lost is counted.
+//! waiting: to a feed that any number of readers follow (the composite, read by every viewer), or
+//! with its running time to a callback (the listeners' audio, see media/routes.rs). The callback
+//! runs on a GStreamer streaming thread, so it never blocks: a full channel drops the packet, and
+//! a feed's reader that falls too far behind skips ahead.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use bytes::Bytes;
 use gst::prelude::*;
 use gstreamer as gst;
 use gstreamer_app as gst_app;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 
 /// Packets queued between an appsink and its track writer. A 720p keyframe is ~60–120 packets of
 /// 1200 bytes; 512 holds a few of them, so only a writer stalled for ~half a second loses packets.
@@ -23,25 +23,6 @@ pub const PACKET_QUEUE: usize = 512;
 pub struct PacketCounters {
     pub sent: AtomicU64,
     pub dropped: AtomicU64,
-}
-
-/// Connects `sink` (an appsink) to a new channel and returns its receiving end.
-pub fn packets_from(
-    sink: &gst::Element,
-    counters: Arc<PacketCounters>,
-) -> Result<mpsc::Receiver<Bytes>> {
-    let (tx, rx) = mpsc::channel(PACKET_QUEUE);
-    on_each_packet(sink, move |packet| match tx.try_send(packet) {
-        Ok(()) => {
-            counters.sent.fetch_add(1, Ordering::Relaxed);
-        }
-        Err(mpsc::error::TrySendError::Full(_)) => {
-            counters.dropped.fetch_add(1, Ordering::Relaxed);
-        }
-        // Nobody listens any more (the writer ended): the branch is being torn down.
-        Err(mpsc::error::TrySendError::Closed(_)) => {}
-    })?;
-    Ok(rx)
 }
 
 /// The packets of one appsink for any number of readers, each of which gets every packet from
@@ -121,10 +102,12 @@ impl FeedReader {
     }
 }
 
-/// Calls `deliver` with every packet `sink` (an appsink) receives, on its streaming thread.
-fn on_each_packet(
+/// Calls `deliver` with the data of every buffer `sink` (an appsink) receives and its running time
+/// in ns (None without a timestamp), on the streaming thread; an error from `deliver` goes back
+/// upstream as the flow's result.
+pub fn on_each_buffer(
     sink: &gst::Element,
-    deliver: impl Fn(Bytes) + Send + Sync + 'static,
+    deliver: impl Fn(Option<u64>, &[u8]) -> Result<(), gst::FlowError> + Send + Sync + 'static,
 ) -> Result<()> {
     let appsink = sink
         .clone()
@@ -138,13 +121,42 @@ fn on_each_packet(
                 let Some(buffer) = sample.buffer() else {
                     return Ok(gst::FlowSuccess::Ok);
                 };
-                let Ok(map) = buffer.map_readable() else {
-                    return Err(gst::FlowError::Error);
-                };
-                deliver(Bytes::copy_from_slice(map.as_slice()));
+                let running_time = buffer.pts().and_then(|pts| {
+                    sample
+                        .segment()
+                        .and_then(|s| s.downcast_ref::<gst::ClockTime>())
+                        .and_then(|s| s.to_running_time(pts))
+                });
+                let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
+                deliver(running_time.map(gst::ClockTime::nseconds), map.as_slice())?;
                 Ok(gst::FlowSuccess::Ok)
             })
             .build(),
     );
     Ok(())
+}
+
+/// Calls `deliver` with every packet `sink` (an appsink) receives and its running time (ns), on
+/// the streaming thread. Packets without a timestamp are dropped: they cannot be placed.
+pub fn on_each_stamped_packet(
+    sink: &gst::Element,
+    deliver: impl Fn(u64, &[u8]) + Send + Sync + 'static,
+) -> Result<()> {
+    on_each_buffer(sink, move |running_time, packet| {
+        if let Some(running_time) = running_time {
+            deliver(running_time, packet);
+        }
+        Ok(())
+    })
+}
+
+/// Calls `deliver` with every packet `sink` (an appsink) receives, on its streaming thread.
+fn on_each_packet(
+    sink: &gst::Element,
+    deliver: impl Fn(Bytes) + Send + Sync + 'static,
+) -> Result<()> {
+    on_each_buffer(sink, move |_, packet| {
+        deliver(Bytes::copy_from_slice(packet));
+        Ok(())
+    })
 }

@@ -27,6 +27,9 @@ const AFTER_CAMERA_FRAME: u32 = 2;
 /// branch's first frame takes a few frame periods to reach the compositor (half a second at 30 fps).
 pub const AFTER_CHANGE: u32 = 15;
 
+/// `Stillness::keep` when every frame is encoded: 1 of 1.
+const KEEP_ALL: u32 = 1 << 16 | 1;
+
 pub struct Stillness {
     origin: Instant,
     /// Composite frames to let through whatever happens.
@@ -36,6 +39,13 @@ pub struct Stillness {
     /// Every frame goes through (a recording runs).
     every_frame: AtomicBool,
     dropped: AtomicU64,
+    /// Composite frames encoded, as `kept << 16 | of`: `kept` of every `of` (1 of 1: all). The
+    /// room thins them when the machine cannot keep up (load.rs). Not while recording.
+    keep: AtomicU32,
+    sequence: AtomicU64,
+    thinned: AtomicU64,
+    /// Composite frames handed to the encoders.
+    passed: AtomicU64,
 }
 
 impl Stillness {
@@ -46,6 +56,10 @@ impl Stillness {
             last_passed_us: AtomicU64::new(0),
             every_frame: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
+            keep: AtomicU32::new(KEEP_ALL),
+            sequence: AtomicU64::new(0),
+            thinned: AtomicU64::new(0),
+            passed: AtomicU64::new(0),
         })
     }
 
@@ -58,6 +72,24 @@ impl Stillness {
         self.every_frame.store(every, Ordering::Relaxed);
     }
 
+    /// Encode `kept` of every `of` composite frames (1 of 1: every one).
+    pub fn set_keep(&self, kept: u16, of: u16) {
+        let of = of.max(1);
+        let kept = kept.clamp(1, of);
+        self.keep
+            .store(u32::from(kept) << 16 | u32::from(of), Ordering::Relaxed);
+    }
+
+    /// Composite frames not encoded to spare the CPU.
+    pub fn thinned(&self) -> u64 {
+        self.thinned.load(Ordering::Relaxed)
+    }
+
+    /// Composite frames handed to the encoders.
+    pub fn passed(&self) -> u64 {
+        self.passed.load(Ordering::Relaxed)
+    }
+
     /// Composite frames not encoded because nothing had changed.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
@@ -65,6 +97,15 @@ impl Stillness {
 
     /// Whether the composite frame leaving now is encoded.
     fn pass(&self) -> bool {
+        let every_frame = self.every_frame.load(Ordering::Relaxed);
+        let keep = self.keep.load(Ordering::Relaxed);
+        let (kept, of) = (u64::from(keep >> 16), u64::from(keep & 0xffff));
+        // Thinned frames are skipped before anything else, so they never use up a frame that a
+        // change (or a keyframe request) asked to let through: the next frame encoded carries it.
+        if !every_frame && kept < of && self.sequence.fetch_add(1, Ordering::Relaxed) % of >= kept {
+            self.thinned.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
         let now = self.origin.elapsed().as_micros() as u64;
         let fresh = self
             .to_pass
@@ -72,8 +113,9 @@ impl Stillness {
             .is_ok();
         let due = now.saturating_sub(self.last_passed_us.load(Ordering::Relaxed))
             >= STILL_FRAME_EVERY.as_micros() as u64;
-        if fresh || due || self.every_frame.load(Ordering::Relaxed) {
+        if fresh || due || every_frame {
             self.last_passed_us.store(now, Ordering::Relaxed);
+            self.passed.fetch_add(1, Ordering::Relaxed);
             true
         } else {
             self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -132,8 +174,38 @@ mod tests {
             last_passed_us: AtomicU64::new(0),
             every_frame: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
+            keep: AtomicU32::new(KEEP_ALL),
+            sequence: AtomicU64::new(0),
+            thinned: AtomicU64::new(0),
+            passed: AtomicU64::new(0),
         };
         assert!(long_ago.pass(), "a frame is due after a second");
         assert!(!long_ago.pass(), "and the next is not");
+    }
+
+    #[test]
+    fn thinning_passes_the_frames_kept_and_a_change_goes_with_the_next() {
+        let still = Stillness::new();
+        still.set_keep(2, 3);
+        still.changed(1000);
+        let passed = (0..30).filter(|_| still.pass()).count();
+        assert_eq!(passed, 20);
+        assert_eq!((still.thinned(), still.passed()), (10, 20));
+        // Nothing moves; a keyframe request (one frame to let through) arrives before a thinned
+        // frame: the frame after it carries the request.
+        let still = Stillness::new();
+        still.set_keep(1, 2);
+        while still.to_pass.load(Ordering::Relaxed) > 0 {
+            still.pass();
+        }
+        if still.sequence.load(Ordering::Relaxed).is_multiple_of(2) {
+            still.pass(); // line up on a thinned frame next
+        }
+        still.changed(1);
+        assert!(!still.pass(), "thinned");
+        assert!(still.pass(), "the change went to the next frame");
+        // While recording, every frame.
+        still.set_every_frame(true);
+        assert!((0..10).all(|_| still.pass()));
     }
 }

@@ -25,7 +25,10 @@ use crate::codec::VideoCodec;
 use crate::config::ServerConfig;
 use crate::ids::{ParticipantId, RoomId};
 use crate::layout::{self, Rect};
-use crate::media::{FeedReader, InputHandle, InputSignals, PipelineEvent, RoomPipeline};
+use crate::load::{Governor, Second};
+use crate::media::{
+    FeedReader, FrameCounts, InputHandle, InputSignals, PipelineEvent, RoomPipeline,
+};
 use crate::protocol::{ErrorCode, Layout, ParticipantInfo, RecordingState, ServerMessage, Tile};
 use crate::recordings::{RecordingInfo, RecordingStore};
 pub use error::RoomError;
@@ -72,6 +75,10 @@ struct Room {
     throttles: Vec<KeyframeThrottle>,
     recording: Recording,
     sharing: SharingTask,
+    /// Steps the room down when the machine cannot keep up with it, and back up (load.rs).
+    governor: Governor,
+    /// When the governor last looked, and the frame counts then.
+    load_mark: (std::time::Instant, FrameCounts),
 }
 
 /// Runs GStreamer work (elements added and removed, state changes: milliseconds each, and
@@ -138,6 +145,8 @@ pub(crate) fn spawn(
             .collect(),
         recording: Recording::new(store),
         sharing,
+        governor: Governor::default(),
+        load_mark: (std::time::Instant::now(), FrameCounts::default()),
         config,
     };
     tokio::spawn(
@@ -170,6 +179,7 @@ impl Room {
                     let now = std::time::Instant::now();
                     off_async_workers(|| {
                         self.pipeline.shut_idle_tiers(now);
+                        self.watch_load(now);
                         // Cameras change size on their own (a browser adapting to its link).
                         self.pipeline.refresh_canvas(now);
                     });
@@ -559,6 +569,34 @@ impl Room {
                 name: p.name.clone(),
             })
             .collect()
+    }
+
+    /// Feeds the governor the frames counted since its last look, and applies a new level.
+    fn watch_load(&mut self, now: std::time::Instant) {
+        let counts = self.pipeline.frame_counts();
+        let (since, before) = std::mem::replace(&mut self.load_mark, (now, counts));
+        let elapsed = now.saturating_duration_since(since).as_secs_f64();
+        let due = (elapsed * f64::from(self.config.media.fps)).round() as u64;
+        // Before its first frame the room is starting, not late.
+        if before.composited == 0 || due == 0 {
+            return;
+        }
+        let second = Second {
+            due,
+            composited: counts.composited - before.composited,
+            handed: counts.handed - before.handed,
+            encoded: counts.encoded - before.encoded,
+        };
+        let from = self.governor.level();
+        if let Some(level) = self.governor.second(second, now) {
+            tracing::warn!(
+                ?from,
+                to = ?level,
+                ?second,
+                "the room's load level changed: it gives up frames or canvas size when the machine falls behind, and takes them back once it keeps up"
+            );
+            self.pipeline.apply_load(level);
+        }
     }
 
     fn snapshot(&self) -> RoomSnapshot {
