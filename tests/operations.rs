@@ -6,6 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use common::{crowd_of, settle, Server};
 use gstreamer as gst;
@@ -196,4 +197,48 @@ fn the_container_files_use_only_variables_the_server_reads() {
             "the Dockerfile lacks {needed:?}"
         );
     }
+}
+
+/// Reads from `stream` until the server closes it (or resets it); false if it is still open after
+/// `within` (a bound well past the server's deadlines, not a timing assertion).
+async fn closed_by_the_server(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut sink = Vec::new();
+    matches!(
+        tokio::time::timeout(within, stream.read_to_end(&mut sink)).await,
+        Ok(Ok(_) | Err(_))
+    )
+}
+
+/// A client that opens a connection and never finishes its request headers (slowloris), or never
+/// finishes a TLS handshake, is cut off by the server's deadlines (listener.rs, 10 s each), while
+/// other clients are served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off_at_the_header_and_handshake_deadlines() {
+    use tokio::io::AsyncWriteExt;
+    let bound = Duration::from_secs(30);
+    let server = Server::start("deadlines-http", &[]);
+    let mut slow = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connecting");
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+        .await
+        .expect("writing half the headers");
+    let healthy = server.request("GET", "/healthz", &[]).await;
+    assert_eq!(healthy.status, 200, "another client is served meanwhile");
+    assert!(
+        closed_by_the_server(&mut slow, bound).await,
+        "half-sent headers kept the connection open"
+    );
+
+    let tls = Server::start("deadlines-https", &["--tls-self-signed"]);
+    let mut silent = tokio::net::TcpStream::connect(tls.addr)
+        .await
+        .expect("connecting");
+    // One byte of a TLS record header, then nothing.
+    silent.write_all(&[0x16]).await.expect("writing");
+    assert!(
+        closed_by_the_server(&mut silent, bound).await,
+        "an unfinished TLS handshake kept the connection open"
+    );
 }
