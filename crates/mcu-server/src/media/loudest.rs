@@ -152,7 +152,15 @@ impl LoudestVoices {
                 let quietest = self
                     .mixed
                     .iter()
-                    .map(|who| (self.voices[who].quiet_for(frame), *who))
+                    // Every mixed voice has a tracker (both are kept to `levels` above); one
+                    // without would count as quiet for ever.
+                    .map(|who| {
+                        let quiet = self
+                            .voices
+                            .get(who)
+                            .map_or(FrameIndex::MAX, |v| v.quiet_for(frame));
+                        (quiet, *who)
+                    })
                     .max();
                 match quietest {
                     Some((quiet, who)) if quiet >= PAUSE_FRAMES => {

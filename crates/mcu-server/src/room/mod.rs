@@ -583,9 +583,9 @@ impl Room {
         }
         let second = Second {
             due,
-            composited: counts.composited - before.composited,
-            handed: counts.handed - before.handed,
-            encoded: counts.encoded - before.encoded,
+            composited: counts.composited.saturating_sub(before.composited),
+            handed: counts.handed.saturating_sub(before.handed),
+            encoded: counts.encoded.saturating_sub(before.encoded),
         };
         let from = self.governor.level();
         if let Some(level) = self.governor.second(second, now) {
