@@ -264,3 +264,82 @@ async fn a_full_disk_fails_the_recording_and_not_the_room() {
     until_playing(&room, "the room after its recorder failed").await;
     assert_eq!(room.stats().lost_playing, 0);
 }
+
+/// What happens when a capsfilter's size changes in a probe on its sink pad (as the canvas and
+/// every tile change, media/output.rs and media/video.rs) while something downstream asks for a
+/// renegotiation in the same frame (a recorder's tap or a lower tier linked to a tee after it):
+/// the frame already on its way, still at the old size, meets the new filter. Returns the errors
+/// and warnings posted and the size the frames reached.
+fn resize_meeting_a_renegotiation(mode: &str) -> (Vec<String>, Option<(i32, i32)>) {
+    use gstreamer as gst;
+    use gstreamer::prelude::*;
+    gst::init().expect("GStreamer initialises");
+    let description = format!(
+        "videotestsrc is-live=true ! video/x-raw,format=I420,width=320,height=180,framerate=30/1 \
+         ! compositor name=compositor ! capsfilter name=canvas caps-change-mode={mode} \
+           caps=video/x-raw,format=I420,width=320,height=180,framerate=30/1 \
+         ! fakesink name=sink sync=false"
+    );
+    let pipeline = gst::parse::launch(&description)
+        .expect("the description parses")
+        .downcast::<gst::Pipeline>()
+        .expect("a pipeline");
+    let canvas = pipeline.by_name("canvas").expect("the filter");
+    let frames = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counted = frames.clone();
+    let filter = canvas.downgrade();
+    canvas.static_pad("sink").expect("a sink pad").add_probe(
+        gst::PadProbeType::BUFFER,
+        move |_, _| {
+            if counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 10 {
+                if let Some(filter) = filter.upgrade() {
+                    filter.set_property(
+                        "caps",
+                        gst::Caps::builder("video/x-raw")
+                            .field("format", "I420")
+                            .field("width", 640i32)
+                            .field("height", 360i32)
+                            .field("framerate", gst::Fraction::new(30, 1))
+                            .build(),
+                    );
+                    if let Some(src) = filter.static_pad("src") {
+                        src.mark_reconfigure();
+                    }
+                }
+            }
+            gst::PadProbeReturn::Ok
+        },
+    );
+    pipeline.set_state(gst::State::Playing).expect("playing");
+    let bus = pipeline.bus().expect("a bus");
+    let mut problems = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        if let Some(message) = bus.timed_pop(gst::ClockTime::from_mseconds(50)) {
+            match message.view() {
+                gst::MessageView::Error(e) => problems.push(format!("error: {}", e.error())),
+                gst::MessageView::Warning(w) => problems.push(format!("warning: {}", w.error())),
+                _ => {}
+            }
+        }
+    }
+    let size = pipeline
+        .by_name("sink")
+        .and_then(|s| s.static_pad("sink"))
+        .and_then(|p| p.current_caps())
+        .and_then(|c| {
+            let s = c.structure(0)?;
+            Some((s.get::<i32>("width").ok()?, s.get::<i32>("height").ok()?))
+        });
+    let _ = pipeline.set_state(gst::State::Null);
+    (problems, size)
+}
+
+#[test]
+fn a_filter_resized_as_a_renegotiation_comes_lets_the_frame_on_its_way_through() {
+    // With caps-change-mode=immediate this posts "not negotiated" and "Internal data stream
+    // error", and the frames stay at the old size: the room would close.
+    let (problems, size) = resize_meeting_a_renegotiation("delayed");
+    assert_eq!(problems, Vec::<String>::new());
+    assert_eq!(size, Some((640, 360)), "the frames reach the new size");
+}

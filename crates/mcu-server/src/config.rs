@@ -22,10 +22,6 @@ pub const DEFAULT_FPS: u32 = 30;
 pub const DEFAULT_VIDEO_BITRATE_KBPS: u32 = 2000;
 /// 32 kbit/s mono Opus is transparent for speech.
 pub const DEFAULT_AUDIO_BITRATE_BPS: u32 = 32_000;
-/// The jitter buffer only holds packets back when one is missing; 20 ms is enough to reorder on a
-/// normal link and cost ~86 ms end to end in a 4-party chain measured here, against ~290 ms for
-/// GStreamer's 200 ms default.
-pub const DEFAULT_VIDEO_JITTER_MS: u32 = 20;
 /// Audio packets are 20 ms apart; holding 40 ms lets one late packet still make it into the mix.
 pub const DEFAULT_AUDIO_JITTER_MS: u32 = 40;
 /// A room with more microphones than this mixes only the voices talking, this many at most, and
@@ -37,11 +33,13 @@ pub const DEFAULT_MAX_MIXED_VOICES: usize = 4;
 /// without it. Small, because a frame is produced every 33 ms and a late input simply shows its
 /// previous frame.
 pub const DEFAULT_MIXER_LATENCY_MS: u32 = 10;
-/// Latency a participant's video branch reports beyond its jitter buffer: one frame held by the
-/// decoder and one by the scaler at 30 fps (measured: 66.7 ms for VP8 with a 20 ms jitter buffer).
-/// The compositor assumes it from the start, so a joining participant never raises the
-/// compositor's latency mid-stream (which stalls the composite once by the difference).
-pub const VIDEO_BRANCH_EXTRA_LATENCY_MS: u32 = 50;
+/// Latency the compositor assumes of a participant's video branch: one frame held by the decoder
+/// and one by the scaler at 30 fps (measured: 66.7 ms for VP8 when the branch began with a 20 ms
+/// jitter buffer, since removed: see pipelines/video-input-vp8.txt), with the 20 ms kept as margin
+/// for a frame that leaves the session's reorder wait late. Assumed from the start, so a joining
+/// participant never raises the compositor's latency mid-stream (which stalls the composite once
+/// by the difference).
+pub const VIDEO_BRANCH_LATENCY_MS: u32 = 70;
 /// A participant from whom no RTP or RTCP arrived for this long has vanished (laptop lid closed,
 /// network gone) and is removed. Browsers send RTCP at least every few seconds, so 10 s cannot
 /// catch a live participant, and it frees a tile soon enough that the room does not stare at a
@@ -149,7 +147,6 @@ pub struct MediaConfig {
     /// The tiers below the top one, in order (see `DEFAULT_TIERS`).
     pub lower_tiers: Vec<Tier>,
     pub audio_bitrate_bps: u32,
-    pub video_jitter_ms: u32,
     pub audio_jitter_ms: u32,
     pub mixer_latency_ms: u32,
     /// Most voices mixed at once (`--max-mixed-voices`).
@@ -174,7 +171,7 @@ pub enum CanvasMode {
 
 impl MediaConfig {
     pub fn video_branch_latency_ms(&self) -> u32 {
-        self.video_jitter_ms + VIDEO_BRANCH_EXTRA_LATENCY_MS
+        VIDEO_BRANCH_LATENCY_MS
     }
 
     /// Every tier, the top one (the composite's own size and bitrate) first.
@@ -199,7 +196,6 @@ impl Default for MediaConfig {
             video_bitrate_kbps: DEFAULT_VIDEO_BITRATE_KBPS,
             lower_tiers: parse_tiers(DEFAULT_TIERS).expect("DEFAULT_TIERS are tiers"),
             audio_bitrate_bps: DEFAULT_AUDIO_BITRATE_BPS,
-            video_jitter_ms: DEFAULT_VIDEO_JITTER_MS,
             audio_jitter_ms: DEFAULT_AUDIO_JITTER_MS,
             mixer_latency_ms: DEFAULT_MIXER_LATENCY_MS,
             max_mixed_voices: DEFAULT_MAX_MIXED_VOICES,

@@ -230,7 +230,6 @@ impl RoomPipeline {
             payload_type,
             tile,
             self.tiles.scale(tile),
-            &self.media,
             signals.clone(),
             self.events.clone(),
         )?;

@@ -217,6 +217,21 @@ mod tests {
     }
 
     #[test]
+    fn every_capsfilter_keeps_accepting_its_previous_caps_while_it_is_resized() {
+        // See room.txt: a filter resized in a probe as a renegotiation comes refuses the frame
+        // on its way unless it is delayed (tests/pipelines.rs shows it).
+        for t in ALL {
+            for element in t.body().split('!').filter(|e| e.contains("capsfilter")) {
+                assert!(
+                    element.contains("caps-change-mode=delayed"),
+                    "pipelines/{}: a capsfilter resized at run time must say caps-change-mode=delayed: {element}",
+                    t.file
+                );
+            }
+        }
+    }
+
+    #[test]
     fn every_raw_video_caps_pins_one_colorimetry() {
         // The composite's caps must not change while a room lives (a recording's muxer refuses
         // the change), and a tile whose colorimetry differs from the composite's costs the

@@ -12,7 +12,6 @@ use tokio::sync::{mpsc, Notify};
 
 use super::{pipelines, PipelineEvent, INPUT_QUEUE_MAX};
 use crate::codec::VideoCodec;
-use crate::config::MediaConfig;
 use crate::ids::ParticipantId;
 use crate::layout::Rect;
 
@@ -39,6 +38,9 @@ pub struct InputSignals {
     pub first_frame_decoded: AtomicBool,
     pub frames_decoded: AtomicU64,
     pub keyframe_wanted: Notify,
+    /// Keyframes the depayloader handed to the decoder: a keyframe request made before the last
+    /// one arrived is answered.
+    pub keyframes_received: AtomicU64,
     /// Pixels of the tile the input is shown in (width × height); 0 before it is placed.
     pub tile_pixels: AtomicU32,
 }
@@ -75,7 +77,6 @@ pub fn input_bin(
     payload_type: u8,
     tile: Rect,
     scaled: Rect,
-    media: &MediaConfig,
     signals: Arc<InputSignals>,
     events: mpsc::UnboundedSender<PipelineEvent>,
 ) -> Result<(gst::Bin, gst_app::AppSrc)> {
@@ -86,7 +87,6 @@ pub fn input_bin(
     let bin = template.bin(
         &[
             ("queue_max_ns", INPUT_QUEUE_MAX.as_nanos().to_string()),
-            ("jitter_ms", media.video_jitter_ms.to_string()),
             ("tile_width", scaled.width.to_string()),
             ("tile_height", scaled.height.to_string()),
         ],
@@ -115,6 +115,19 @@ pub fn input_bin(
         .static_pad("sink")
         .context("depayloader has no sink pad")?;
     signals.show_in(tile);
+    let keyframes = signals.clone();
+    depay
+        .static_pad("src")
+        .context("depayloader has no src pad")?
+        .add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            if info
+                .buffer()
+                .is_some_and(|b| !b.flags().contains(gst::BufferFlags::DELTA_UNIT))
+            {
+                keyframes.keyframes_received.fetch_add(1, Ordering::Relaxed);
+            }
+            gst::PadProbeReturn::Ok
+        });
     let wanted = signals.clone();
     depay_sink.add_probe(gst::PadProbeType::EVENT_UPSTREAM, move |_, info| {
         if let Some(event) = info.event() {

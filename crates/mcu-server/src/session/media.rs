@@ -243,10 +243,18 @@ async fn request_keyframes(
     }
     loop {
         signals.keyframe_wanted.notified().await;
+        let keyframes_before = signals.keyframes_received.load(Ordering::Relaxed);
         if !send_pli(&pc).await {
             return;
         }
         tokio::time::sleep(LOSS_PLI_MIN_INTERVAL).await;
+        // The depayloader asks again for every frame it drops while it waits, so a request is
+        // usually pending by now; once the keyframe came it is stale, and answering it would
+        // cost the sender a second keyframe for one loss (seen: two PLIs per loss, 300 ms apart).
+        // A loss after that keyframe is asked about again at the next frame it breaks.
+        if signals.keyframes_received.load(Ordering::Relaxed) > keyframes_before {
+            let _ = tokio::time::timeout(Duration::ZERO, signals.keyframe_wanted.notified()).await;
+        }
     }
 }
 

@@ -3,12 +3,14 @@
 //! `REPAIR_WAIT` passes. Packets in order pass at once, so a clean link pays nothing; a lossy or
 //! jittery one pays a short delay of that tile instead of a broken frame.
 //!
-//! Why here and not in the branch's rtpjitterbuffer: that buffer's latency is part of the
+//! Why here and not in an rtpjitterbuffer in the branch: that buffer's latency is part of the
 //! compositor's (room.txt sets them together), so raising it for one jittery sender would delay
 //! every tile and stall the compositor once. Held here, before the appsrc stamps its arrival, the
 //! packets are simply later: only that tile waits. Measured with `mcu probe --uplink-loss 5
-//! --jitter-ms 30`: with the 20 ms branch buffer alone, the lossy sender's camera was decoded at
-//! 18 fps (every loss and every reorder past 20 ms broke a frame and waited for a keyframe).
+//! --jitter-ms 30`: with a 20 ms branch buffer alone, the lossy sender's camera was decoded at
+//! 18 fps (every loss and every reorder past 20 ms broke a frame and waited for a keyframe); and
+//! behind this wait that buffer threw away the oldest packets of each released burst
+//! (drop-on-latency), so the branch now has none (pipelines/video-input-vp8.txt).
 //! Pure: time is passed in.
 
 use std::collections::BTreeMap;
@@ -75,7 +77,7 @@ impl<P> Reorder<P> {
             return vec![packet];
         };
         if seq < next {
-            // Late (after we gave up on it) or a duplicate: the branch's buffer decides.
+            // Late (after we gave up on it) or a duplicate: the depayloader drops it.
             return vec![packet];
         }
         if seq - next > MAX_GAP {
