@@ -89,10 +89,11 @@ async fn a_flood_from_one_address_is_refused_while_another_room_keeps_streaming(
     let mut canary = common::crowd_of(&server, "canary", 2).await;
     // Settled on its final canvas (two 320×180 cameras side by side: 640×360), so that what
     // happens to its frames next is the flood's doing.
-    wait_for_room(&server, "canary", |room| {
-        room["pipeline"]["canvas_width"] == 640 && room["pipeline"]["compositor_pads"] == 3
-    })
-    .await;
+    server
+        .wait_for_room("canary", SETTLE, |room| {
+            room["pipeline"]["canvas_width"] == 640 && room["pipeline"]["compositor_pads"] == 3
+        })
+        .await;
     common::settle(&canary, "the canary room").await;
 
     let flood_started = Instant::now();
@@ -360,23 +361,6 @@ async fn an_oversized_camera_is_refused_before_decoding() {
     crowd.leave_all().await;
 }
 
-/// The admin view of `room` once `ready` holds for it (within `SETTLE`).
-async fn wait_for_room(
-    server: &Server,
-    room: &str,
-    ready: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let deadline = Instant::now() + SETTLE;
-    loop {
-        let view = server.room(room).await;
-        if let Some(view) = view.filter(|v| ready(v)) {
-            return view;
-        }
-        assert!(Instant::now() < deadline, "room {room} never got ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// What the server process holds, from /proc.
 fn process_figures(pid: u32) -> (usize, usize, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
@@ -406,16 +390,18 @@ async fn a_hundred_joins_and_leaves_leave_nothing_behind() {
     let mut baseline = None;
     for cycle in 0..100 {
         crowd.join(VideoCodec::Vp8).await.expect("join");
-        wait_for_room(&server, "cycles", |room| {
-            room["participants"].as_array().map(Vec::len) == Some(2)
-                && room["participants"][1]["camera_frames"].as_u64() > Some(0)
-        })
-        .await;
+        server
+            .wait_for_room("cycles", SETTLE, |room| {
+                room["participants"].as_array().map(Vec::len) == Some(2)
+                    && room["participants"][1]["camera_frames"].as_u64() > Some(0)
+            })
+            .await;
         crowd.leave(1).await;
-        let room = wait_for_room(&server, "cycles", |room| {
-            room["participants"].as_array().map(Vec::len) == Some(1) && settled(room)
-        })
-        .await;
+        let room = server
+            .wait_for_room("cycles", SETTLE, |room| {
+                room["participants"].as_array().map(Vec::len) == Some(1) && settled(room)
+            })
+            .await;
         let rooms = server.rooms().await;
         let figures = (
             room["pipeline"]["elements"].as_u64().expect("elements"),

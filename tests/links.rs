@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 use common::{wait_for, Server, SETTLE};
 use mcu_probe::frames::{frame_gaps, FrameGaps};
 use mcu_probe::impair::Impairment;
-use mcu_probe::probe::{spec_for, Content, Crowd, Observation, Participant, Spec};
-use mcu_server::codec::VideoCodec;
+use mcu_probe::probe::{Crowd, Observation, Participant};
 use mcu_server::protocol::ServerMessage;
 
 /// Well under the top tier (2 Mbit/s) and over the middle one (600 kbit/s with its headroom and
@@ -28,12 +27,6 @@ const MOVE_DOWN_DEADLINE: Duration = Duration::from_secs(20);
 const MOVE_UP_DEADLINE: Duration = Duration::from_secs(100);
 /// Frames further apart than this are a stall a person would notice.
 const STALL: Duration = Duration::from_millis(700);
-
-fn camera_like(index: usize) -> Spec {
-    let mut spec = spec_for(index, VideoCodec::Vp8);
-    spec.content = Content::CameraLike;
-    spec
-}
 
 /// Frame rate and longest wait over a window of what `obs` decoded.
 fn gaps(obs: &Observation, from: Instant, to: Instant) -> FrameGaps {
@@ -58,9 +51,12 @@ async fn a_viewer_on_a_thin_link_gets_a_smaller_picture_and_the_full_one_back_wh
     let server = Server::start("thin_link", &["--canvas", "fixed"]);
     let mut crowd = Crowd::new(&server.url(), "thin").expect("creating the crowd");
     for i in 0..2 {
-        crowd.join_with(camera_like(i)).await.expect("joining");
+        crowd
+            .join_with(common::camera_like(i))
+            .await
+            .expect("joining");
     }
-    let mut thin = camera_like(2);
+    let mut thin = common::camera_like(2);
     thin.impairment = Some(Impairment {
         downlink_kbps: Some(THIN_LINK_KBPS),
         ..Default::default()
@@ -137,9 +133,12 @@ async fn a_sender_on_a_lossy_jittery_uplink_keeps_its_tile_moving_for_the_others
     let server = Server::start("lossy_sender", &[]);
     let mut crowd = Crowd::new(&server.url(), "lossy").expect("creating the crowd");
     for i in 0..2 {
-        crowd.join_with(camera_like(i)).await.expect("joining");
+        crowd
+            .join_with(common::camera_like(i))
+            .await
+            .expect("joining");
     }
-    let mut lossy = camera_like(2);
+    let mut lossy = common::camera_like(2);
     lossy.impairment = Some(Impairment {
         uplink_loss: 0.05,
         jitter_ms: 30,
@@ -167,8 +166,8 @@ async fn a_sender_on_a_lossy_jittery_uplink_keeps_its_tile_moving_for_the_others
     })
     .await;
 
-    // Its camera keeps being decoded (the server NACKs what it lost and its jitter buffer puts
-    // the rest in order), and the others' pictures keep flowing with its colour in place.
+    // Its camera keeps being decoded (the server NACKs what it lost and puts the rest back in
+    // order), and the others' pictures keep flowing with its colour in place.
     let camera_frames = |room: &serde_json::Value| {
         room["participants"]
             .as_array()

@@ -188,6 +188,28 @@ impl Server {
             .find(|r| r["room"] == name)
             .cloned()
     }
+
+    /// The admin view of `room` once `ready` holds for it; panics after `deadline`.
+    pub async fn wait_for_room(
+        &self,
+        room: &str,
+        deadline: Duration,
+        ready: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let end = Instant::now() + deadline;
+        loop {
+            let view = self.room(room).await;
+            if let Some(view) = view.filter(|v| ready(v)) {
+                return view;
+            }
+            assert!(
+                Instant::now() < end,
+                "room {room} not as expected within {deadline:?}: {:#}",
+                self.room(room).await.unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 impl Drop for Server {
@@ -262,6 +284,15 @@ pub async fn settle(crowd: &Crowd, what: &str) -> Vec<ParticipantReport> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A participant whose camera looks like a camera to the encoder (a still texture and moving
+/// sensor noise around its colour): flat colours compress to ~100 kbit/s and would hide every
+/// bandwidth or CPU problem.
+pub fn camera_like(index: usize) -> mcu_probe::probe::Spec {
+    let mut spec = mcu_probe::probe::spec_for(index, VideoCodec::Vp8);
+    spec.content = mcu_probe::probe::Content::CameraLike;
+    spec
 }
 
 pub async fn crowd_of(server: &Server, room: &str, n: usize) -> Crowd {

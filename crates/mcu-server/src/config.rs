@@ -165,7 +165,7 @@ pub enum CanvasMode {
     /// frame while recording). Clients are told the layout on the full frame either way.
     #[default]
     Fit,
-    /// Always the full frame.
+    /// Always the full frame, unless the machine cannot keep up with the room (load.rs).
     Fixed,
 }
 

@@ -2,7 +2,7 @@
 //! the room feeds it each second's frame counts and applies the level it returns.
 //!
 //! A second is late when the compositor made fewer than `LATE_SHARE` of its frames, or when the
-//! top encoder finished fewer than `LATE_SHARE` of the frames handed to it: its input queue holds
+//! top encoder finished fewer than `ENCODER_LATE_SHARE` of the frames handed to it: its input queue holds
 //! one frame and drops the older one (pipelines/room.txt), so an encoder that cannot keep up
 //! shows up as frames handed over but never encoded, which a viewer sees as a jerky picture.
 //! Measured before this existed (two 25-person rooms on 2 cores, `mcu bench --participants 50
@@ -13,9 +13,9 @@
 //! The steps: two composite frames of three encoded (20 fps at the default 30, on every tier: a
 //! third less encoding, and the picture still moves smoothly; half the frames would leave 15 fps
 //! with nothing to spare), then also a canvas of at most half the frame's width and height (a
-//! quarter of the pixels to composite and encode; viewers scale it up). A
-//! recording room keeps every frame and the full canvas: the file must be what was seen at full
-//! quality, so it gives up nothing (and its room counts on the others stepping down).
+//! quarter of the pixels to composite and encode; viewers scale it up; a `--canvas fixed` room
+//! too). A recording room keeps every frame and the full canvas: the file must be what was seen
+//! at full quality, so it gives up nothing (and its room counts on the others stepping down).
 //!
 //! Two late seconds in a row step down; a level holds for at least `HOLD`, and steps back up
 //! after `calm_needed` without a late second (counted from that level's start too). A step up
@@ -24,12 +24,19 @@
 
 use std::time::{Duration, Instant};
 
-/// A second with less than this share of the frames due (from the compositor, or through the
-/// encoder) is late: two thirds, what the first step keeps, so a step down never leaves fewer
-/// frames than the room was managing. Measured with 0.8 instead (five rooms of four 640×360
-/// cameras, 2 cores, 30 s): every room stepped down, viewers saw fps p5 17 instead of 20 and video
-/// latency p50 54 instead of 78 ms, for 0.04 core saved: a jerkier picture for little.
+/// A second in which the compositor made less than this share of the frames due is late: two
+/// thirds, what the first step keeps, so a compositor that falls behind never ends up with fewer
+/// frames than it was managing.
 pub const LATE_SHARE: f64 = 2.0 / 3.0;
+/// A second in which the top encoder finished less than this share of the frames handed to it is
+/// late too: an encoder that drops a fifth of its frames is a machine at its edge. Measured with
+/// two 25-person rooms on 2 cores (`mcu bench --participants 50 --rooms 2`, 30 s): the encoders
+/// finished 22–24 of 30 frames, under two thirds never, so no room stepped down, and 7 runs of 12
+/// fell under 15 fps p5 (4–13, up to 1.6 s of latency p95, hundreds of frozen tiles); the same
+/// rooms at `--fps 20` held p5 17–19 in 4 runs of 4, and with this share p5 18–23 in 8 of 8. Against that, 0.8 for the
+/// compositor as well stepped five rooms of four 640×360 cameras (managing 20–24 fps) down to 17
+/// for 0.04 core: the compositor's share stays at two thirds.
+pub const ENCODER_LATE_SHARE: f64 = 0.8;
 /// Late seconds in a row before stepping down: one is a hiccup (a keyframe, a join).
 const LATE_TO_STEP_DOWN: u32 = 2;
 /// Every level lasts at least this long before the next change: long enough for the canvas to
@@ -101,9 +108,10 @@ pub struct Second {
 
 impl Second {
     pub fn is_late(&self) -> bool {
-        let short = |got: u64, of: u64| (got as f64) < LATE_SHARE * of as f64;
-        short(self.composited, self.due)
-            || (self.handed >= MIN_FRAMES_TO_JUDGE && short(self.encoded, self.handed))
+        let short = |got: u64, of: u64, share: f64| (got as f64) < share * of as f64;
+        short(self.composited, self.due, LATE_SHARE)
+            || (self.handed >= MIN_FRAMES_TO_JUDGE
+                && short(self.encoded, self.handed, ENCODER_LATE_SHARE))
     }
 }
 
@@ -214,11 +222,19 @@ mod tests {
 
     #[test]
     fn late_means_frames_missing_from_the_compositor_or_the_encoder() {
+        assert!(!encoding(25).is_late(), "a frame in six dropped: a hiccup");
         assert!(
-            !encoding(21).is_late(),
-            "fewer frames, but more than a step down keeps"
+            encoding(23).is_late(),
+            "the encoder dropped more than a fifth"
         );
         assert!(encoding(15).is_late(), "the encoder dropped half");
+        let slow_but_enough = Second {
+            due: 30,
+            composited: 21,
+            handed: 21,
+            encoded: 21,
+        };
+        assert!(!slow_but_enough.is_late(), "more than a step down keeps");
         let slow_compositor = Second {
             due: 30,
             composited: 15,

@@ -127,10 +127,14 @@ impl Output {
         pinned: bool,
         now: Instant,
     ) -> Option<(u32, u32)> {
-        if !self.adaptive {
-            return None;
-        }
-        let needed = canvas::needed_step(contents).max(self.min_step);
+        // A fixed canvas is the full frame, until the machine cannot keep up with the room
+        // (load.rs): a smaller picture is better than a stalled one.
+        let needed = if self.adaptive {
+            canvas::needed_step(contents)
+        } else {
+            0
+        };
+        let needed = needed.max(self.min_step);
         let step = self.choice.decide(needed, pinned, now)?;
         let (width, height) = canvas::size(step, self.nominal.0, self.nominal.1);
         lock(&self.pending).size = Some((width, height));

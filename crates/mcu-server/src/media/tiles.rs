@@ -126,14 +126,14 @@ impl Tiles {
         self.place_all();
     }
 
-    /// Chooses the canvas again for what the tiles show now (`pinned`: the full frame, for a
-    /// recording); returns the new size and bitrate when it changed.
-    /// The smallest canvas allowed from now on (an index into canvas::STEPS; 0 allows the full
-    /// frame), applied at the next `refresh_canvas`.
+    /// The largest canvas allowed from now on (an index into canvas::STEPS, larger is smaller; 0
+    /// allows the full frame), applied at the next `refresh_canvas`.
     pub fn set_min_canvas_step(&mut self, step: usize) {
         self.output.set_min_step(step);
     }
 
+    /// Chooses the canvas again for what the tiles show now (`pinned`: the full frame, for a
+    /// recording); returns the new size and bitrate when it changed.
     pub fn refresh_canvas(&mut self, pinned: bool, now: Instant) -> Option<(u32, u32, u32)> {
         let contents: Vec<(Rect, TileContent)> = self
             .layout
