@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::{wait_for, Server, SETTLE};
 use mcu_probe::frames::{frame_gaps, FrameGaps};
 use mcu_probe::impair::Impairment;
-use mcu_probe::probe::{Crowd, Observation, Participant};
+use mcu_probe::probe::{Observation, Participant};
 use mcu_server::protocol::ServerMessage;
 
 /// Well under the top tier (2 Mbit/s) and over the middle one (600 kbit/s with its headroom and
@@ -49,13 +49,7 @@ async fn a_viewer_on_a_thin_link_gets_a_smaller_picture_and_the_full_one_back_wh
     // The tiers are measured under a 1280×720 top tier: four 320×180 cameras would otherwise
     // make a 640×360 canvas (canvas.rs), as large as the middle tier.
     let server = Server::start("thin_link", &["--canvas", "fixed"]);
-    let mut crowd = Crowd::new(&server.url(), "thin").expect("creating the crowd");
-    for i in 0..2 {
-        crowd
-            .join_with(common::camera_like(i))
-            .await
-            .expect("joining");
-    }
+    let mut crowd = common::camera_like_crowd(&server, "thin", 2).await;
     let mut thin = common::camera_like(2);
     thin.impairment = Some(Impairment {
         downlink_kbps: Some(THIN_LINK_KBPS),
@@ -131,13 +125,7 @@ async fn a_viewer_on_a_thin_link_gets_a_smaller_picture_and_the_full_one_back_wh
 async fn a_sender_on_a_lossy_jittery_uplink_keeps_its_tile_moving_for_the_others() {
     common::init();
     let server = Server::start("lossy_sender", &[]);
-    let mut crowd = Crowd::new(&server.url(), "lossy").expect("creating the crowd");
-    for i in 0..2 {
-        crowd
-            .join_with(common::camera_like(i))
-            .await
-            .expect("joining");
-    }
+    let mut crowd = common::camera_like_crowd(&server, "lossy", 2).await;
     let mut lossy = common::camera_like(2);
     lossy.impairment = Some(Impairment {
         uplink_loss: 0.05,

@@ -11,7 +11,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::{Server, SETTLE};
-use mcu_probe::probe::Crowd;
 
 /// Spinning threads per core: the room's compositor and encoder threads get about a twentieth of
 /// the machine, far less than a 1280×720 composite at 30 fps needs, so the room is late on any
@@ -66,13 +65,7 @@ async fn a_room_on_a_busy_machine_gives_up_frames_then_canvas_and_takes_them_bac
     // The full 1280×720 frame, composited and encoded at 30 fps, from camera-like pictures: work
     // that a starved machine cannot keep up with.
     let server = Server::start("busy_machine", &["--canvas", "fixed"]);
-    let mut crowd = Crowd::new(&server.url(), "busy").expect("creating the crowd");
-    for i in 0..4 {
-        crowd
-            .join_with(common::camera_like(i))
-            .await
-            .expect("joining");
-    }
+    let mut crowd = common::camera_like_crowd(&server, "busy", 4).await;
     common::settle(&crowd, "the room before the machine is busy").await;
     server
         .wait_for_room("busy", SETTLE, |room| {
@@ -81,6 +74,7 @@ async fn a_room_on_a_busy_machine_gives_up_frames_then_canvas_and_takes_them_bac
         .await;
 
     let busy = BusyMachine::start();
+    let busy_from = Instant::now();
     let reduced = server
         .wait_for_room("busy", STEP_DOWN_DEADLINE, |room| {
             room["pipeline"]["load_level"] != "full"
@@ -115,5 +109,27 @@ async fn a_room_on_a_busy_machine_gives_up_frames_then_canvas_and_takes_them_bac
     );
     // And everyone sees the whole room again, at its full rate.
     common::settle(&crowd, "the room once the machine is free").await;
+    // What the viewers saw: a picture that kept moving while the machine was busy, the smaller
+    // canvas among its sizes, and the full frame again now that it is free.
+    for viewer in &crowd.members {
+        let seen = viewer.observe();
+        let moving = seen
+            .frame_times
+            .iter()
+            .filter(|t| (busy_from..freed).contains(*t))
+            .count();
+        assert!(moving > 0, "{} decoded nothing while busy", seen.id);
+        let widths: Vec<u32> = seen
+            .sizes
+            .iter()
+            .filter(|(at, _, _)| *at >= busy_from)
+            .map(|(_, w, _)| *w)
+            .collect();
+        assert!(
+            widths.iter().any(|w| *w <= 640) && widths.last() == Some(&1280),
+            "{} received widths {widths:?} since the machine got busy",
+            seen.id
+        );
+    }
     crowd.leave_all().await;
 }

@@ -337,8 +337,16 @@ fn resize_meeting_a_renegotiation(mode: &str) -> (Vec<String>, Option<(i32, i32)
 
 #[test]
 fn a_filter_resized_as_a_renegotiation_comes_lets_the_frame_on_its_way_through() {
-    // With caps-change-mode=immediate this posts "not negotiated" and "Internal data stream
-    // error", and the frames stay at the old size: the room would close.
+    // The failure this guards against, reproduced by the same setup with GStreamer's default
+    // mode: the frame on its way is refused, the stream stops at the old size (the room would
+    // close).
+    let (problems, size) = resize_meeting_a_renegotiation("immediate");
+    assert!(
+        problems.iter().any(|p| p.contains("not negotiated")),
+        "the setup no longer reproduces the refusal: {problems:?}"
+    );
+    assert_eq!(size, Some((320, 180)), "{problems:?}");
+    // The mode every pipeline description uses.
     let (problems, size) = resize_meeting_a_renegotiation("delayed");
     assert_eq!(problems, Vec::<String>::new());
     assert_eq!(size, Some((640, 360)), "the frames reach the new size");

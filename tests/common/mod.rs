@@ -295,6 +295,15 @@ pub fn camera_like(index: usize) -> mcu_probe::probe::Spec {
     spec
 }
 
+/// `n` camera-like participants in `room`.
+pub async fn camera_like_crowd(server: &Server, room: &str, n: usize) -> Crowd {
+    let mut crowd = Crowd::new(&server.url(), room).expect("creating the probe crowd");
+    for i in 0..n {
+        crowd.join_with(camera_like(i)).await.expect("joining");
+    }
+    crowd
+}
+
 pub async fn crowd_of(server: &Server, room: &str, n: usize) -> Crowd {
     let mut crowd = Crowd::new(&server.url(), room).expect("creating the probe crowd");
     for _ in 0..n {

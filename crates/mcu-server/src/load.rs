@@ -2,9 +2,10 @@
 //! the room feeds it each second's frame counts and applies the level it returns.
 //!
 //! A second is late when the compositor made fewer than `LATE_SHARE` of its frames, or when the
-//! top encoder finished fewer than `ENCODER_LATE_SHARE` of the frames handed to it: its input queue holds
-//! one frame and drops the older one (pipelines/room.txt), so an encoder that cannot keep up
-//! shows up as frames handed over but never encoded, which a viewer sees as a jerky picture.
+//! top encoder finished fewer than `ENCODER_LATE_SHARE` of the frames handed to it: its input
+//! queue holds one frame and drops the older one (pipelines/room.txt), so an encoder that cannot
+//! keep up shows up as frames handed over but never encoded, which a viewer sees as a jerky
+//! picture.
 //! Measured before this existed (two 25-person rooms on 2 cores, `mcu bench --participants 50
 //! --rooms 2`, with every listener's audio mixed for them alone): composites at fps p5 2–13 with
 //! up to 23 freezes and 1.5–1.9 s of video latency p95. Since media/loudest.rs the same bench keeps
@@ -33,9 +34,9 @@ pub const LATE_SHARE: f64 = 2.0 / 3.0;
 /// two 25-person rooms on 2 cores (`mcu bench --participants 50 --rooms 2`, 30 s): the encoders
 /// finished 22–24 of 30 frames, under two thirds never, so no room stepped down, and 7 runs of 12
 /// fell under 15 fps p5 (4–13, up to 1.6 s of latency p95, hundreds of frozen tiles); the same
-/// rooms at `--fps 20` held p5 17–19 in 4 runs of 4, and with this share p5 18–23 in 8 of 8. Against that, 0.8 for the
-/// compositor as well stepped five rooms of four 640×360 cameras (managing 20–24 fps) down to 17
-/// for 0.04 core: the compositor's share stays at two thirds.
+/// rooms at `--fps 20` held p5 17–19 in 4 runs of 4, and with this share p5 18–23 in 8 of 8.
+/// Against that, 0.8 for the compositor as well stepped five rooms of four 640×360 cameras
+/// (managing 20–24 fps) down to 17 for 0.04 core: the compositor's share stays at two thirds.
 pub const ENCODER_LATE_SHARE: f64 = 0.8;
 /// Late seconds in a row before stepping down: one is a hiccup (a keyframe, a join).
 const LATE_TO_STEP_DOWN: u32 = 2;
@@ -205,6 +206,16 @@ mod tests {
         }
     }
 
+    /// A second in which the compositor made `composited` of 30 and each was encoded.
+    fn compositing(composited: u64) -> Second {
+        Second {
+            due: 30,
+            composited,
+            handed: composited,
+            encoded: composited,
+        }
+    }
+
     fn run(
         g: &mut Governor,
         t0: Instant,
@@ -228,20 +239,8 @@ mod tests {
             "the encoder dropped more than a fifth"
         );
         assert!(encoding(15).is_late(), "the encoder dropped half");
-        let slow_but_enough = Second {
-            due: 30,
-            composited: 21,
-            handed: 21,
-            encoded: 21,
-        };
-        assert!(!slow_but_enough.is_late(), "more than a step down keeps");
-        let slow_compositor = Second {
-            due: 30,
-            composited: 15,
-            handed: 15,
-            encoded: 15,
-        };
-        assert!(slow_compositor.is_late());
+        assert!(!compositing(21).is_late(), "more than a step down keeps");
+        assert!(compositing(15).is_late(), "the compositor made half");
         let still = Second {
             due: 30,
             composited: 30,
