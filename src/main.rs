@@ -150,6 +150,9 @@ struct TokenArgs {
     /// Its holder may start and stop the room's recording.
     #[arg(long)]
     record: bool,
+    /// Its holder may switch the room's layout.
+    #[arg(long)]
+    layout: bool,
     /// Also print the join link on this server (e.g. https://meet.example.org).
     #[arg(long)]
     url: Option<String>,
@@ -310,11 +313,14 @@ fn mint_token(args: TokenArgs) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("room name {e}"))?;
     let name = mcu_server::protocol::validate_display_name(&args.name)
         .map_err(|e| anyhow::anyhow!("display name {e}"))?;
-    let token = mcu_server::auth::mint(
+    let token = mcu_server::auth::mint_with(
         &secret,
         &args.room,
         &name,
-        args.record,
+        mcu_server::auth::Grants {
+            record: args.record,
+            layout: args.layout,
+        },
         args.ttl,
         std::time::SystemTime::now(),
     )?;

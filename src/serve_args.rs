@@ -41,6 +41,17 @@ pub struct ServeArgs {
     /// or fixed (always the full size).
     #[arg(long, env = "MCU_CANVAS", value_enum, default_value_t = config::CanvasMode::Fit)]
     canvas: config::CanvasMode,
+    /// The layout each room opens with: grid, speaker (the active speaker large, the others in a
+    /// strip), or a name from --layouts. Participants allowed to (and the admin API) change it.
+    #[arg(long, env = "MCU_LAYOUT", default_value = "grid")]
+    layout: String,
+    /// A JSON file of named layouts, {"layouts": {"name": {"layout": "custom", "regions": […]}}}
+    /// (docs/api.md), which --layout, set_layout and the admin API can name.
+    #[arg(long, env = "MCU_LAYOUTS")]
+    layouts: Option<PathBuf>,
+    /// Name labels on camera tiles (and a muted mark); false draws none.
+    #[arg(long, env = "MCU_LABELS", default_value_t = true, action = clap::ArgAction::Set)]
+    labels: bool,
     /// Most voices mixed at once: a room with more microphones mixes only those talking (a
     /// talker keeps their place through a pause) and encodes one mix for everyone else.
     #[arg(long, env = "MCU_MAX_MIXED_VOICES", default_value_t = config::DEFAULT_MAX_MIXED_VOICES as u64, value_parser = clap::value_parser!(u64).range(1..=25))]
@@ -229,6 +240,21 @@ pub fn server_config(args: ServeArgs) -> Result<ServerConfig> {
         .admin_token
         .filter(|t| !t.is_empty())
         .map(mcu_server::auth::Secret::new);
+    let layouts = match &args.layouts {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("--layouts: reading {}", path.display()))?;
+            mcu_server::layout::NamedLayouts::parse(&text)
+                .map_err(|e| anyhow::anyhow!("--layouts {}: {e}", path.display()))?
+        }
+        None => mcu_server::layout::NamedLayouts::default(),
+    };
+    let layout = layouts
+        .resolve(&mcu_server::protocol::layout::LayoutRequest {
+            layout: args.layout.clone(),
+            ..Default::default()
+        })
+        .map_err(|e| anyhow::anyhow!("--layout: {e}"))?;
     Ok(ServerConfig {
         listen: args.listen,
         media: MediaConfig {
@@ -240,6 +266,7 @@ pub fn server_config(args: ServeArgs) -> Result<ServerConfig> {
             debug_dir: args.debug_dir,
             canvas: args.canvas,
             max_mixed_voices: args.max_mixed_voices as usize,
+            labels: args.labels,
             ..MediaConfig::default()
         },
         video_codec: args.video_codec,
@@ -273,5 +300,7 @@ pub fn server_config(args: ServeArgs) -> Result<ServerConfig> {
         max_room_files_size: args.max_room_files_size,
         file_rate: args.file_rate,
         keep_files: args.keep_files,
+        layout,
+        layouts,
     })
 }

@@ -246,7 +246,7 @@ async fn a_moderator_mutes_removes_and_closes_and_the_participants_notice() {
     let room = server.request("GET", "/api/v1/rooms/mod", &[]).await.json();
     assert_eq!(room["participants"][0]["muted"], true);
     assert!(was_told(&crowd.members[1], |n| matches!(n,
-        ServerMessage::ParticipantMuted { participant_id, muted: true } if *participant_id == first)));
+        ServerMessage::ParticipantMuted { participant_id, muted: true, by_self: false } if *participant_id == first)));
     let unmuted = server
         .request(
             "POST",

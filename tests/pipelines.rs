@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use mcu_server::codec::VideoCodec;
 use mcu_server::config::MediaConfig;
 use mcu_server::ids::ParticipantId;
-use mcu_server::layout::grid;
+use mcu_server::layout::{grid, Arrangement, Placement};
 use mcu_server::media::{pipelines, InputSignals, PipelineEvent, RoomPipeline};
+use mcu_server::protocol::layout::Fit;
 
 /// Waits until the recorder has written a second of video; returns the frame count.
 async fn wait_for_recorded_frames(room: &RoomPipeline) -> u64 {
@@ -56,6 +57,23 @@ fn every_description_names_its_placeholders() {
     }
 }
 
+/// `people` in `tiles`, in order, as a grid places them (pictures cropped to fill).
+fn placed(people: &[ParticipantId], tiles: Vec<mcu_server::layout::Rect>) -> Arrangement {
+    Arrangement {
+        tiles: people
+            .iter()
+            .zip(tiles)
+            .map(|(who, rect)| Placement {
+                who: *who,
+                rect,
+                z: 0,
+                fit: Fit::Crop,
+            })
+            .collect(),
+        ..Arrangement::default()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn room_pipelines_with_every_branch_reach_playing_and_release_their_pads() {
     gstreamer::init().expect("GStreamer initialises");
@@ -66,19 +84,19 @@ async fn room_pipelines_with_every_branch_reach_playing_and_release_their_pads()
             RoomPipeline::start("test", &media, codec, events).expect("the room pipeline builds");
         until_playing(&room, "the empty room").await;
         let empty = room.stats();
-        assert_eq!(empty.compositor_pads, 1, "only the background");
+        assert_eq!(
+            empty.compositor_pads, 2,
+            "only the background and the speaker's outline"
+        );
         assert_eq!((empty.mix_voices, empty.mix_listeners), (0, 0));
 
-        let tiles = grid(2, media.width, media.height);
         let (a, b) = (ParticipantId(1), ParticipantId(2));
-        for (who, tile, sender) in [
-            (a, tiles[0], VideoCodec::Vp8),
-            (b, tiles[1], VideoCodec::H264),
-        ] {
-            room.add_placeholder(who, "Zoë \"quoted\" ! name", tile)
+        room.apply_layout(&placed(&[a, b], grid(2, media.width, media.height)));
+        for (who, sender) in [(a, VideoCodec::Vp8), (b, VideoCodec::H264)] {
+            room.add_placeholder(who, "Zoë \"quoted\" <b>& name</b>")
                 .expect("placeholder");
             let _listener = room.add_listener(who).expect("listener");
-            room.add_video_input(who, sender, 96, tile, Arc::new(InputSignals::default()))
+            room.add_video_input(who, sender, 96, Arc::new(InputSignals::default()))
                 .expect("video input");
             room.add_audio_input(who, 111).expect("audio input");
         }
@@ -86,8 +104,8 @@ async fn room_pipelines_with_every_branch_reach_playing_and_release_their_pads()
         let full = room.stats();
         assert_eq!(
             full.compositor_pads,
-            1 + 2 * 2,
-            "background + a placeholder and a video each"
+            2 + 2 * 2,
+            "background and outline + a placeholder and a video each"
         );
         assert_eq!((full.mix_voices, full.mix_listeners), (2, 2));
 
@@ -119,7 +137,7 @@ async fn room_pipelines_with_every_branch_reach_playing_and_release_their_pads()
 
         room.remove_participant(b);
         let one = room.stats();
-        assert_eq!(one.compositor_pads, 1 + 2);
+        assert_eq!(one.compositor_pads, 2 + 2);
         assert_eq!((one.mix_voices, one.mix_listeners), (1, 1));
         room.remove_participant(a);
         let after = room.stats();
@@ -141,22 +159,14 @@ async fn tiles_follow_layout_changes_that_come_faster_than_frames_without_failin
     let mut room =
         RoomPipeline::start("relayout", &media, VideoCodec::Vp8, events).expect("the room builds");
     let people: Vec<ParticipantId> = (1..=3).map(ParticipantId).collect();
-    let layout = |n: usize| -> Vec<(ParticipantId, mcu_server::layout::Rect)> {
-        people
-            .iter()
-            .copied()
-            .zip(grid(n, media.width, media.height))
-            .collect()
-    };
+    let layout = |n: usize| placed(&people, grid(n, media.width, media.height));
     // People joining and leaving in bursts: each newcomer's tile appears and everyone's tiles
     // move at once, at a different point of the tiles' frame intervals each time (0–35 ms apart
     // against 33 ms frames), as joins do in a real room.
     for step in 0..40u64 {
         for (n, who) in people.iter().enumerate() {
             room.remove_participant(*who);
-            let whole = grid(1, media.width, media.height)[0];
-            room.add_placeholder(*who, "someone", whole)
-                .expect("placeholder");
+            room.add_placeholder(*who, "someone").expect("placeholder");
             tokio::time::sleep(Duration::from_millis((step + n as u64) * 7 % 36)).await;
             room.apply_layout(&layout(n + 1));
         }
@@ -166,10 +176,11 @@ async fn tiles_follow_layout_changes_that_come_faster_than_frames_without_failin
     let last = layout(people.len());
     room.apply_layout(&last);
     let deadline = Instant::now() + Duration::from_secs(10);
-    for (who, rect) in &last {
+    for tile in &last.tiles {
+        let who = &tile.who;
         // Placeholders alone need no more than a small canvas (canvas.rs): the tiles are the
         // layout's rectangles scaled to it.
-        let rect = room.canvas_rect(*rect);
+        let rect = room.canvas_rect(tile.rect);
         let wanted = (rect.width as i32, rect.height as i32);
         while room.tile_sizes(*who) != [wanted] {
             assert!(

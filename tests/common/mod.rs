@@ -134,6 +134,18 @@ impl Server {
 
     /// Sends an HTTP request with an empty body.
     pub async fn request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+        self.request_with_body(method, path, headers, Vec::new())
+            .await
+    }
+
+    /// Sends an HTTP request with `body`.
+    pub async fn request_with_body(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Reply {
         let mut request = warp::http::Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.url()));
@@ -141,7 +153,7 @@ impl Server {
             request = request.header(*k, *v);
         }
         let request = request
-            .body(warp::hyper::Body::empty())
+            .body(warp::hyper::Body::from(body))
             .expect("a valid request");
         let response = warp::hyper::Client::new()
             .request(request)

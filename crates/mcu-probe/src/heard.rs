@@ -17,6 +17,8 @@ pub struct Announcements {
     pub server_candidates: Vec<String>,
     /// Room notices received: recording, mute, removal and video tier messages, in order.
     pub notices: Vec<ServerMessage>,
+    /// Each `active_speaker` message: when it arrived, and who.
+    pub speakers: Vec<(std::time::Instant, String)>,
     /// Chat and file messages (and file bytes) that came on the WebSocket, for a participant
     /// using the fallback; shared with its data channels' handlers otherwise.
     pub sharing: SharedState,

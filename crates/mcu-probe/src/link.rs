@@ -259,6 +259,9 @@ impl Reader {
                 }
             }
             ServerMessage::Layout(layout) => lock(&self.heard).layout = Some(layout),
+            ServerMessage::ActiveSpeaker { participant_id } => lock(&self.heard)
+                .speakers
+                .push((std::time::Instant::now(), participant_id)),
             notice @ (ServerMessage::Recording { .. }
             | ServerMessage::ParticipantMuted { .. }
             | ServerMessage::Removed { .. }

@@ -52,6 +52,9 @@ pub struct JoinClaims {
     /// The holder may start and stop the room's recording.
     #[serde(default)]
     pub record: bool,
+    /// The holder may switch the room's layout (`set_layout`).
+    #[serde(default)]
+    pub layout: bool,
     /// Expiry, seconds since 1970 (required).
     pub exp: u64,
     #[serde(default)]
@@ -92,6 +95,13 @@ pub fn check_secret(secret: &Secret) -> Result<(), SecretError> {
     Ok(())
 }
 
+/// What a join token allows beyond joining.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Grants {
+    pub record: bool,
+    pub layout: bool,
+}
+
 /// Mints a join token valid for `ttl` from `now`.
 pub fn mint(
     secret: &Secret,
@@ -101,11 +111,28 @@ pub fn mint(
     ttl: Duration,
     now: SystemTime,
 ) -> anyhow::Result<String> {
+    let grants = Grants {
+        record,
+        layout: false,
+    };
+    mint_with(secret, room, name, grants, ttl, now)
+}
+
+/// As `mint`, with every grant spelled out.
+pub fn mint_with(
+    secret: &Secret,
+    room: &str,
+    name: &str,
+    grants: Grants,
+    ttl: Duration,
+    now: SystemTime,
+) -> anyhow::Result<String> {
     let iat = now.duration_since(UNIX_EPOCH)?.as_secs();
     let claims = JoinClaims {
         room: room.to_string(),
         name: name.to_string(),
-        record,
+        record: grants.record,
+        layout: grants.layout,
         exp: iat + ttl.as_secs(),
         iat,
     };

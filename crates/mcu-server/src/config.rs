@@ -156,6 +156,8 @@ pub struct MediaConfig {
     /// Whether a room composites on a canvas sized to its cameras (see canvas.rs) or always on the
     /// full `width`×`height` (`--canvas fixed`).
     pub canvas: CanvasMode,
+    /// Name labels on camera tiles (`--labels`).
+    pub labels: bool,
 }
 
 /// `--canvas`: how large a room's composite really is.
@@ -201,6 +203,7 @@ impl Default for MediaConfig {
             max_mixed_voices: DEFAULT_MAX_MIXED_VOICES,
             debug_dir: None,
             canvas: CanvasMode::default(),
+            labels: true,
         }
     }
 }
@@ -376,6 +379,11 @@ pub struct ServerConfig {
     pub file_rate: u64,
     /// Keep shared files here after their room ends; without it they go with the room.
     pub keep_files: Option<PathBuf>,
+    /// The layout a room opens with (`--layout`).
+    pub layout: crate::layout::LayoutSpec,
+    /// Named layouts from `--layouts FILE`, which `--layout`, `set_layout` and the admin API can
+    /// name.
+    pub layouts: crate::layout::NamedLayouts,
 }
 
 impl Default for ServerConfig {
@@ -407,6 +415,8 @@ impl Default for ServerConfig {
                 .expect("DEFAULT_MAX_ROOM_FILES_SIZE is a size"),
             file_rate: parse_byte_size(DEFAULT_FILE_RATE).expect("DEFAULT_FILE_RATE is a size"),
             keep_files: None,
+            layout: crate::layout::LayoutSpec::default(),
+            layouts: crate::layout::NamedLayouts::default(),
         }
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use warp::http::StatusCode;
 use warp::Filter;
 
+use crate::admin::BodyError;
 use crate::admission::{client_address, ClientKey};
 use crate::protocol::MAX_MESSAGE_BYTES;
 use crate::session::{self, SessionContext};
@@ -181,9 +182,11 @@ pub fn routes(
         .and(caller(ctx.clone()))
         .and(warp::header::optional::<String>("authorization"))
         .and(warp::header::optional::<String>("range"))
+        .and(warp::body::stream())
         .and(with_ctx)
         .then(
-            |method, tail: warp::path::Tail, caller, authorization, range, ctx| async move {
+            |method, tail: warp::path::Tail, caller, authorization, range, body, ctx| async move {
+                let body = read_body(body, crate::admin::MAX_BODY_BYTES).await;
                 crate::admin::handle(
                     ctx,
                     crate::admin::ApiRequest {
@@ -192,6 +195,7 @@ pub fn routes(
                         caller,
                         authorization,
                         range,
+                        body,
                     },
                 )
                 .await
@@ -223,6 +227,30 @@ pub fn routes(
         })
 }
 
+/// A request's body, read only up to `limit` bytes: whatever a client sends, with or without a
+/// Content-Length, costs at most that much memory.
+async fn read_body(
+    body: impl futures_util::Stream<Item = Result<impl warp::Buf, warp::Error>>,
+    limit: usize,
+) -> Result<bytes::Bytes, BodyError> {
+    use futures_util::StreamExt;
+    let mut body = std::pin::pin!(body);
+    let mut read = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk.map_err(|_| BodyError::Unreadable)?;
+        if read.len() + chunk.remaining() > limit {
+            return Err(BodyError::TooLarge);
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            read.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(read.into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,10 +265,12 @@ mod tests {
             codec: VideoCodec::Vp8,
             participants: Vec::new(),
             layout: Layout {
+                layout: "grid".into(),
                 width: 1280,
                 height: 720,
                 tiles: Vec::new(),
             },
+            active_speaker: None,
             recording: None,
             pipeline: PipelineStats {
                 composite_idle_ms,

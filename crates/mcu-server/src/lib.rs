@@ -27,4 +27,5 @@ mod rtp;
 pub mod server;
 mod session;
 mod signalling;
+pub mod speaker;
 mod tls;

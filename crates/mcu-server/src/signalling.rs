@@ -45,6 +45,9 @@ pub enum Action {
     Ignored,
     Leave,
     Record(RecordAction),
+    /// A layout for the room (checked there, as is the permission).
+    SetLayout(crate::protocol::layout::LayoutRequest),
+    SelfMute(bool),
     /// A chat or file request, for the room.
     Share(Share),
     Reply(ServerMessage),
@@ -162,6 +165,8 @@ impl Signalling {
                 reference,
             })),
             (Phase::Joined, M::FileGet { file_id }) => Ok(Action::Share(Share::Get(file_id))),
+            (Phase::Joined, M::SetLayout(request)) => Ok(Action::SetLayout(request)),
+            (Phase::Joined, M::SelfMute { muted }) => Ok(Action::SelfMute(muted)),
         }
     }
 

@@ -76,19 +76,29 @@ pub async fn run(
         drains.push(drain_composite(room.composite(0)?));
         // The bench puts participant i in room i % rooms.
         let members: Vec<usize> = (room_index..participants).step_by(rooms.max(1)).collect();
-        let tiles = layout::grid(members.len(), config.width, config.height);
-        let mut placed = Vec::new();
-        for (&index, tile) in members.iter().zip(&tiles) {
-            let who = ParticipantId(index as u64 + 1);
+        let people: Vec<ParticipantId> = members
+            .iter()
+            .map(|&index| ParticipantId(index as u64 + 1))
+            .collect();
+        // The server's default layout (a grid, pictures cropped to fill their tiles), placed
+        // before the inputs arrive, as a room places everyone on joining.
+        let arrangement = layout::arrange(
+            &layout::LayoutSpec::default(),
+            &people,
+            None,
+            config.width,
+            config.height,
+        );
+        room.apply_layout(&arrangement);
+        for (&index, &who) in members.iter().zip(&people) {
             let signals = Arc::new(InputSignals::default());
             let video = room
-                .add_video_input(who, VideoCodec::Vp8, PT_VP8, *tile, signals)
+                .add_video_input(who, VideoCodec::Vp8, PT_VP8, signals)
                 .context("adding a floor video input")?;
             let audio = room
                 .add_audio_input(who, PT_OPUS)
                 .context("adding a floor audio input")?;
             drains.push(drain(room.add_listener(who)?));
-            placed.push((who, *tile));
             pump.send(Stream::new(
                 index,
                 Output::Input(video),
@@ -97,7 +107,6 @@ pub async fn run(
             .ok()
             .context("the pump stopped")?;
         }
-        room.apply_layout(&placed);
         pipelines.push(room);
     }
     tokio::time::sleep(SETTLE).await;

@@ -152,10 +152,17 @@ fn camera_description(codec: VideoCodec, argb: u32, content: Content) -> String 
     format!("{picture} ! {encoder} ! appsink name=video_sink sync=false ")
 }
 
+/// How loud the probe's tone is by default: 0.3 of full scale, -13.5 dB RMS, a talker close to
+/// their microphone.
+pub const DEFAULT_VOLUME: f64 = 0.3;
+
+/// The probe's microphone, once it is sending: its volume can change while it runs.
+pub type Microphone = Arc<Mutex<Option<gst::Element>>>;
+
 /// The probe's microphone: a sine tone, Opus RTP into an appsink.
-fn microphone_description(tone_hz: f64) -> String {
+fn microphone_description(tone_hz: f64, volume: f64) -> String {
     format!(
-        "audiotestsrc is-live=true wave=sine freq={tone_hz} volume=0.3 samplesperbuffer=960 \
+        "audiotestsrc name=mic is-live=true wave=sine freq={tone_hz} volume={volume} samplesperbuffer=960 \
            ! audio/x-raw,format=S16LE,rate=48000,channels=1 \
            ! opusenc bitrate=32000 frame-size=20 ! rtpopuspay pt=111 mtu=1200 \
            ! appsink name=audio_sink sync=false"
@@ -229,7 +236,10 @@ pub fn descriptions() -> Vec<(String, String)> {
             receive_description(Incoming::Video(codec), 96),
         ));
     }
-    all.push(("probe microphone".into(), microphone_description(440.0)));
+    all.push((
+        "probe microphone".into(),
+        microphone_description(440.0, DEFAULT_VOLUME),
+    ));
     all.push((
         "probe receiver (Opus)".into(),
         receive_description(Incoming::Audio, 111),
@@ -246,23 +256,30 @@ pub(super) struct Camera {
 }
 
 /// The probe's microphone (a sine tone) and, given one, its camera, encoded live by GStreamer.
-pub(super) fn live_source(camera: Option<Camera>, tone_hz: f64) -> Source {
+pub(super) fn live_source(
+    camera: Option<Camera>,
+    tone_hz: f64,
+    volume: f64,
+    microphone: Microphone,
+) -> Source {
     Source {
         camera: camera.map(|c| c.codec),
-        start: Box::new(move |audio, video| start_live(camera, tone_hz, audio, video)),
+        start: Box::new(move |audio, video| {
+            start_live(camera, (tone_hz, volume, microphone), audio, video)
+        }),
     }
 }
 
 fn start_live(
     camera: Option<Camera>,
-    tone_hz: f64,
+    (tone_hz, volume, microphone): (f64, f64, Microphone),
     audio: OutboundTrack,
     video: Option<OutboundTrack>,
 ) -> Result<Sending> {
     let camera_part = camera
         .map(|c| camera_description(c.codec, c.colour.argb(), c.content))
         .unwrap_or_default();
-    let description = format!("{camera_part}{}", microphone_description(tone_hz));
+    let description = format!("{camera_part}{}", microphone_description(tone_hz, volume));
     let pipeline = gst::parse::launch(&description)
         .context("building the probe's send pipeline")?
         .downcast::<gst::Pipeline>()
@@ -276,6 +293,7 @@ fn start_live(
     let mut tasks = vec![tokio::spawn(
         audio.write_all(packets_of(&element("audio_sink")?)?),
     )];
+    *lock(&microphone) = Some(element("mic")?);
     let mut encoder = None;
     if let Some(video) = video {
         tasks.push(tokio::spawn(

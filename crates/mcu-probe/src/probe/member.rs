@@ -14,7 +14,7 @@ use mcu_server::protocol::{Layout, ServerMessage};
 use mcu_server::rtc::RtcFactory;
 
 use super::analysis::{self, Rgb};
-use super::media::{live_source, receive, Camera, Received, Shared};
+use super::media::{live_source, receive, Camera, Microphone, Received, Shared};
 pub use super::media::{Content, FrameSample};
 use crate::heard::{lock, Heard};
 use crate::impair::{ImpairedLink, Impairment, LinkFigures};
@@ -52,6 +52,8 @@ pub struct Spec {
     pub content: Content,
     /// Its link is bad this way (None: a perfect link).
     pub impairment: Option<Impairment>,
+    /// How loud its tone is, 0–1 of full scale (`set_volume` changes it later).
+    pub volume: f64,
 }
 
 /// What a probe participant sends, and what it has received so far.
@@ -63,6 +65,7 @@ pub struct Sent {
     shared: Arc<Shared>,
     /// Its own bad link, when it has one.
     link: Option<ImpairedLink>,
+    microphone: Microphone,
 }
 
 /// A snapshot of what the participant has received so far.
@@ -84,6 +87,8 @@ pub struct Observation {
     pub server_candidates: Vec<String>,
     /// Room notices received: recording, mute, removal and video tier messages, in order.
     pub notices: Vec<ServerMessage>,
+    /// Each `active_speaker` message: when it arrived, and who.
+    pub speakers: Vec<(Instant, String)>,
     /// What its impaired link did, when it has one.
     pub link: Option<LinkFigures>,
 }
@@ -148,13 +153,15 @@ pub async fn join(
             colour,
             content: spec.content,
         });
-        let source = live_source(camera, tone_hz);
+        let microphone = Microphone::default();
+        let source = live_source(camera, tone_hz, spec.volume, microphone.clone());
         let sent = Sent {
             spec,
             colour,
             tone_hz,
             shared: shared.clone(),
             link,
+            microphone,
         };
         Ok((source, sent))
     })
@@ -172,6 +179,13 @@ impl Participant {
 
     pub fn tone_hz(&self) -> f64 {
         self.media.tone_hz
+    }
+
+    /// Makes its tone louder or quieter (0–1 of full scale), from the next audio buffer.
+    pub fn set_volume(&self, volume: f64) {
+        if let Some(mic) = lock(&self.media.microphone).as_ref() {
+            gstreamer::prelude::ObjectExt::set_property(mic, "volume", volume);
+        }
     }
 
     /// Changes its link while it runs (lifts a limit, say); false when it joined on a perfect
@@ -200,6 +214,7 @@ impl Participant {
             layout: heard.layout.clone(),
             server_candidates: heard.server_candidates.clone(),
             notices: heard.notices.clone(),
+            speakers: heard.speakers.clone(),
             link: self.media.link.as_ref().map(|l| l.counters.figures()),
         }
     }

@@ -84,6 +84,7 @@ pub fn spec_for(index: usize, codec: VideoCodec) -> Spec {
         sharing: None,
         content: Content::Solid,
         impairment: None,
+        volume: media::DEFAULT_VOLUME,
     }
 }
 

@@ -386,6 +386,7 @@ mod tests {
             layout: None,
             server_candidates: vec![],
             notices: vec![],
+            speakers: vec![],
             link: None,
             sizes: vec![],
         }

@@ -1,5 +1,5 @@
 //! The admin API: JSON over HTTP under `/api/v1` (documented in docs/api.md). Rooms (list, get,
-//! close), participants (remove, mute), recordings (start, stop, list, get, download, delete).
+//! close, layout), participants (remove, mute), recordings (start, stop, list, get, download, delete).
 //!
 //! Access: with `--admin-token`, every request needs `Authorization: Bearer <token>`; without
 //! one, the API answers on loopback only. Errors are `{"error": {"code", "message"}}`.
@@ -17,6 +17,7 @@ use warp::hyper::Body;
 
 use crate::auth::Secret;
 use crate::ids::{ParticipantId, RoomId};
+use crate::protocol::layout::LayoutRequest;
 use crate::recordings::{self, StoreError};
 use crate::room::{RoomError, RoomHandle};
 use crate::session::SessionContext;
@@ -35,6 +36,17 @@ pub struct ApiRequest {
     pub caller: Caller,
     pub authorization: Option<String>,
     pub range: Option<String>,
+    /// The request's body, read up to `MAX_BODY_BYTES`.
+    pub body: Result<bytes::Bytes, BodyError>,
+}
+
+/// The largest request body the API reads: a custom layout of 25 regions is about 3 KiB.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyError {
+    TooLarge,
+    Unreadable,
 }
 
 /// Where a request came from, as far as tokenless (loopback) access cares.
@@ -248,6 +260,19 @@ pub async fn handle(ctx: Arc<SessionContext>, request: ApiRequest) -> Response<B
             )
             .await
         }
+        ["rooms", room, "layout"] if m == Method::PUT => {
+            let request = match layout_request(&request.body) {
+                Ok(request) => request,
+                Err((status, code, message)) => return error(status, code, message),
+            };
+            with_room(&ctx, room, |h| async move {
+                match h.set_layout(request).await {
+                    Ok(layout) => json_response(StatusCode::OK, json!(layout)),
+                    Err(e) => room_error(&h, e),
+                }
+            })
+            .await
+        }
         ["recordings"] if m == Method::GET => list_recordings(&ctx),
         ["recordings", id] if m == Method::GET => match ctx.registry.store().get(id) {
             Ok(info) => json_response(StatusCode::OK, json!(info)),
@@ -362,6 +387,37 @@ fn recording_reply(
     }
 }
 
+/// Why a `PUT …/layout` body is refused: the status, the error code and the message.
+type BodyRefusal = (StatusCode, &'static str, String);
+
+/// A `PUT …/layout` body as a layout request, or why it is refused.
+fn layout_request(body: &Result<bytes::Bytes, BodyError>) -> Result<LayoutRequest, BodyRefusal> {
+    let body = match body {
+        Ok(body) => body,
+        Err(BodyError::TooLarge) => {
+            return Err((
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("a layout is at most {MAX_BODY_BYTES} bytes"),
+            ))
+        }
+        Err(BodyError::Unreadable) => {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                "bad_layout",
+                "the request's body could not be read".to_string(),
+            ))
+        }
+    };
+    serde_json::from_slice(body).map_err(|e| {
+        (
+            StatusCode::BAD_REQUEST,
+            "bad_layout",
+            format!("not a layout request: {e}"),
+        )
+    })
+}
+
 /// A room's refusal as the API answers it.
 fn room_error(handle: &RoomHandle, e: RoomError) -> Response<Body> {
     let (status, code, message) = match &e {
@@ -384,6 +440,7 @@ fn room_error(handle: &RoomHandle, e: RoomError) -> Response<Body> {
             e.to_string(),
         ),
         RoomError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited", e.to_string()),
+        RoomError::Layout(_) => (StatusCode::BAD_REQUEST, "bad_layout", e.to_string()),
         RoomError::RecordingFailed(_) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             "recording_failed",

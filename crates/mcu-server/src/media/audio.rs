@@ -22,6 +22,7 @@ use super::sink::{on_each_buffer, on_each_stamped_packet};
 use super::{pipelines, INPUT_QUEUE_MAX};
 use crate::config::MediaConfig;
 use crate::ids::ParticipantId;
+use crate::speaker::levels::Levels;
 
 /// A voice whose audio stopped this long ago is no longer waited for (see mixminus::Timing).
 /// Well above a lost packet's worst case (the jitter buffer's wait plus one frame), well below
@@ -90,6 +91,8 @@ struct Outputs {
     /// The encoder every listener outside the mix hears.
     shared_mix: gst_app::AppSrc,
     routes: Arc<Routes>,
+    /// Each voice's level in every frame, for the speaker decision.
+    levels: Arc<Levels>,
 }
 
 /// Frames of silence in a row, and whether this one goes to the encoder: a pause is sent as one
@@ -144,6 +147,7 @@ impl AudioGraph {
         pipeline: gst::Pipeline,
         fullmix: gst::Element,
         media: MediaConfig,
+        levels: Arc<Levels>,
     ) -> Result<Self> {
         let fullmix = fullmix
             .dynamic_cast::<gst_app::AppSrc>()
@@ -195,6 +199,7 @@ impl AudioGraph {
                 fullmix,
                 shared_mix,
                 routes: routes.clone(),
+                levels,
             };
             std::thread::Builder::new()
                 .name(format!("mix-{}", pipeline.name()))
@@ -415,6 +420,7 @@ fn mix_until_stopped(
             }
             (state.mix.mix(), state.listeners.clone())
         };
+        outputs.levels.decoded(&frame.levels);
         // Who hears which encoder is settled before any encoder sees this frame.
         outputs
             .routes

@@ -131,6 +131,9 @@ pub struct Frame {
     pub pts_ns: u64,
     sum: Box<[i32; FRAME_SAMPLES]>,
     voices: BTreeMap<ParticipantId, Box<[i16; FRAME_SAMPLES]>>,
+    /// The level (dB below full scale) of every voice not muted by the server, mixed or not:
+    /// what the speaker decision hears.
+    pub levels: Vec<(ParticipantId, f32)>,
 }
 
 impl Frame {
@@ -369,6 +372,7 @@ impl MixMinus {
             .map(|(who, samples)| (*who, level_db(&samples[..])))
             .collect();
         self.loudest.update(start / FRAME_SAMPLES as i64, &levels);
+        let heard = levels;
         voices.retain(|who, _| self.loudest.is_mixed(*who));
         let mut sum = Box::new([0i32; FRAME_SAMPLES]);
         for samples in voices.values() {
@@ -385,6 +389,7 @@ impl MixMinus {
             pts_ns: samples_to_ns(start),
             sum,
             voices,
+            levels: heard,
         }
     }
 }

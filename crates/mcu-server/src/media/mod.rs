@@ -32,7 +32,8 @@ use tokio::sync::mpsc;
 use crate::codec::VideoCodec;
 use crate::config::MediaConfig;
 use crate::ids::ParticipantId;
-use crate::layout::Rect;
+use crate::layout::{Arrangement, Rect};
+use crate::speaker::levels::Levels;
 pub use events::{PipelineEvent, PipelineStats};
 pub use sink::FeedReader;
 pub use tiers::TierStats;
@@ -62,6 +63,8 @@ pub struct RoomPipeline {
     recorder: Option<recorder::Recorder>,
     /// What the room gives up to the machine's load now (load.rs).
     load_level: crate::load::Level,
+    /// Each microphone's loudness, for the speaker decision (speaker/levels.rs).
+    levels: Arc<Levels>,
 }
 
 /// Composite frames counted since the room opened, for load.rs: made by the compositor, handed
@@ -151,9 +154,12 @@ impl RoomPipeline {
         // From here on the pipeline may be playing: every early return must stop it first (a
         // pipeline dropped while playing aborts the process). The mixing thread starts once the
         // pipeline's clock runs, since it keeps time by it.
+        let levels = Arc::new(Levels::default());
         let audio = start_live(&pipeline)
             .with_context(|| format!("starting the pipeline of room {name}"))
-            .and_then(|_| audio::AudioGraph::start(pipeline.clone(), fullmix, media.clone()));
+            .and_then(|_| {
+                audio::AudioGraph::start(pipeline.clone(), fullmix, media.clone(), levels.clone())
+            });
         let audio = match audio {
             Ok(audio) => audio,
             Err(e) => {
@@ -163,6 +169,7 @@ impl RoomPipeline {
             }
         };
         let room = RoomPipeline {
+            levels,
             audio,
             pipeline,
             composite_tee,
@@ -179,6 +186,11 @@ impl RoomPipeline {
             load_level: crate::load::Level::Full,
         };
         Ok(room)
+    }
+
+    /// Where the room's microphones' levels gather (decoded here, stamped by their clients).
+    pub fn levels(&self) -> Arc<Levels> {
+        self.levels.clone()
     }
 
     /// A reader of `tier`'s RTP packets from now on (0 is the top tier), building or reopening
@@ -202,11 +214,12 @@ impl RoomPipeline {
         self.tiers.shut_idle(now);
     }
 
-    /// Shows a dark tile with the participant's name until their video arrives.
-    pub fn add_placeholder(&mut self, who: ParticipantId, name: &str, tile: Rect) -> Result<()> {
-        let scaled = self.tiles.scale(tile);
-        let bin = video::placeholder_bin(who, name, scaled, self.media.fps)?;
-        self.tiles.add_placeholder(who, bin, tile)
+    /// Shows a dark tile with the participant's name until their video arrives; the name is also
+    /// their camera's label.
+    pub fn add_placeholder(&mut self, who: ParticipantId, name: &str) -> Result<()> {
+        self.tiles.set_name(who, name);
+        let bin = video::placeholder_bin(who, self.media.fps)?;
+        self.tiles.add_placeholder(who, bin)
     }
 
     pub fn remove_placeholder(&mut self, who: ParticipantId) {
@@ -220,7 +233,6 @@ impl RoomPipeline {
         who: ParticipantId,
         codec: VideoCodec,
         payload_type: u8,
-        tile: Rect,
         signals: Arc<InputSignals>,
     ) -> Result<InputHandle> {
         self.remove_video_input(who);
@@ -228,13 +240,14 @@ impl RoomPipeline {
             who,
             codec,
             payload_type,
-            tile,
-            self.tiles.scale(tile),
             signals.clone(),
             self.events.clone(),
         )?;
-        self.tiles.add_camera(who, bin, tile, signals)?;
-        Ok(InputHandle { appsrc })
+        self.tiles.add_camera(who, bin, signals)?;
+        Ok(InputHandle {
+            appsrc,
+            levels: None,
+        })
     }
 
     pub fn remove_video_input(&mut self, who: ParticipantId) {
@@ -245,7 +258,10 @@ impl RoomPipeline {
     /// their own, and returns where to push its RTP packets.
     pub fn add_audio_input(&mut self, who: ParticipantId, payload_type: u8) -> Result<InputHandle> {
         let appsrc = self.audio.add_input(who, payload_type)?;
-        Ok(InputHandle { appsrc })
+        Ok(InputHandle {
+            appsrc,
+            levels: Some((who, self.levels.clone())),
+        })
     }
 
     /// Creates what `who` hears (everyone else) and returns its Opus RTP packets.
@@ -258,11 +274,18 @@ impl RoomPipeline {
         self.audio.set_muted(who, muted);
     }
 
+    /// Shows `who` as muted (or not) on their label; `muted` also covers a participant who muted
+    /// their own microphone, which the server still mixes (as silence).
+    pub fn show_muted(&mut self, who: ParticipantId, muted: bool) {
+        self.tiles.set_muted(who, muted);
+    }
+
     /// Releases everything the participant held in the graph.
     pub fn remove_participant(&mut self, who: ParticipantId) {
         self.remove_placeholder(who);
         self.remove_video_input(who);
         self.audio.remove_participant(who);
+        self.tiles.forget(who);
     }
 
     /// Frames decoded so far from `who`'s camera, if it has one.
@@ -275,10 +298,10 @@ impl RoomPipeline {
         )
     }
 
-    /// Moves each participant's tiles (video and placeholder) to its rectangle of the nominal
-    /// frame (`--width`×`--height`), and chooses the canvas again for them.
-    pub fn apply_layout(&mut self, tiles: &[(ParticipantId, Rect)]) {
-        self.tiles.apply_layout(tiles);
+    /// Moves each participant's tiles (video and placeholder) to their place in `arrangement`,
+    /// on the nominal frame (`--width`×`--height`), and chooses the canvas again for them.
+    pub fn apply_layout(&mut self, arrangement: &Arrangement) {
+        self.tiles.apply_layout(arrangement);
         self.refresh_canvas(std::time::Instant::now());
     }
 
@@ -499,10 +522,19 @@ pub(crate) fn ms_to_ns(ms: u32) -> String {
 #[derive(Clone)]
 pub struct InputHandle {
     appsrc: gst_app::AppSrc,
+    /// A microphone's: where the levels its client stamps on packets go (speaker/levels.rs).
+    levels: Option<(ParticipantId, Arc<Levels>)>,
 }
 
 impl InputHandle {
     pub fn push(&self, packet: Bytes) -> Result<(), gst::FlowError> {
         video::push_rtp(&self.appsrc, packet)
+    }
+
+    /// An RFC 6464 level (0–127, -dBov) the client stamped on a packet of this microphone.
+    pub fn stamped_level(&self, level: u8) {
+        if let Some((who, levels)) = &self.levels {
+            levels.stamped(*who, level);
+        }
     }
 }

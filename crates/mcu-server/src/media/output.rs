@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use gst::prelude::*;
 use gstreamer as gst;
 
-use super::video::{self, TileSize};
+use super::video::{self, PadPlace, TileLook, TileSize};
 use crate::canvas::{self, CanvasChoice, TileContent};
 use crate::config::{CanvasMode, MediaConfig};
 use crate::layout::Rect;
@@ -24,8 +24,8 @@ use crate::layout::Rect;
 struct Pending {
     /// The canvas's new size, when it changes.
     size: Option<(u32, u32)>,
-    /// Every tile's pad and its rectangle in canvas pixels.
-    tiles: Vec<(gst::Pad, Rect)>,
+    /// Every tile's pad and its place in canvas pixels.
+    tiles: Vec<(gst::Pad, PadPlace)>,
 }
 
 pub(super) struct Output {
@@ -74,7 +74,7 @@ impl Output {
             };
             if let Some((width, height)) = change.size {
                 video::resize_filter(&canvas_caps, width, height);
-                background_follows.ask(width, height);
+                background_follows.ask(TileLook::sized(width, height));
                 // Until the background source meets its new size, the compositor scales it.
                 video::set_pad_rect(
                     &background_pad,
@@ -86,8 +86,8 @@ impl Output {
                     },
                 );
             }
-            for (pad, rect) in change.tiles {
-                video::set_pad_rect(&pad, rect);
+            for (pad, place) in change.tiles {
+                video::set_pad_place(&pad, place);
             }
             gst::PadProbeReturn::Ok
         });
@@ -144,7 +144,7 @@ impl Output {
 
     /// Hands every tile's place (in canvas pixels) to the compositor's thread; the latest call
     /// wins, and a pending resize goes with it.
-    pub fn place(&self, tiles: Vec<(gst::Pad, Rect)>) {
+    pub fn place(&self, tiles: Vec<(gst::Pad, PadPlace)>) {
         lock(&self.pending).tiles = tiles;
     }
 }

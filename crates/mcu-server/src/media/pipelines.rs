@@ -31,11 +31,12 @@ pub const VIDEO_INPUT_H264: Template = template!("video-input-h264.txt");
 pub const AUDIO_INPUT: Template = template!("audio-input.txt");
 pub const LISTENER_AUDIO: Template = template!("listener-audio.txt");
 pub const PLACEHOLDER: Template = template!("placeholder.txt");
+pub const OUTLINE: Template = template!("outline.txt");
 pub const RECORDER_VP8: Template = template!("recorder-vp8.txt");
 pub const RECORDER_H264: Template = template!("recorder-h264.txt");
 pub const TIER: Template = template!("tier.txt");
 
-pub const ALL: [Template; 11] = [
+pub const ALL: [Template; 12] = [
     ROOM,
     ENCODER_VP8,
     ENCODER_H264,
@@ -44,6 +45,7 @@ pub const ALL: [Template; 11] = [
     AUDIO_INPUT,
     LISTENER_AUDIO,
     PLACEHOLDER,
+    OUTLINE,
     RECORDER_VP8,
     RECORDER_H264,
     TIER,

@@ -12,11 +12,11 @@ use gstreamer as gst;
 
 use super::output::Output;
 use super::still::{Stillness, AFTER_CHANGE};
-use super::video::{self, InputSignals};
+use super::video::{self, InputSignals, PadPlace, TileLook};
 use super::{align_test_sources, MediaConfig};
 use crate::canvas::{self, TileContent};
 use crate::ids::ParticipantId;
-use crate::layout::Rect;
+use crate::layout::{Arrangement, Rect};
 
 /// A bin feeding the compositor through one of its request pads.
 struct TileBranch {
@@ -29,6 +29,21 @@ struct TileBranch {
     decoded: Option<gst::Pad>,
 }
 
+/// A tile nobody sees (picture-in-picture hides the rest of the room) is scaled to this, so its
+/// branch costs next to nothing until it is shown again, and its sender is asked for little.
+const HIDDEN_TILE: Rect = Rect {
+    x: 0,
+    y: 0,
+    width: 32,
+    height: 18,
+};
+
+/// What the room says about a participant's label.
+struct Named {
+    name: String,
+    muted: bool,
+}
+
 pub(super) struct Tiles {
     pipeline: gst::Pipeline,
     compositor: gst::Element,
@@ -37,8 +52,14 @@ pub(super) struct Tiles {
     full_kbps: u32,
     placeholders: HashMap<ParticipantId, TileBranch>,
     videos: HashMap<ParticipantId, TileBranch>,
-    /// The last layout, on the nominal frame.
-    layout: Vec<(ParticipantId, Rect)>,
+    /// The frame around the active speaker's tile (pipelines/outline.txt); None only while the
+    /// room is being built.
+    outline: Option<TileBranch>,
+    /// The last arrangement, on the nominal frame.
+    arrangement: Arrangement,
+    names: HashMap<ParticipantId, Named>,
+    /// Name labels on camera tiles (`--labels`).
+    labels: bool,
 }
 
 impl Tiles {
@@ -50,7 +71,7 @@ impl Tiles {
         let compositor = pipeline
             .by_name("compositor")
             .context("pipelines/room.txt has no element named compositor")?;
-        Ok(Tiles {
+        let mut tiles = Tiles {
             pipeline: pipeline.clone(),
             compositor,
             output: Output::new(pipeline, media)?,
@@ -58,8 +79,18 @@ impl Tiles {
             full_kbps: media.video_bitrate_kbps,
             placeholders: HashMap::new(),
             videos: HashMap::new(),
-            layout: Vec::new(),
-        })
+            outline: None,
+            arrangement: Arrangement::default(),
+            names: HashMap::new(),
+            labels: media.labels,
+        };
+        let outline = video::outline_bin(HIDDEN_TILE, media.fps)?;
+        tiles.outline = Some(tiles.attach(
+            outline,
+            TileLook::sized(HIDDEN_TILE.width, HIDDEN_TILE.height),
+            hidden_place(video::outline_zorder(0)),
+        )?);
+        Ok(tiles)
     }
 
     /// The canvas's size now and the top tier's bitrate for it.
@@ -69,8 +100,31 @@ impl Tiles {
         (width, height, kbps)
     }
 
-    pub fn add_placeholder(&mut self, who: ParticipantId, bin: gst::Bin, tile: Rect) -> Result<()> {
-        let branch = self.attach(bin, tile, video::PLACEHOLDER_ZORDER)?;
+    /// Shows `name` on `who`'s tiles from now on (the placeholder's, and the camera's label).
+    pub fn set_name(&mut self, who: ParticipantId, name: &str) {
+        let muted = self.names.get(&who).is_some_and(|n| n.muted);
+        self.names.insert(
+            who,
+            Named {
+                name: name.to_string(),
+                muted,
+            },
+        );
+    }
+
+    /// Marks `who`'s label muted (or not), from the next frame.
+    pub fn set_muted(&mut self, who: ParticipantId, muted: bool) {
+        if let Some(named) = self.names.get_mut(&who) {
+            if named.muted != muted {
+                named.muted = muted;
+                self.place_all();
+            }
+        }
+    }
+
+    pub fn add_placeholder(&mut self, who: ParticipantId, bin: gst::Bin) -> Result<()> {
+        let (look, place) = self.look_of(who, Layer::Placeholder);
+        let branch = self.attach(bin, look, place)?;
         self.placeholders.insert(who, branch);
         Ok(())
     }
@@ -85,7 +139,6 @@ impl Tiles {
         &mut self,
         who: ParticipantId,
         bin: gst::Bin,
-        tile: Rect,
         signals: Arc<InputSignals>,
     ) -> Result<()> {
         let decoded = bin
@@ -93,7 +146,9 @@ impl Tiles {
             .and_then(|d| d.static_pad("src"))
             .with_context(|| format!("{} has no decoder with a src pad", bin.name()))?;
         self.stillness.watch_camera(&bin)?;
-        let mut branch = self.attach(bin, tile, video::VIDEO_ZORDER)?;
+        let (look, place) = self.look_of(who, Layer::Camera);
+        signals.show_in(self.arrangement.tile_of(who).unwrap_or(HIDDEN_TILE));
+        let mut branch = self.attach(bin, look, place)?;
         branch.shown = Some(signals);
         branch.decoded = Some(decoded);
         self.videos.insert(who, branch);
@@ -106,6 +161,11 @@ impl Tiles {
         }
     }
 
+    /// Forgets everything of `who` (their branches are removed by the calls above).
+    pub fn forget(&mut self, who: ParticipantId) {
+        self.names.remove(&who);
+    }
+
     pub fn camera_signals(&self, who: ParticipantId) -> Option<&Arc<InputSignals>> {
         self.videos.get(&who)?.shown.as_ref()
     }
@@ -114,13 +174,14 @@ impl Tiles {
         self.compositor.sink_pads().len()
     }
 
-    /// Moves each participant's tiles (camera and placeholder) to its rectangle of the nominal
-    /// frame. A camera's session hears of its tile's nominal size (what the sender is asked for).
-    pub fn apply_layout(&mut self, tiles: &[(ParticipantId, Rect)]) {
-        self.layout = tiles.to_vec();
-        for (who, rect) in tiles {
-            if let Some(signals) = self.camera_signals(*who) {
-                signals.show_in(*rect);
+    /// Moves each participant's tiles (camera and placeholder) to their place in `arrangement`,
+    /// on the nominal frame, all from the same composite frame on. A camera's session hears of its
+    /// tile's nominal size (what the sender is asked for).
+    pub fn apply_layout(&mut self, arrangement: &Arrangement) {
+        self.arrangement = arrangement.clone();
+        for (who, branch) in &self.videos {
+            if let Some(signals) = &branch.shown {
+                signals.show_in(arrangement.tile_of(*who).unwrap_or(HIDDEN_TILE));
             }
         }
         self.place_all();
@@ -136,9 +197,10 @@ impl Tiles {
     /// recording); returns the new size and bitrate when it changed.
     pub fn refresh_canvas(&mut self, pinned: bool, now: Instant) -> Option<(u32, u32, u32)> {
         let contents: Vec<(Rect, TileContent)> = self
-            .layout
+            .arrangement
+            .tiles
             .iter()
-            .map(|(who, rect)| (*rect, self.content(*who)))
+            .map(|t| (t.rect, self.content(t.who)))
             .collect();
         self.output.decide(&contents, pinned, now)?;
         self.place_all();
@@ -163,19 +225,92 @@ impl Tiles {
         }
     }
 
+    /// How one of `who`'s branches is drawn now: its look (size in canvas pixels, fit, label)
+    /// and its pad's place.
+    fn look_of(&self, who: ParticipantId, layer: Layer) -> (TileLook, PadPlace) {
+        let Some(tile) = self.arrangement.tiles.iter().find(|t| t.who == who) else {
+            let zorder = match layer {
+                Layer::Placeholder => video::placeholder_zorder(0),
+                Layer::Camera => video::camera_zorder(0),
+            };
+            return (
+                TileLook::sized(HIDDEN_TILE.width, HIDDEN_TILE.height),
+                hidden_place(zorder),
+            );
+        };
+        let scaled = self.output.scale(tile.rect);
+        let named = self.names.get(&who);
+        let label = |always: bool| {
+            named
+                .filter(|_| always || self.labels)
+                .map(|n| video::label_for(&n.name, n.muted, scaled.width, scaled.height))
+        };
+        let (look, zorder) = match layer {
+            Layer::Placeholder => (
+                TileLook {
+                    width: scaled.width,
+                    height: scaled.height,
+                    fit: tile.fit,
+                    // The placeholder always names who it stands for.
+                    label: label(true),
+                },
+                video::placeholder_zorder(tile.z),
+            ),
+            Layer::Camera => (
+                TileLook {
+                    width: scaled.width,
+                    height: scaled.height,
+                    fit: tile.fit,
+                    label: label(false),
+                },
+                video::camera_zorder(tile.z),
+            ),
+        };
+        let place = PadPlace {
+            rect: scaled,
+            zorder,
+            visible: true,
+        };
+        (look, place)
+    }
+
     /// Every tile at its place on the canvas now: each branch scales to its new size from its
     /// next frame, and the compositor moves the pads between two frames (output.rs).
     fn place_all(&self) {
         let mut pads = Vec::new();
-        for (who, rect) in &self.layout {
-            let scaled = self.output.scale(*rect);
-            for branch in [self.placeholders.get(who), self.videos.get(who)]
-                .into_iter()
-                .flatten()
-            {
-                branch.size.ask(scaled.width, scaled.height);
-                pads.push((branch.pad.clone(), scaled));
-            }
+        for (who, branch) in &self.placeholders {
+            let (look, place) = self.look_of(*who, Layer::Placeholder);
+            branch.size.ask(look);
+            pads.push((branch.pad.clone(), place));
+        }
+        for (who, branch) in &self.videos {
+            let (look, place) = self.look_of(*who, Layer::Camera);
+            branch.size.ask(look);
+            pads.push((branch.pad.clone(), place));
+        }
+        if let Some(outline) = &self.outline {
+            let z = |who| {
+                self.arrangement
+                    .tiles
+                    .iter()
+                    .find(|t| t.who == who)
+                    .map_or(0, |t| t.z)
+            };
+            let place = match self.arrangement.outline {
+                Some((who, ring)) => {
+                    let scaled = self.output.scale(ring);
+                    outline
+                        .size
+                        .ask(TileLook::sized(scaled.width, scaled.height));
+                    PadPlace {
+                        rect: scaled,
+                        zorder: video::outline_zorder(z(who)),
+                        visible: true,
+                    }
+                }
+                None => hidden_place(video::outline_zorder(0)),
+            };
+            pads.push((outline.pad.clone(), place));
         }
         self.output.place(pads);
         self.stillness.changed(AFTER_CHANGE);
@@ -200,7 +335,7 @@ impl Tiles {
         self.output.scale(rect)
     }
 
-    fn attach(&self, bin: gst::Bin, tile: Rect, zorder: u32) -> Result<TileBranch> {
+    fn attach(&self, bin: gst::Bin, look: TileLook, place: PadPlace) -> Result<TileBranch> {
         let name = bin.name();
         align_test_sources(&self.pipeline, &bin);
         self.pipeline
@@ -213,13 +348,13 @@ impl Tiles {
                 .compositor
                 .request_pad_simple("sink_%u")
                 .context("compositor gave no sink pad")?;
-            pad.set_property("zorder", zorder);
+            pad.set_property("zorder", place.zorder);
             if let Err(e) = link_to_compositor(&src, &pad) {
                 self.compositor.release_request_pad(&pad);
                 anyhow::bail!("linking {name} to the compositor: {e:?}");
             }
             // A new pad has no frame yet: it can be placed from here.
-            video::place(&size, &pad, self.output.scale(tile));
+            video::place(&size, &pad, look, place);
             bin.sync_state_with_parent()
                 .with_context(|| format!("starting {name}"))?;
             Ok(TileBranch {
@@ -252,6 +387,20 @@ impl Tiles {
         self.compositor.release_request_pad(&branch.pad);
         let _ = self.pipeline.remove(&branch.bin);
         self.stillness.changed(AFTER_CHANGE);
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Layer {
+    Placeholder,
+    Camera,
+}
+
+fn hidden_place(zorder: u32) -> PadPlace {
+    PadPlace {
+        rect: HIDDEN_TILE,
+        zorder,
+        visible: false,
     }
 }
 

@@ -14,11 +14,23 @@ use super::{pipelines, PipelineEvent, INPUT_QUEUE_MAX};
 use crate::codec::VideoCodec;
 use crate::ids::ParticipantId;
 use crate::layout::Rect;
+use crate::protocol::layout::Fit;
 
-/// The background is pad 0 at zorder 0; placeholders sit above it and cameras above those, so a
-/// camera covers its placeholder the moment it shows anything.
-pub const PLACEHOLDER_ZORDER: u32 = 1;
-pub const VIDEO_ZORDER: u32 = 2;
+/// The compositor's layers: the background is pad 0 at zorder 0; each tile of layout layer `z`
+/// has three above it, the speaker's outline, then the placeholder, then the camera, so a camera
+/// covers its placeholder the moment it shows anything and a corner picture (a higher `z`) covers
+/// all of the tile it sits on.
+pub fn outline_zorder(z: u32) -> u32 {
+    1 + 3 * z
+}
+
+pub fn placeholder_zorder(z: u32) -> u32 {
+    2 + 3 * z
+}
+
+pub fn camera_zorder(z: u32) -> u32 {
+    3 + 3 * z
+}
 
 /// Camera branches' `tile_caps` filters alive in this process, in every room. Each tile holds
 /// one while it lives; one more per join that outlives its leave is a leak (its pad probe once
@@ -52,31 +64,38 @@ impl InputSignals {
     }
 }
 
-pub fn placeholder_bin(who: ParticipantId, name: &str, tile: Rect, fps: u32) -> Result<gst::Bin> {
-    let bin = pipelines::PLACEHOLDER.bin(
+/// A participant's tile until their first frame is decoded (or for good, without a camera): a
+/// dark tile with their name, which the tile's look sets (`TileLook::label`).
+pub fn placeholder_bin(who: ParticipantId, fps: u32) -> Result<gst::Bin> {
+    pipelines::PLACEHOLDER.bin(
+        &[
+            ("fps", fps.to_string()),
+            ("tile_width", HIDDEN_SIDE.to_string()),
+            ("tile_height", HIDDEN_SIDE.to_string()),
+        ],
+        &format!("placeholder-{who}"),
+    )
+}
+
+/// The frame drawn around the active speaker's tile (pipelines/outline.txt).
+pub fn outline_bin(tile: Rect, fps: u32) -> Result<gst::Bin> {
+    pipelines::OUTLINE.bin(
         &[
             ("fps", fps.to_string()),
             ("tile_width", tile.width.to_string()),
             ("tile_height", tile.height.to_string()),
         ],
-        &format!("placeholder-{who}"),
-    )?;
-    let label = bin
-        .by_name("label")
-        .context("pipelines/placeholder.txt has no element named label")?;
-    // Set as a property, never spliced into the description: a name is user input. textoverlay
-    // reads Pango markup, so "<b>" or "&" in a name must be escaped to be shown as typed.
-    label.set_property("text", gst::glib::markup_escape_text(name).as_str());
-    Ok(bin)
+        "speaker-outline",
+    )
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The size a branch is built at, before its look (applied with its first frame) sizes it.
+const HIDDEN_SIDE: u32 = 16;
+
 pub fn input_bin(
     who: ParticipantId,
     codec: VideoCodec,
     payload_type: u8,
-    tile: Rect,
-    scaled: Rect,
     signals: Arc<InputSignals>,
     events: mpsc::UnboundedSender<PipelineEvent>,
 ) -> Result<(gst::Bin, gst_app::AppSrc)> {
@@ -87,8 +106,8 @@ pub fn input_bin(
     let bin = template.bin(
         &[
             ("queue_max_ns", INPUT_QUEUE_MAX.as_nanos().to_string()),
-            ("tile_width", scaled.width.to_string()),
-            ("tile_height", scaled.height.to_string()),
+            ("tile_width", HIDDEN_SIDE.to_string()),
+            ("tile_height", HIDDEN_SIDE.to_string()),
         ],
         &format!("video-{who}"),
     )?;
@@ -114,7 +133,6 @@ pub fn input_bin(
     let depay_sink = depay
         .static_pad("sink")
         .context("depayloader has no sink pad")?;
-    signals.show_in(tile);
     let keyframes = signals.clone();
     depay
         .static_pad("src")
@@ -163,28 +181,155 @@ pub fn input_bin(
     Ok((bin, appsrc))
 }
 
-/// A tile branch's frame size, asked for by the room and applied by the branch's own streaming
-/// thread. Setting the `tile_caps` filter from the room's thread races the branch's negotiation:
-/// its source (videotestsrc, or the videoscale before the filter) may query the old size, the
-/// filter change to the new one, and the caps it then sends be refused — `not-negotiated`, and
-/// the branch dies. Applied from a probe just before the filter, the change lands between two
-/// frames of the same thread, and the next frame is negotiated at the new size.
+/// How a tile branch draws its frames: their size, how the picture fills it, and the name label
+/// over it. Every field is applied together, between two frames.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TileLook {
+    pub width: u32,
+    pub height: u32,
+    pub fit: Fit,
+    /// None: no label (or the branch has none).
+    pub label: Option<Label>,
+}
+
+impl TileLook {
+    pub fn sized(width: u32, height: u32) -> Self {
+        TileLook {
+            width,
+            height,
+            fit: Fit::Letterbox,
+            label: None,
+        }
+    }
+}
+
+/// A name label: Pango markup (escaped) and its font size in pixels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Label {
+    pub markup: String,
+    pub font_px: u32,
+}
+
+/// The smallest and largest label font: 10 px is still legible on a 160×90 thumbnail; 28 px is
+/// large on a full frame without hiding a face.
+const LABEL_MIN_PX: u32 = 10;
+const LABEL_MAX_PX: u32 = 28;
+/// The font is a fourteenth of the tile's height between those: one line of text in a strip
+/// thumbnail covers the bottom ninth of it.
+const LABEL_PX_PER_HEIGHT: u32 = 14;
+/// Average glyph width as a share of the font size in DejaVu/Noto Sans: how many characters of a
+/// name fit across a tile before it is cut with an ellipsis.
+const GLYPH_WIDTH_SHARE: f64 = 0.62;
+
+/// The label for `name` on a tile `width`×`height` pixels large: escaped (a name is user input;
+/// textoverlay reads Pango markup, so "<b>" or "&" are shown as typed), shortened to fit one line,
+/// with a red "muted" after it when the participant's audio is muted.
+pub fn label_for(name: &str, muted: bool, width: u32, height: u32) -> Label {
+    let font_px = (height / LABEL_PX_PER_HEIGHT).clamp(LABEL_MIN_PX, LABEL_MAX_PX);
+    let suffix = if muted { " \u{b7} muted" } else { "" };
+    let room = f64::from(width.saturating_sub(font_px)) / (f64::from(font_px) * GLYPH_WIDTH_SHARE);
+    let fits = (room as usize)
+        .saturating_sub(suffix.chars().count())
+        .max(1);
+    let shown: String = if name.chars().count() > fits {
+        name.chars()
+            .take(fits.saturating_sub(1))
+            .chain(std::iter::once('\u{2026}'))
+            .collect()
+    } else {
+        name.to_string()
+    };
+    let mut markup = gst::glib::markup_escape_text(&shown).to_string();
+    if muted {
+        markup.push_str(" <span foreground=\"#ff8a80\">\u{b7} muted</span>");
+    }
+    Label { markup, font_px }
+}
+
+/// A tile branch's look, asked for by the room and applied by the branch's own streaming thread.
+/// Setting the `tile_caps` filter from the room's thread races the branch's negotiation: its
+/// source (videotestsrc, or the videoscale before the filter) may query the old size, the filter
+/// change to the new one, and the caps it then sends be refused — `not-negotiated`, and the branch
+/// dies. Applied from a probe just before the filter, the change lands between two frames of the
+/// same thread, and the next frame is negotiated at the new size. The crop before the scaler and
+/// the label after the filter change in the same probe, so one frame never shows a new size with
+/// the old crop.
 #[derive(Clone)]
 pub struct TileSize {
-    wanted: Arc<std::sync::Mutex<Option<(u32, u32)>>>,
+    wanted: Arc<std::sync::Mutex<Option<TileLook>>>,
+}
+
+/// The branch's elements a look changes, held weakly: the probe lives on the filter's own pad,
+/// so strong references would keep the branch alive for ever once it is removed.
+struct LookElements {
+    caps_filter: gst::glib::WeakRef<gst::Element>,
+    crop: Option<gst::glib::WeakRef<gst::Element>>,
+    label: Option<gst::glib::WeakRef<gst::Element>>,
+}
+
+impl LookElements {
+    fn apply(&self, look: &TileLook, before: Option<&TileLook>) {
+        let Some(caps_filter) = self.caps_filter.upgrade() else {
+            return;
+        };
+        resize_filter(&caps_filter, look.width, look.height);
+        let changed = |f: &dyn Fn(&TileLook) -> bool| before.is_none_or(f);
+        if let Some(crop) = self.crop.as_ref().and_then(|c| c.upgrade()) {
+            if changed(&|b| (b.width, b.height, b.fit) != (look.width, look.height, look.fit)) {
+                // aspectratiocrop cuts its input to this shape (0/1: not at all) and recomputes
+                // its crop at once when the input's caps are known.
+                let ratio = match look.fit {
+                    Fit::Crop if look.height > 0 => {
+                        gst::Fraction::new(look.width as i32, look.height as i32)
+                    }
+                    _ => gst::Fraction::new(0, 1),
+                };
+                crop.set_property("aspect-ratio", ratio);
+            }
+        }
+        if let Some(label) = self.label.as_ref().and_then(|l| l.upgrade()) {
+            if changed(&|b| b.label != look.label) {
+                match &look.label {
+                    Some(l) => {
+                        let pad = (l.font_px / 2) as i32;
+                        label.set_property("font-desc", format!("Sans Bold {}px", l.font_px));
+                        label.set_property("xpad", pad);
+                        label.set_property("ypad", pad);
+                        label.set_property("text", l.markup.as_str());
+                    }
+                    None => label.set_property("text", ""),
+                }
+            }
+        }
+    }
 }
 
 impl TileSize {
-    /// Watches the branch's `tile_caps` filter; sizes asked for later are applied by the probe.
+    /// Watches the branch's `tile_caps` filter (and its `crop` and `label`, if it has them);
+    /// looks asked for later are applied by the probe.
     pub fn follow(bin: &gst::Bin) -> Result<Self> {
         let caps_filter = bin
             .by_name("tile_caps")
             .with_context(|| format!("{} has no element named tile_caps", bin.name()))?;
-        Self::follow_filter(caps_filter)
+        let elements = LookElements {
+            caps_filter: caps_filter.downgrade(),
+            crop: bin.by_name("crop").map(|c| c.downgrade()),
+            label: bin.by_name("label").map(|l| l.downgrade()),
+        };
+        Self::follow_elements(&caps_filter, elements)
     }
 
     /// Watches `caps_filter`, which a source of its own feeds (a tile's, or the background's).
     pub fn follow_filter(caps_filter: gst::Element) -> Result<Self> {
+        let elements = LookElements {
+            caps_filter: caps_filter.downgrade(),
+            crop: None,
+            label: None,
+        };
+        Self::follow_elements(&caps_filter, elements)
+    }
+
+    fn follow_elements(caps_filter: &gst::Element, elements: LookElements) -> Result<Self> {
         let sink = caps_filter
             .static_pad("sink")
             .context("tile_caps has no sink pad")?;
@@ -192,15 +337,16 @@ impl TileSize {
             wanted: Arc::default(),
         };
         let wanted = size.wanted.clone();
-        // Weak: the probe lives on the filter's own pad, so a strong reference would keep the
-        // filter (and its branch) alive for ever once the branch is removed.
-        let caps_filter = caps_filter.downgrade();
+        // Only this branch's streaming thread touches it.
+        let applied: std::sync::Mutex<Option<TileLook>> = std::sync::Mutex::new(None);
         sink.add_probe(
             gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
             move |_, _| {
                 let next = wanted.lock().unwrap_or_else(|e| e.into_inner()).take();
-                if let (Some((width, height)), Some(caps_filter)) = (next, caps_filter.upgrade()) {
-                    resize_filter(&caps_filter, width, height);
+                if let Some(look) = next {
+                    let mut applied = applied.lock().unwrap_or_else(|e| e.into_inner());
+                    elements.apply(&look, applied.as_ref());
+                    *applied = Some(look);
                 }
                 gst::PadProbeReturn::Ok
             },
@@ -208,8 +354,8 @@ impl TileSize {
         Ok(size)
     }
 
-    pub fn ask(&self, width: u32, height: u32) {
-        *self.wanted.lock().unwrap_or_else(|e| e.into_inner()) = Some((width, height));
+    pub fn ask(&self, look: TileLook) {
+        *self.wanted.lock().unwrap_or_else(|e| e.into_inner()) = Some(look);
     }
 }
 
@@ -229,13 +375,21 @@ pub(super) fn resize_filter(caps_filter: &gst::Element, width: u32, height: u32)
     }
 }
 
-/// Puts a tile branch at `rect`: the branch scales (and letterboxes) to the tile size itself, from
-/// its next frame on, and the compositor pad positions it. The pad's size is set too, so the
-/// frames still on their way at the old size are scaled to fit instead of overlapping a neighbour
-/// (the compositor scales only when a frame's size differs from its pad's).
-pub fn place(size: &TileSize, pad: &gst::Pad, rect: Rect) {
-    size.ask(rect.width, rect.height);
-    set_pad_rect(pad, rect);
+/// Where the compositor draws a pad's frames, at what size, in which layer, and whether at all.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PadPlace {
+    pub rect: Rect,
+    pub zorder: u32,
+    pub visible: bool,
+}
+
+/// Puts a tile branch at `place`: the branch scales (and crops or letterboxes) to the tile size
+/// itself, from its next frame on, and the compositor pad positions it. The pad's size is set too,
+/// so the frames still on their way at the old size are scaled to fit instead of overlapping a
+/// neighbour (the compositor scales only when a frame's size differs from its pad's).
+pub fn place(size: &TileSize, pad: &gst::Pad, look: TileLook, place: PadPlace) {
+    size.ask(look);
+    set_pad_place(pad, place);
 }
 
 /// Where the compositor draws the pad's frames, and at what size.
@@ -244,6 +398,16 @@ pub(super) fn set_pad_rect(pad: &gst::Pad, rect: Rect) {
     pad.set_property("ypos", rect.y as i32);
     pad.set_property("width", rect.width as i32);
     pad.set_property("height", rect.height as i32);
+}
+
+/// As `set_pad_rect`, with the layer and visibility: a hidden tile keeps its branch (so showing
+/// it again is instant) and the compositor skips it (alpha 0 is never blended).
+pub(super) fn set_pad_place(pad: &gst::Pad, place: PadPlace) {
+    set_pad_rect(pad, place.rect);
+    if pad.property::<u32>("zorder") != place.zorder {
+        pad.set_property("zorder", place.zorder);
+    }
+    pad.set_property("alpha", if place.visible { 1.0f64 } else { 0.0 });
 }
 
 /// Pushes one marshalled RTP packet into an input branch; GStreamer wraps the bytes, no copy.

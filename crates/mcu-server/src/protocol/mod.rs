@@ -4,6 +4,7 @@
 //! the server can all be checked against this one definition. docs/protocol.md shows one example
 //! of each message.
 
+pub mod layout;
 pub mod sharing;
 
 use serde::{Deserialize, Serialize};
@@ -64,6 +65,12 @@ pub enum ClientMessage {
     },
     /// Asks for a shared file's bytes, which arrive as binary frames.
     FileGet { file_id: u32 },
+    /// Switch the room's layout (if the join allowed it: see `joined.can_set_layout`). The body
+    /// is the admin API's: `{"layout": "speaker"}`, `{"layout": "pin", "participant_id": "p2"}`…
+    SetLayout(layout::LayoutRequest),
+    /// The participant muted (or unmuted) their own microphone: their label says so, and they
+    /// are never taken for the active speaker meanwhile.
+    SelfMute { muted: bool },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,6 +109,9 @@ pub enum ServerMessage {
         /// The largest file this server accepts for sharing, in bytes.
         #[serde(default)]
         max_file_size: u64,
+        /// Whether this participant may switch the room's layout (`set_layout`).
+        #[serde(default)]
+        can_set_layout: bool,
     },
     /// The server's answer to the client's offer.
     Answer {
@@ -118,6 +128,10 @@ pub enum ServerMessage {
     },
     /// Where each participant is drawn in the composite; sent on join and after every change.
     Layout(Layout),
+    /// The room's active speaker changed (the loudest talker, with hysteresis).
+    ActiveSpeaker {
+        participant_id: String,
+    },
     /// Which tier of the composite this participant now receives: 0 is the top (full size);
     /// higher tiers are the same picture, smaller, for a link that cannot carry the top one.
     /// Sent when it changes (everyone starts on the top tier).
@@ -134,10 +148,13 @@ pub enum ServerMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         message: Option<String>,
     },
-    /// A moderator took this participant's audio out of the mix (or put it back).
+    /// A moderator took this participant's audio out of the mix (or put it back); with
+    /// `by_self`, the participant muted their own microphone.
     ParticipantMuted {
         participant_id: String,
         muted: bool,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        by_self: bool,
     },
     /// You were removed from the room (by a moderator, or because the room was closed); the
     /// server closes the socket next. Do not reconnect on your own.
@@ -215,8 +232,12 @@ pub struct IceServer {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Layout {
+    /// Which layout is on: grid, speaker, pin, pip, custom, or a name from the server's file.
+    #[serde(default)]
+    pub layout: String,
     pub width: u32,
     pub height: u32,
+    /// Everyone drawn, in joining order (participants a layout hides are not listed).
     pub tiles: Vec<Tile>,
 }
 
@@ -228,6 +249,10 @@ pub struct Tile {
     pub y: u32,
     pub width: u32,
     pub height: u32,
+    /// Tiles with a higher z are drawn over those with a lower one (a picture-in-picture's
+    /// corner); a click lands on the highest tile under it.
+    #[serde(default)]
+    pub z: u32,
 }
 
 /// Why the server refused a message. Clients branch on these, so they are part of the protocol.
@@ -261,6 +286,9 @@ pub enum ErrorCode {
     FileTooLarge,
     /// No file with that id is shared in this room (or it is not ready yet).
     UnknownFile,
+    /// A layout that cannot be drawn (unknown name, a region outside the frame, someone not in
+    /// the room…); the message says what is wrong.
+    BadLayout,
     /// A camera declared a picture larger than the server decodes (1920×1080, either way up);
     /// its frames are dropped until a keyframe of an accepted size.
     VideoTooLarge,

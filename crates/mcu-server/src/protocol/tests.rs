@@ -104,6 +104,7 @@ fn server_messages_serialise_with_snake_case_tags() {
         serde_json::json!({"type":"error","code":"out_of_order","message":"join first"})
     );
     let json = serde_json::to_value(ServerMessage::Layout(Layout {
+        layout: "speaker".into(),
         width: 1280,
         height: 720,
         tiles: vec![Tile {
@@ -112,11 +113,21 @@ fn server_messages_serialise_with_snake_case_tags() {
             y: 0,
             width: 1280,
             height: 720,
+            z: 0,
         }],
     }))
     .unwrap();
     assert_eq!(json["type"], "layout");
+    assert_eq!(json["layout"], "speaker");
     assert_eq!(json["tiles"][0]["participant_id"], "p1");
+    let json = serde_json::to_value(ServerMessage::ActiveSpeaker {
+        participant_id: "p2".into(),
+    })
+    .unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({"type":"active_speaker","participant_id":"p2"})
+    );
     let json = serde_json::to_value(ServerMessage::ParticipantLeft {
         participant_id: "p2".into(),
     })
@@ -145,6 +156,7 @@ fn every_server_message_round_trips() {
             can_record: true,
             recording: false,
             max_file_size: 50_000_000,
+            can_set_layout: true,
         },
         ServerMessage::Chat(Box::new(ChatEntry {
             id: 7,
@@ -190,6 +202,15 @@ fn every_server_message_round_trips() {
         ServerMessage::ParticipantMuted {
             participant_id: "p2".into(),
             muted: true,
+            by_self: false,
+        },
+        ServerMessage::ParticipantMuted {
+            participant_id: "p3".into(),
+            muted: true,
+            by_self: true,
+        },
+        ServerMessage::ActiveSpeaker {
+            participant_id: "p3".into(),
         },
         ServerMessage::Removed {
             reason: "removed by a moderator".into(),
@@ -208,6 +229,40 @@ fn every_server_message_round_trips() {
         let text = serde_json::to_string(&m).unwrap();
         let back: ServerMessage = serde_json::from_str(&text).unwrap();
         assert_eq!(back, m);
+    }
+}
+
+#[test]
+fn layout_requests_read_from_the_documented_json() {
+    let message =
+        parse_client_message(r#"{"type":"set_layout","layout":"pin","participant_id":"p2"}"#)
+            .unwrap();
+    assert_eq!(
+        message,
+        ClientMessage::SetLayout(super::layout::LayoutRequest {
+            layout: "pin".into(),
+            participant_id: Some("p2".into()),
+            ..Default::default()
+        })
+    );
+    let custom = r#"{"type":"set_layout","layout":"custom","regions":[
+        {"x":0,"y":0,"width":0.5,"height":1,"seat":"speaker"},
+        {"x":0.5,"y":0,"width":0.5,"height":1,"seat":1,"z":2,"fit":"letterbox"}]}"#;
+    let ClientMessage::SetLayout(request) = parse_client_message(custom).unwrap() else {
+        panic!("not a set_layout");
+    };
+    let regions = request.regions.unwrap();
+    assert_eq!(regions[1].seat, super::layout::SeatRequest::Other(1));
+    assert_eq!(
+        parse_client_message(r#"{"type":"self_mute","muted":true}"#).unwrap(),
+        ClientMessage::SelfMute { muted: true }
+    );
+    for bad in [
+        r#"{"type":"set_layout"}"#,
+        r#"{"type":"set_layout","layout":"grid","speaker":"p1"}"#,
+        r#"{"type":"set_layout","layout":"custom","regions":{}}"#,
+    ] {
+        assert!(parse_client_message(bad).is_err(), "{bad}");
     }
 }
 

@@ -34,6 +34,9 @@ pub enum RoomError {
     File(#[from] FileRefusal),
     #[error("no file {0} is ready in this room")]
     UnknownFile(u32),
+    /// A layout request that cannot be drawn; the text says why.
+    #[error("layout refused: {0}")]
+    Layout(#[from] crate::layout::LayoutError),
 }
 
 impl RoomError {
@@ -47,6 +50,7 @@ impl RoomError {
             RoomError::AlreadyRecording | RoomError::NotRecording => ErrorCode::Conflict,
             RoomError::File(refusal) => refusal.code(),
             RoomError::UnknownFile(_) => ErrorCode::UnknownFile,
+            RoomError::Layout(_) => ErrorCode::BadLayout,
             RoomError::Closed | RoomError::Media(_) | RoomError::RecordingFailed(_) => {
                 ErrorCode::Internal
             }

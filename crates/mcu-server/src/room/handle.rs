@@ -13,6 +13,7 @@ use crate::codec::VideoCodec;
 use crate::config::Tier;
 use crate::ids::{ParticipantId, RoomId};
 use crate::media::{FeedReader, InputHandle, InputSignals, PipelineStats};
+use crate::protocol::layout::LayoutRequest;
 use crate::protocol::{Layout, ParticipantInfo, ServerMessage};
 use crate::recordings::RecordingInfo;
 
@@ -96,6 +97,16 @@ pub(super) enum RoomCommand {
         muted: bool,
         reply: Reply<()>,
     },
+    /// Switches the room's layout (the request is checked there: `Layout` says what is wrong).
+    SetLayout {
+        request: LayoutRequest,
+        reply: Reply<Layout>,
+    },
+    /// The participant muted (or unmuted) their own microphone.
+    SelfMute {
+        who: ParticipantId,
+        muted: bool,
+    },
     /// Ends the room: everyone is removed, the recording is finished.
     Close {
         reason: String,
@@ -117,6 +128,8 @@ impl RoomCommand {
             RoomCommand::StopRecording { .. } => "stop_recording",
             RoomCommand::Remove { .. } => "remove",
             RoomCommand::Mute { .. } => "mute",
+            RoomCommand::SetLayout { .. } => "set_layout",
+            RoomCommand::SelfMute { .. } => "self_mute",
             RoomCommand::Close { .. } => "close",
         }
     }
@@ -148,9 +161,11 @@ impl RoomCommand {
             RoomCommand::Remove { reply, .. } | RoomCommand::Mute { reply, .. } => {
                 drop(reply.send(Err(RoomError::Closed)))
             }
+            RoomCommand::SetLayout { reply, .. } => drop(reply.send(Err(RoomError::Closed))),
             RoomCommand::Leave { .. }
             | RoomCommand::RequestKeyframe { .. }
             | RoomCommand::Link { .. }
+            | RoomCommand::SelfMute { .. }
             | RoomCommand::Close { .. } => {}
         }
     }
@@ -176,6 +191,8 @@ pub struct RoomSnapshot {
     pub codec: VideoCodec,
     pub participants: Vec<ParticipantView>,
     pub layout: Layout,
+    /// The active speaker, once someone has spoken.
+    pub active_speaker: Option<String>,
     /// The recording being written now, if any.
     pub recording: Option<RecordingInfo>,
     pub pipeline: PipelineStats,
@@ -332,6 +349,17 @@ impl RoomHandle {
     pub async fn mute(&self, who: ParticipantId, muted: bool) -> Result<(), RoomError> {
         self.ask(|reply| RoomCommand::Mute { who, muted, reply })
             .await
+    }
+
+    /// Switches the room's layout; answers the layout now drawn, or why the request was refused.
+    pub async fn set_layout(&self, request: LayoutRequest) -> Result<Layout, RoomError> {
+        self.ask(|reply| RoomCommand::SetLayout { request, reply })
+            .await
+    }
+
+    /// Never waits: a label a moment late is harmless, a stuck session is not.
+    pub fn self_mute(&self, who: ParticipantId, muted: bool) {
+        let _ = self.commands.try_send(RoomCommand::SelfMute { who, muted });
     }
 
     /// Asks the room to close; `closed` waits until it has.

@@ -12,6 +12,7 @@ pub mod keyframe;
 mod recording;
 pub mod registry;
 mod sharing;
+mod stage;
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -24,12 +25,12 @@ use tracing::Instrument;
 use crate::codec::VideoCodec;
 use crate::config::ServerConfig;
 use crate::ids::{ParticipantId, RoomId};
-use crate::layout::{self, Rect};
 use crate::load::{Governor, Second};
 use crate::media::{
     FeedReader, FrameCounts, InputHandle, InputSignals, PipelineEvent, RoomPipeline,
 };
-use crate::protocol::{ErrorCode, Layout, ParticipantInfo, RecordingState, ServerMessage, Tile};
+use crate::protocol::layout::LayoutRequest;
+use crate::protocol::{ErrorCode, Layout, ParticipantInfo, RecordingState, ServerMessage};
 use crate::recordings::{RecordingInfo, RecordingStore};
 pub use error::RoomError;
 use handle::RoomCommand;
@@ -39,6 +40,7 @@ use recording::{Recording, StopReply};
 use registry::Registry;
 pub use sharing::{Download, Upload};
 use sharing::{FileLimits, Membership, SharingTask};
+use stage::Stage;
 
 /// Commands queued for one room. Sessions wait at most this long for room answers, so a stuck
 /// room cannot hang a WebSocket forever.
@@ -58,7 +60,10 @@ struct Participant {
     name: String,
     events: mpsc::Sender<ServerMessage>,
     removed: Option<oneshot::Sender<String>>,
+    /// Muted by a moderator: out of every mix.
     muted: bool,
+    /// Muted by themselves (their client sends silence).
+    self_muted: bool,
     /// What its session last said of its link.
     link: Option<LinkView>,
 }
@@ -70,6 +75,8 @@ struct Room {
     pipeline: RoomPipeline,
     /// In join order, which is also tile order.
     participants: Vec<Participant>,
+    /// The layout, the active speaker, and where they put everyone.
+    stage: Stage,
     next_id: u64,
     /// One per tier: a tier's viewers share its keyframes.
     throttles: Vec<KeyframeThrottle>,
@@ -127,6 +134,13 @@ pub(crate) fn spawn(
         }
     };
     let tier_count = pipeline.tier_count();
+    let stage = Stage::new(
+        config.layout.clone(),
+        config.layouts.clone(),
+        pipeline.levels(),
+        config.media.width,
+        config.media.height,
+    );
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
     let limits = FileLimits {
         max_file: config.max_file_size,
@@ -139,6 +153,7 @@ pub(crate) fn spawn(
         codec,
         pipeline,
         participants: Vec::new(),
+        stage,
         next_id: 1,
         throttles: (0..tier_count)
             .map(|_| KeyframeThrottle::new(DEFAULT_MIN_KEYFRAME_INTERVAL))
@@ -172,6 +187,8 @@ impl Room {
         }
         let mut close_reason = None;
         let mut tier_check = tokio::time::interval(TIER_CHECK);
+        let mut speaker_tick = tokio::time::interval(crate::speaker::TICK);
+        speaker_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             let keyframe_due = self.throttles.iter().filter_map(|t| t.pending_at()).min();
             tokio::select! {
@@ -184,6 +201,7 @@ impl Room {
                         self.pipeline.refresh_canvas(now);
                     });
                 }
+                _ = speaker_tick.tick() => self.decide_speaker(),
                 command = commands.recv() => {
                     let Some(command) = command else { break };
                     let started = Instant::now();
@@ -296,6 +314,10 @@ impl Room {
             RoomCommand::Mute { who, muted, reply } => {
                 let _ = reply.send(self.mute(who, muted));
             }
+            RoomCommand::SelfMute { who, muted } => self.self_mute(who, muted),
+            RoomCommand::SetLayout { request, reply } => {
+                let _ = reply.send(self.set_layout(&request));
+            }
             // Handled by the run loop, which ends the room.
             RoomCommand::Close { .. } => {}
         }
@@ -333,12 +355,11 @@ impl Room {
             events,
             removed: Some(removed),
             muted: false,
+            self_muted: false,
             link: None,
         });
-        let tile = self
-            .tile_of(id)
-            .expect("the participant was just pushed, so it has a tile");
-        if let Err(e) = self.pipeline.add_placeholder(id, &name, tile) {
+        self.stage.join(id);
+        if let Err(e) = self.pipeline.add_placeholder(id, &name) {
             // A missing placeholder only costs the dark tile; the call works without it.
             tracing::warn!(participant = %id, "no placeholder: {e:#}");
         }
@@ -364,14 +385,16 @@ impl Room {
         kind: TrackKind,
         signals: Arc<InputSignals>,
     ) -> Result<InputHandle, RoomError> {
-        let tile = self.tile_of(who).ok_or(RoomError::NotHere(who))?;
+        if !self.participants.iter().any(|p| p.id == who) {
+            return Err(RoomError::NotHere(who));
+        }
         let added = match kind {
             TrackKind::Video {
                 codec,
                 payload_type,
             } => self
                 .pipeline
-                .add_video_input(who, codec, payload_type, tile, signals),
+                .add_video_input(who, codec, payload_type, signals),
             TrackKind::Audio { payload_type } => self.pipeline.add_audio_input(who, payload_type),
         };
         let input = added.map_err(|e| RoomError::Media(format!("{e:#}")))?;
@@ -385,6 +408,7 @@ impl Room {
         };
         self.participants.remove(index);
         self.pipeline.remove_participant(who);
+        self.stage.leave(who);
         let _ = self.sharing.members.send(Membership::Left { who });
         self.broadcast(ServerMessage::ParticipantLeft {
             participant_id: who.to_string(),
@@ -417,12 +441,62 @@ impl Room {
         let p = self.participant(who)?;
         p.muted = muted;
         self.pipeline.set_muted(who, muted);
+        self.show_muted(who);
         tracing::info!(participant = %who, muted, "server-side mute");
         self.broadcast(ServerMessage::ParticipantMuted {
             participant_id: who.to_string(),
             muted,
+            by_self: false,
         });
         Ok(())
+    }
+
+    fn self_mute(&mut self, who: ParticipantId, muted: bool) {
+        let Ok(p) = self.participant(who) else {
+            return;
+        };
+        if p.self_muted == muted {
+            return;
+        }
+        p.self_muted = muted;
+        self.show_muted(who);
+        self.broadcast(ServerMessage::ParticipantMuted {
+            participant_id: who.to_string(),
+            muted,
+            by_self: true,
+        });
+    }
+
+    /// The label and the speaker decision follow either mute.
+    fn show_muted(&mut self, who: ParticipantId) {
+        let Some(p) = self.participants.iter().find(|p| p.id == who) else {
+            return;
+        };
+        let muted = p.muted || p.self_muted;
+        self.pipeline.show_muted(who, muted);
+        self.stage.set_muted(who, muted);
+    }
+
+    fn set_layout(&mut self, request: &LayoutRequest) -> Result<Layout, RoomError> {
+        self.stage.set_layout(request)?;
+        tracing::info!(layout = %self.stage.message().layout, "layout switched");
+        self.relayout();
+        Ok(self.stage.message())
+    }
+
+    /// Asks the stage whether the active speaker changed; tells everyone, and redraws when that
+    /// moves tiles.
+    fn decide_speaker(&mut self) {
+        let Some(change) = self.stage.tick(std::time::Instant::now()) else {
+            return;
+        };
+        tracing::debug!(speaker = %change.speaker, "active speaker");
+        self.broadcast(ServerMessage::ActiveSpeaker {
+            participant_id: change.speaker.to_string(),
+        });
+        if change.arrangement.is_some() {
+            off_async_workers(|| self.relayout());
+        }
     }
 
     fn request_keyframe(&mut self, tier: usize) {
@@ -502,43 +576,9 @@ impl Room {
         }
     }
 
-    fn tiles(&self) -> Vec<(ParticipantId, Rect)> {
-        let m = &self.config.media;
-        self.participants
-            .iter()
-            .map(|p| p.id)
-            .zip(layout::grid(self.participants.len(), m.width, m.height))
-            .collect()
-    }
-
-    fn tile_of(&self, who: ParticipantId) -> Option<Rect> {
-        self.tiles()
-            .into_iter()
-            .find(|(p, _)| *p == who)
-            .map(|(_, r)| r)
-    }
-
-    fn layout_message(&self, tiles: &[(ParticipantId, Rect)]) -> Layout {
-        Layout {
-            width: self.config.media.width,
-            height: self.config.media.height,
-            tiles: tiles
-                .iter()
-                .map(|(p, r)| Tile {
-                    participant_id: p.to_string(),
-                    x: r.x,
-                    y: r.y,
-                    width: r.width,
-                    height: r.height,
-                })
-                .collect(),
-        }
-    }
-
     fn relayout(&mut self) {
-        let tiles = self.tiles();
-        self.pipeline.apply_layout(&tiles);
-        let message = ServerMessage::Layout(self.layout_message(&tiles));
+        self.pipeline.apply_layout(self.stage.arrangement());
+        let message = ServerMessage::Layout(self.stage.message());
         self.broadcast(message);
     }
 
@@ -614,7 +654,8 @@ impl Room {
                     link: p.link.clone(),
                 })
                 .collect(),
-            layout: self.layout_message(&self.tiles()),
+            layout: self.stage.message(),
+            active_speaker: self.stage.speaker().map(|s| s.to_string()),
             recording: self.recording.view(),
             pipeline: self.pipeline.stats(),
         }

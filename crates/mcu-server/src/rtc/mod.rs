@@ -23,11 +23,13 @@ use webrtc::interceptor::registry::Registry;
 use webrtc::peer_connection::configuration::RTCConfiguration;
 use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::rtp_transceiver::rtp_codec::{
-    RTCRtpCodecCapability, RTCRtpCodecParameters, RTPCodecType,
+    RTCRtpCodecCapability, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RTPCodecType,
 };
 use webrtc::rtp_transceiver::RTCPFeedback;
+use webrtc::sdp::extmap::AUDIO_LEVEL_URI;
 use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
 use webrtc::track::track_local::{TrackLocal, TrackLocalWriter};
+use webrtc::track::track_remote::TrackRemote;
 
 mod resend;
 
@@ -101,6 +103,28 @@ pub fn video_codec_of(mime_type: &str) -> Option<VideoCodec> {
 
 pub fn is_opus(mime_type: &str) -> bool {
     mime_type.eq_ignore_ascii_case(MIME_TYPE_OPUS)
+}
+
+/// The id under which `track`'s packets carry their RFC 6464 audio level, when the client
+/// negotiated it.
+pub fn audio_level_id(track: &TrackRemote) -> Option<u8> {
+    track
+        .params()
+        .header_extensions
+        .iter()
+        .find(|h| h.uri == AUDIO_LEVEL_URI)
+        .and_then(|h| u8::try_from(h.id).ok())
+}
+
+/// The audio level a packet carries under extension `id` (0–127, -dBov: 0 is the loudest), if
+/// it carries a well-formed one.
+pub fn audio_level(packet: &webrtc::rtp::packet::Packet, id: u8) -> Option<u8> {
+    use webrtc::rtp::extension::audio_level_extension::AudioLevelExtension;
+    use webrtc::util::Unmarshal;
+    let mut raw = packet.header.get_extension(id)?;
+    AudioLevelExtension::unmarshal(&mut raw)
+        .ok()
+        .map(|e| e.level)
 }
 
 /// True when an SDP candidate line's address is a loopback address. A participant on the
@@ -194,6 +218,17 @@ impl RtcFactory {
                 )
                 .context("registering a codec")?;
         }
+        // Browsers stamp each audio packet with its level (RFC 6464) when the answer carries the
+        // extension: the active speaker is then decided on the client's own measurement.
+        media
+            .register_header_extension(
+                RTCRtpHeaderExtensionCapability {
+                    uri: AUDIO_LEVEL_URI.to_string(),
+                },
+                RTPCodecType::Audio,
+                None,
+            )
+            .context("registering the audio level header extension")?;
         let interceptors = interceptors(&mut media).context("registering interceptors")?;
         let mut settings = SettingEngine::default();
         // Loopback candidates let a participant on the same host connect (tests, a local demo).

@@ -130,14 +130,23 @@ async fn cap_sender(
 /// Packets read from a camera's track waiting for the pump: a few frames' worth.
 const CAMERA_READ_QUEUE: usize = 64;
 
-/// Moves one incoming track's RTP packets into its pipeline branch until either side ends.
-async fn pump(track: Arc<TrackRemote>, input: InputHandle, activity: Arc<Activity>) {
+/// Moves a microphone's RTP packets into its pipeline branch until either side ends; the level
+/// the client stamps on them (RFC 6464, extension `level_id`) goes to the speaker decision.
+async fn pump(
+    track: Arc<TrackRemote>,
+    input: InputHandle,
+    activity: Arc<Activity>,
+    level_id: Option<u8>,
+) {
     loop {
         let packet = match track.read_rtp().await {
             Ok((packet, _)) => packet,
             Err(_) => break,
         };
         activity.touch();
+        if let Some(level) = level_id.and_then(|id| rtc::audio_level(&packet, id)) {
+            input.stamped_level(level);
+        }
         let Ok(bytes) = packet.marshal() else {
             continue;
         };
@@ -378,7 +387,8 @@ impl Session {
             self.spawn(request_keyframes(pc.clone(), track.ssrc(), signals.clone()));
             self.spawn(cap_sender(pc, track.ssrc(), signals));
         } else {
-            self.spawn(pump(track.clone(), input, self.activity.clone()));
+            let level_id = rtc::audio_level_id(&track);
+            self.spawn(pump(track.clone(), input, self.activity.clone(), level_id));
         }
         Ok(())
     }

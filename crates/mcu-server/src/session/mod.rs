@@ -30,9 +30,10 @@ use warp::ws::WebSocket;
 use webrtc::peer_connection::RTCPeerConnection;
 
 use crate::admission::{ClientKey, ConnectionSlot};
-use crate::auth::Secret;
+use crate::auth::{Grants, Secret};
 use crate::ids::{ParticipantId, RoomId};
 use crate::log_limit::limited_info;
+use crate::protocol::layout::LayoutRequest;
 use crate::protocol::{
     parse_client_message, validate_display_name, ErrorCode, RecordAction, ServerMessage,
     CLOSE_MESSAGE_TOO_BIG, MAX_MESSAGE_BYTES,
@@ -96,8 +97,9 @@ struct Membership {
     room: RoomHandle,
     id: ParticipantId,
     pc: Arc<RTCPeerConnection>,
-    /// Granted by the join token (or by an open server): may start and stop the recording.
-    can_record: bool,
+    /// Granted by the join token (or by an open server): may start and stop the recording, may
+    /// switch the layout.
+    grants: Grants,
     /// Tells the task that writes this viewer's composite what the viewer reported.
     viewer: mpsc::Sender<viewer::Feedback>,
 }
@@ -308,6 +310,12 @@ impl Session {
             Action::EndOfCandidates | Action::Buffered | Action::Ignored => {}
             Action::Leave => return Ok(false),
             Action::Record(action) => self.record(action).await,
+            Action::SetLayout(request) => self.set_layout(request).await,
+            Action::SelfMute(muted) => {
+                if let Some(member) = &self.member {
+                    member.room.self_mute(member.id, muted);
+                }
+            }
             Action::Share(share) => self.share(share, Transport::WebSocket).await,
             Action::Reply(m) => self.reply(m).await,
         }
@@ -315,10 +323,18 @@ impl Session {
     }
 
     /// With a JWT secret configured, the token decides: the name it carries, and whether its
-    /// holder may record. Without one, rooms are open and anyone may record.
-    fn admit(&self, name: String, token: Option<Secret>) -> Result<(String, bool), ServerMessage> {
+    /// holder may record or switch the layout. Without one, rooms are open and anyone may.
+    fn admit(
+        &self,
+        name: String,
+        token: Option<Secret>,
+    ) -> Result<(String, Grants), ServerMessage> {
         let Some(secret) = &self.ctx.registry.config().jwt_secret else {
-            return Ok((name, true));
+            let open = Grants {
+                record: true,
+                layout: true,
+            };
+            return Ok((name, open));
         };
         let refuse = |e: crate::auth::TokenError| {
             limited_info!("join refused: {e}");
@@ -333,7 +349,11 @@ impl Session {
                 format!("the token's display name {e}"),
             )
         })?;
-        Ok((name, claims.record))
+        let grants = Grants {
+            record: claims.record,
+            layout: claims.layout,
+        };
+        Ok((name, grants))
     }
 
     async fn join(
@@ -342,7 +362,7 @@ impl Session {
         token: Option<Secret>,
         peer_tx: &mpsc::Sender<PeerEvent>,
     ) -> Result<()> {
-        let (name, can_record) = match self.admit(name, token) {
+        let (name, grants) = match self.admit(name, token) {
             Ok(admitted) => admitted,
             Err(refusal) => {
                 self.reply(refusal).await;
@@ -378,7 +398,7 @@ impl Session {
             room: room.clone(),
             id,
             pc: pc.clone(),
-            can_record,
+            grants,
             viewer: feedback.clone(),
         });
         self.signalling.joined();
@@ -447,9 +467,10 @@ impl Session {
             room: self.room.to_string(),
             participants: joined.participants,
             ice_servers: self.ctx.rtc.ice_servers().to_vec(),
-            can_record,
+            can_record: grants.record,
             recording: joined.recording,
             max_file_size: self.ctx.registry.config().max_file_size,
+            can_set_layout: grants.layout,
         })
         .await;
         tracing::info!(codec = ?joined.video_codec, "session joined");
@@ -463,7 +484,7 @@ impl Session {
 
     async fn record(&mut self, action: RecordAction) {
         let Some(member) = &self.member else { return };
-        if !member.can_record {
+        if !member.grants.record {
             self.reply(ServerMessage::error(
                 ErrorCode::Forbidden,
                 "your join token does not allow recording",
@@ -477,6 +498,22 @@ impl Session {
         };
         // Success is announced to the whole room by the room itself.
         if let Err(e) = result {
+            self.reply(e.to_message()).await;
+        }
+    }
+
+    async fn set_layout(&mut self, request: LayoutRequest) {
+        let Some(member) = &self.member else { return };
+        if !member.grants.layout {
+            self.reply(ServerMessage::error(
+                ErrorCode::Forbidden,
+                "your join token does not allow switching the layout",
+            ))
+            .await;
+            return;
+        }
+        // Success is announced to the whole room (a `layout` message).
+        if let Err(e) = member.room.set_layout(request).await {
             self.reply(e.to_message()).await;
         }
     }

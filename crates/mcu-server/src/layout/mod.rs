@@ -1,5 +1,13 @@
-//! The automatic grid: where each participant is drawn in the composite. Pure arithmetic, recomputed
-//! on every join and leave. A leaf: it imports nothing from the rest of the server.
+//! Where each participant is drawn in the composite: the automatic grid (here), the layouts a room
+//! can switch to (`spec`: what was asked for, checked) and the placement of everyone under one of
+//! them (`arrange`). Pure arithmetic, recomputed on every join, leave, layout change and change of
+//! speaker. A leaf: it knows participant ids and the protocol's layout types, nothing else.
+
+mod arrange;
+pub mod spec;
+
+pub use arrange::{arrange, Arrangement, Placement};
+pub use spec::{LayoutError, LayoutSpec, NamedLayouts};
 
 /// A rectangle in composite pixels. Every coordinate and size is even, because I420 stores colour
 /// at half resolution: an odd edge would smear the colour of one tile into its neighbour.
