@@ -179,6 +179,8 @@ function renderPeople(people) {
       const li = document.createElement("li");
       let text = p.self ? `${p.name} (you)` : p.name;
       if (p.muted) text += " — muted by a moderator";
+      else if (p.selfMuted) text += " — muted";
+      if (p.speaking) text += " — speaking";
       li.textContent = text; // text, never HTML
       return li;
     }),
@@ -296,6 +298,10 @@ class Call {
         for (const p of message.participants) this.people.set(p.id, { name: p.name });
         renderPeople(this.people);
         $("record-button").hidden = !message.can_record;
+        this.canSetLayout = Boolean(message.can_set_layout);
+        $("layout-control").hidden = !this.canSetLayout;
+        // A rejoin after a drop: the room must hear again that our microphone is off.
+        if ($("mic-button").getAttribute("aria-pressed") === "true") this.send({ type: "self_mute", muted: true });
         this.recording = Boolean(message.recording);
         setRecording(this.recording);
         await this.negotiate(message.ice_servers);
@@ -316,7 +322,12 @@ class Call {
         break;
       case "layout":
         this.layout = message;
+        showLayout(message.layout);
         await this.fitToTile();
+        break;
+      case "active_speaker":
+        for (const [id, person] of this.people) person.speaking = id === message.participant_id;
+        renderPeople(this.people);
         break;
       case "video_tier":
         this.tier = message;
@@ -331,9 +342,10 @@ class Call {
         break;
       case "participant_muted": {
         const person = this.people.get(message.participant_id);
-        if (person) person.muted = message.muted;
+        if (person && message.by_self) person.selfMuted = message.muted;
+        else if (person) person.muted = message.muted;
         renderPeople(this.people);
-        if (message.participant_id === this.id) {
+        if (message.participant_id === this.id && !message.by_self) {
           setNotice(message.muted ? "A moderator muted you: the room cannot hear you." : "");
         }
         break;
@@ -350,7 +362,7 @@ class Call {
         if (["room_full", "server_full", "invalid_room_name", "unauthorized", "invalid_display_name"].includes(message.code)) {
           this.closed = true;
           setStatus(message.message, "failed");
-        } else if (["forbidden", "conflict", "video_too_large"].includes(message.code)) {
+        } else if (["forbidden", "conflict", "video_too_large", "bad_layout"].includes(message.code)) {
           setNotice(message.message);
         }
         break;
@@ -478,6 +490,34 @@ class Call {
   }
 }
 
+// Which layout the room is on, in the menu (a named layout from the server's file shows as custom).
+function showLayout(name) {
+  const select = $("layout-select");
+  const known = [...select.options].some((o) => o.value === name);
+  select.value = known ? name : "custom";
+}
+
+// The participant drawn at a click on the composite: the video element letterboxes the picture
+// into its box, and the layout's tiles are on the composite's nominal frame; the highest tile wins
+// where tiles overlap (a picture-in-picture's corner).
+function tileAt(video, layout, clientX, clientY) {
+  if (!layout || !video.videoWidth) return null;
+  const box = video.getBoundingClientRect();
+  const scale = Math.min(box.width / video.videoWidth, box.height / video.videoHeight);
+  const shownWidth = video.videoWidth * scale;
+  const shownHeight = video.videoHeight * scale;
+  const x = (clientX - box.left - (box.width - shownWidth) / 2) / shownWidth;
+  const y = (clientY - box.top - (box.height - shownHeight) / 2) / shownHeight;
+  if (x < 0 || y < 0 || x > 1 || y > 1) return null;
+  const px = x * layout.width;
+  const py = y * layout.height;
+  const under = layout.tiles.filter(
+    (t) => px >= t.x && px < t.x + t.width && py >= t.y && py < t.y + t.height,
+  );
+  under.sort((a, b) => (b.z ?? 0) - (a.z ?? 0));
+  return under[0]?.participant_id ?? null;
+}
+
 function startCall(room, name) {
   show("call");
   call = new Call(room, name);
@@ -491,6 +531,20 @@ function setupCallControls() {
     for (const t of localStream.getAudioTracks()) t.enabled = !muted;
     event.currentTarget.setAttribute("aria-pressed", String(muted));
     event.currentTarget.textContent = muted ? "Unmute" : "Mute";
+    // The room shows it on our tile, and never takes our silence for someone talking.
+    call?.send({ type: "self_mute", muted });
+  });
+  $("layout-select").addEventListener("change", (event) => {
+    call?.send({ type: "set_layout", layout: event.currentTarget.value });
+  });
+  // Clicking someone's tile pins them large; clicking the one pinned goes back to the speaker.
+  $("composite").addEventListener("click", (event) => {
+    if (!call?.canSetLayout) return;
+    const who = tileAt(event.currentTarget, call.layout, event.clientX, event.clientY);
+    if (!who) return;
+    const pinnedNow = call.layout?.layout === "pin" && call.pinned === who;
+    call.pinned = pinnedNow ? null : who;
+    call.send(pinnedNow ? { type: "set_layout", layout: "speaker" } : { type: "set_layout", layout: "pin", participant_id: who });
   });
   $("camera-button").addEventListener("click", (event) => {
     const off = event.currentTarget.getAttribute("aria-pressed") !== "true";

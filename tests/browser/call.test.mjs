@@ -83,6 +83,51 @@ test("two browsers see both colours, hear each other, and one leaving leaves one
   }
 });
 
+test("each tile carries its name, and a click on a tile pins that participant large", async () => {
+  const server = await startServer();
+  const red = await launchBrowser(fakeMedia("red", RED, 440));
+  const blue = await launchBrowser(fakeMedia("blue", BLUE, 660));
+  try {
+    const a = await joinRoom(red, server.url, "labels", "Red");
+    const b = await joinRoom(blue, server.url, "labels", "Blue");
+    await decoding(a, "red", 1280);
+    await showsTiles(a, [RED, BLUE], "labels-grid.png");
+    // Each 640×720 tile: its camera's colour at the centre, its name (white on a dark box) at
+    // the bottom left, where the camera alone is red or blue too.
+    const labelled = await waitFor("a label at the bottom left of each tile", SETTLE_MS, async () => {
+      const l = await layout(a);
+      const shot = await compositeShot(a, "labels-names.png");
+      const checks = l.tiles.map((t, i) => {
+        const colour = [RED, BLUE][i];
+        const centre = colourAt(shot, l.width, l.height, t.x + t.width / 2, t.y + t.height / 2);
+        const label = colourAt(shot, l.width, l.height, t.x + 40, t.y + t.height - 28);
+        return { centre, label, ok: near(centre, colour) && !near(label, colour) };
+      });
+      return checks.every((c) => c.ok) ? checks : null;
+    });
+    console.log(`labels: ${JSON.stringify(labelled)}`);
+    // Red clicks Blue's tile (the right half): Blue is pinned large above a strip.
+    const box = await a.locator("#composite").boundingBox();
+    await a.mouse.click(box.x + box.width * 0.75, box.y + box.height / 2);
+    const pinned = await waitFor("the pin layout in both pages", SETTLE_MS, async () => {
+      const [la, lb] = [await layout(a), await layout(b)];
+      return la?.layout === "pin" && lb?.layout === "pin" ? la : null;
+    });
+    const big = pinned.tiles.reduce((x, y) => (x.width * x.height >= y.width * y.height ? x : y));
+    assert.equal(big.participant_id, "p2", `Blue (p2) is the large tile: ${JSON.stringify(pinned)}`);
+    await waitFor("Blue's colour in the large region", SETTLE_MS, async () => {
+      const shot = await compositeShot(a, "labels-pinned.png");
+      const seen = colourAt(shot, pinned.width, pinned.height, big.x + big.width / 2, big.y + big.height / 2);
+      return near(seen, BLUE) ? seen : null;
+    });
+    assert.equal(await a.locator("#layout-select").inputValue(), "pin");
+  } finally {
+    await red.close();
+    await blue.close();
+    await server.stop();
+  }
+});
+
 test("a browser and a synthetic participant see each other", async () => {
   const server = await startServer();
   const red = await launchBrowser(fakeMedia("red", RED, 440));
