@@ -17,6 +17,7 @@ use mcu_server::media::pipelines;
 const PROVIDERS: &[(&str, &str, &str)] = &[
     ("appsink", "app", "gstreamer1.0-plugins-base"),
     ("appsrc", "app", "gstreamer1.0-plugins-base"),
+    ("aspectratiocrop", "videocrop", "gstreamer1.0-plugins-good"),
     ("audioconvert", "audioconvert", "gstreamer1.0-plugins-base"),
     (
         "audioresample",

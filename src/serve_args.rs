@@ -10,6 +10,14 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use mcu_server::codec::VideoCodec;
 use mcu_server::config::{self, MediaConfig, ServerConfig};
+use mcu_server::protocol::layout::Fit;
+
+/// `--fit`, as clap reads it (the protocol's `Fit` stays free of CLI concerns).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum FitArg {
+    Crop,
+    Letterbox,
+}
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -49,6 +57,10 @@ pub struct ServeArgs {
     /// (docs/api.md), which --layout, set_layout and the admin API can name.
     #[arg(long, env = "MCU_LAYOUTS")]
     layouts: Option<PathBuf>,
+    /// How pictures fill tiles of another shape when a layout does not say: crop (scaled to fill,
+    /// the edges cut, faces centred) or letterbox (whole, with bars).
+    #[arg(long, env = "MCU_FIT", value_enum, default_value_t = FitArg::Crop)]
+    fit: FitArg,
     /// Name labels on camera tiles (and a muted mark); false draws none.
     #[arg(long, env = "MCU_LABELS", default_value_t = true, action = clap::ArgAction::Set)]
     labels: bool,
@@ -249,6 +261,10 @@ pub fn server_config(args: ServeArgs) -> Result<ServerConfig> {
         }
         None => mcu_server::layout::NamedLayouts::default(),
     };
+    let layouts = layouts.with_default_fit(match args.fit {
+        FitArg::Crop => Fit::Crop,
+        FitArg::Letterbox => Fit::Letterbox,
+    });
     let layout = layouts
         .resolve(&mcu_server::protocol::layout::LayoutRequest {
             layout: args.layout.clone(),

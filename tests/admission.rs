@@ -91,7 +91,7 @@ async fn a_flood_from_one_address_is_refused_while_another_room_keeps_streaming(
     // happens to its frames next is the flood's doing.
     server
         .wait_for_room("canary", SETTLE, |room| {
-            room["pipeline"]["canvas_width"] == 640 && room["pipeline"]["compositor_pads"] == 3
+            room["pipeline"]["canvas_width"] == 640 && room["pipeline"]["compositor_pads"] == 4
         })
         .await;
     common::settle(&canary, "the canary room").await;
@@ -386,7 +386,7 @@ async fn a_hundred_joins_and_leaves_leave_nothing_behind() {
     common::init();
     let server = Server::start("cycles", &[]);
     let mut crowd = common::crowd_of(&server, "cycles", 1).await;
-    let settled = |room: &serde_json::Value| room["pipeline"]["compositor_pads"] == 2;
+    let settled = |room: &serde_json::Value| room["pipeline"]["compositor_pads"] == 3;
     let mut baseline = None;
     for cycle in 0..100 {
         crowd.join(VideoCodec::Vp8).await.expect("join");

@@ -77,7 +77,7 @@ fn doctor_passes_here_and_names_the_package_of_each_missing_element() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(
         text.contains(
-            "MISSING  textoverlay, needed by pipelines/placeholder.txt: install gstreamer1.0-x"
+            "MISSING  textoverlay, needed by pipelines/placeholder.txt, pipelines/video-input-h264.txt, pipelines/video-input-vp8.txt: install gstreamer1.0-x"
         ),
         "{text}"
     );

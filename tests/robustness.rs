@@ -221,9 +221,9 @@ async fn a_vanished_participant_is_removed_within_the_timeout_and_its_resources_
     let deadline = Instant::now() + SETTLE;
     let together = loop {
         let room = server.room("vanish").await.expect("the room exists");
-        // Both decoded (placeholders gone): background + two video pads.
+        // Both decoded (placeholders gone): background, the speaker outline and two video pads.
         if room["participants"].as_array().map(Vec::len) == Some(2)
-            && room["pipeline"]["compositor_pads"] == 3
+            && room["pipeline"]["compositor_pads"] == 4
             && room["pipeline"]["mix_voices"] == 2
         {
             break room;

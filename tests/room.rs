@@ -53,7 +53,10 @@ async fn four_participants_find_every_colour_in_its_quadrant_and_a_leaver_frees_
         .iter()
         .map(|t| (t.x + t.width / 2, t.y + t.height / 2))
         .collect();
-    assert_eq!(quadrants, vec![(320, 180), (960, 180), (320, 540), (960, 540)]);
+    assert_eq!(
+        quadrants,
+        vec![(320, 180), (960, 180), (320, 540), (960, 540)]
+    );
     let ids: Vec<&str> = crowd.members.iter().map(|p| p.id()).collect();
     let tile_owners: Vec<&str> = layout
         .tiles
@@ -190,7 +193,10 @@ async fn two_sit_side_by_side_cropped_to_fill_or_letterboxed_and_a_cameraless_pa
         .collect();
     // The tiles may be inset by the active speaker's outline (4 px).
     assert!(
-        matches!(tiles.as_slice(), [(0 | 4, 0 | 4, _, _), (640 | 644, 0 | 4, _, _)]),
+        matches!(
+            tiles.as_slice(),
+            [(0 | 4, 0 | 4, _, _), (640 | 644, 0 | 4, _, _)]
+        ),
         "{tiles:?}"
     );
     let camera = crowd.members[0].id().to_string();
@@ -223,7 +229,12 @@ async fn two_sit_side_by_side_cropped_to_fill_or_letterboxed_and_a_cameraless_pa
             br#"{"layout":"grid","fit":"letterbox"}"#.to_vec(),
         )
         .await;
-    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
     wait_for("letterbox bars above the camera", SETTLE, || {
         (share_at_top(analysis::BAR_COLOUR) >= 0.8).then_some(())
     })

@@ -180,8 +180,10 @@ function renderPeople(people) {
       let text = p.self ? `${p.name} (you)` : p.name;
       if (p.muted) text += " — muted by a moderator";
       else if (p.selfMuted) text += " — muted";
-      if (p.speaking) text += " — speaking";
       li.textContent = text; // text, never HTML
+      // Marked by the style sheet (and for screen readers), not in the name's text.
+      li.classList.toggle("speaking", Boolean(p.speaking));
+      if (p.speaking) li.setAttribute("aria-description", "speaking");
       return li;
     }),
   );
@@ -326,6 +328,7 @@ class Call {
         await this.fitToTile();
         break;
       case "active_speaker":
+        this.activeSpeaker = message.participant_id;
         for (const [id, person] of this.people) person.speaking = id === message.participant_id;
         renderPeople(this.people);
         break;

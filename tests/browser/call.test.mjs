@@ -106,6 +106,11 @@ test("each tile carries its name, and a click on a tile pins that participant la
       return checks.every((c) => c.ok) ? checks : null;
     });
     console.log(`labels: ${JSON.stringify(labelled)}`);
+    // The server asks for the level each audio packet carries (RFC 6464), and the page hears who
+    // speaks (both fake microphones play a steady tone: the first heard takes the floor).
+    const answer = await a.evaluate(() => window.mcu.call.pc.remoteDescription.sdp);
+    assert.match(answer, /a=extmap:\d+ urn:ietf:params:rtp-hdrext:ssrc-audio-level/);
+    await waitFor("an active speaker", SETTLE_MS, () => a.evaluate(() => window.mcu.call.activeSpeaker ?? null));
     // Red clicks Blue's tile (the right half): Blue is pinned large above a strip.
     const box = await a.locator("#composite").boundingBox();
     await a.mouse.click(box.x + box.width * 0.75, box.y + box.height / 2);

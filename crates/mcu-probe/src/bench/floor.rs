@@ -80,15 +80,13 @@ pub async fn run(
             .iter()
             .map(|&index| ParticipantId(index as u64 + 1))
             .collect();
-        // The server's default layout (a grid, pictures cropped to fill their tiles), placed
-        // before the inputs arrive, as a room places everyone on joining.
-        let arrangement = layout::arrange(
-            &layout::LayoutSpec::default(),
-            &people,
-            None,
-            config.width,
-            config.height,
-        );
+        // The layout the bench's server draws (a grid, pictures letterboxed: see server.rs),
+        // placed before the inputs arrive, as a room places everyone on joining.
+        let grid = layout::LayoutSpec {
+            fit: mcu_server::protocol::layout::Fit::Letterbox,
+            ..layout::LayoutSpec::default()
+        };
+        let arrangement = layout::arrange(&grid, &people, None, config.width, config.height);
         room.apply_layout(&arrangement);
         for (&index, &who) in members.iter().zip(&people) {
             let signals = Arc::new(InputSignals::default());

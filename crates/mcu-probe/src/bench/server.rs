@@ -48,6 +48,12 @@ impl OwnServer {
                 "0",
                 "--max-new-rooms-per-address",
                 "0",
+                // The bench reads a frame code drawn over the whole of each sender's picture:
+                // cropped to fill a tile of another shape (two side by side, 640×720), its
+                // edge cells would be cut and the tile unreadable. Letterboxed it stays whole;
+                // a 16:9 tile (a 4×4 grid's) is the same either way.
+                "--fit",
+                "letterbox",
             ])
             .env("MCU_RECORDINGS_DIR", scratch.join("recordings"))
             .stdout(Stdio::piped())

@@ -162,6 +162,8 @@ pub enum LayoutError {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct NamedLayouts {
     layouts: BTreeMap<String, LayoutSpec>,
+    /// The fit of a request that names none (`--fit`; crop by default).
+    default_fit: Fit,
 }
 
 impl NamedLayouts {
@@ -172,13 +174,20 @@ impl NamedLayouts {
         let mut named = NamedLayouts::default();
         for (name, request) in file.layouts {
             check_name(&name).map_err(|e| e.to_string())?;
-            let mut spec = resolve_builtin(&request, &name).map_err(|e| format!("{name}: {e}"))?;
+            let mut spec = resolve_builtin(&request, &name, Fit::default())
+                .map_err(|e| format!("{name}: {e}"))?;
             if let Kind::Custom { name: n, .. } = &mut spec.kind {
                 *n = name.clone();
             }
             named.layouts.insert(name, spec);
         }
         Ok(named)
+    }
+
+    /// From now on a request that names no fit gets `fit` (the file's layouts keep their own).
+    pub fn with_default_fit(mut self, fit: Fit) -> Self {
+        self.default_fit = fit;
+        self
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -194,7 +203,7 @@ impl NamedLayouts {
             }
             return Ok(spec);
         }
-        resolve_builtin(request, "custom").map_err(|e| match e {
+        resolve_builtin(request, "custom", self.default_fit).map_err(|e| match e {
             LayoutError::Unknown(name, _) => LayoutError::Unknown(name, self.listed()),
             other => other,
         })
@@ -230,7 +239,11 @@ fn participant(text: &str) -> Result<ParticipantId, LayoutError> {
         .map_err(|_| LayoutError::BadParticipant(text.to_string()))
 }
 
-fn resolve_builtin(request: &LayoutRequest, custom_name: &str) -> Result<LayoutSpec, LayoutError> {
+fn resolve_builtin(
+    request: &LayoutRequest,
+    custom_name: &str,
+    default_fit: Fit,
+) -> Result<LayoutSpec, LayoutError> {
     let unused = |field, layout| Err(LayoutError::Unused { field, layout });
     let layout = request.layout.as_str();
     let kind = match layout {
@@ -292,7 +305,7 @@ fn resolve_builtin(request: &LayoutRequest, custom_name: &str) -> Result<LayoutS
     };
     Ok(LayoutSpec {
         kind,
-        fit: request.fit.unwrap_or_default(),
+        fit: request.fit.unwrap_or(default_fit),
     })
 }
 

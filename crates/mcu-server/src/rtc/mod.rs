@@ -471,3 +471,35 @@ pub async fn answer(pc: &RTCPeerConnection, offer_sdp: String) -> Result<String>
         .context("applying our answer")?;
     Ok(answer.sdp)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use webrtc::rtp::header::Header;
+    use webrtc::rtp::packet::Packet;
+
+    fn packet_with_level(id: u8, level: u8, voice: bool) -> Packet {
+        let mut header = Header {
+            extension: true,
+            // RFC 8285's one-byte header extensions, as browsers send the audio level.
+            extension_profile: 0xBEDE,
+            ..Default::default()
+        };
+        let byte = if voice { 0x80 | level } else { level };
+        header
+            .set_extension(id, Bytes::copy_from_slice(&[byte]))
+            .expect("a one-byte extension");
+        Packet {
+            header,
+            payload: Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn an_audio_level_is_read_from_its_negotiated_extension_only() {
+        assert_eq!(audio_level(&packet_with_level(1, 30, true), 1), Some(30));
+        assert_eq!(audio_level(&packet_with_level(1, 127, false), 1), Some(127));
+        assert_eq!(audio_level(&packet_with_level(1, 30, true), 3), None);
+        assert_eq!(audio_level(&Packet::default(), 1), None);
+    }
+}
