@@ -465,3 +465,97 @@ async fn only_a_token_that_allows_it_may_record_from_the_call() {
     let room = server.request("GET", "/api/v1/rooms/rec", &[]).await.json();
     assert_eq!(room["recording"]["status"], "recording");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_layout_from_the_file_opens_rooms_and_only_a_token_that_allows_it_switches() {
+    common::init();
+    let file = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("layouts-test.json");
+    std::fs::write(
+        &file,
+        r#"{"layouts": {"stage+2": {"layout": "custom", "regions": [
+            {"x": 0, "y": 0, "width": 0.75, "height": 1, "seat": "speaker"},
+            {"x": 0.75, "y": 0, "width": 0.25, "height": 0.5, "seat": 1},
+            {"x": 0.75, "y": 0.5, "width": 0.25, "height": 0.5, "seat": 2}]}}}"#,
+    )
+    .expect("writing the layouts file");
+    let path = file.to_str().expect("a UTF-8 path");
+    let server = Server::start(
+        "admin-jwt-layout",
+        &[
+            "--jwt-secret",
+            JWT_SECRET,
+            "--layouts",
+            path,
+            "--layout",
+            "stage+2",
+        ],
+    );
+    let secret = Secret::new(JWT_SECRET);
+    let (now, ttl) = (SystemTime::now(), Duration::from_secs(600));
+    let mint = |name: &str, layout: bool| {
+        let grants = mcu_server::auth::Grants {
+            record: false,
+            layout,
+        };
+        mcu_server::auth::mint_with(&secret, "deck", name, grants, ttl, now).expect("minting")
+    };
+    let guest = join_with_token(&server, "deck", Some(&mint("Guest", false)))
+        .await
+        .expect("joins");
+    let host = join_with_token(&server, "deck", Some(&mint("Host", true)))
+        .await
+        .expect("joins");
+    // The room opened on the file's layout: the first to join (the speaker before anyone
+    // speaks) in the large region.
+    let opened = wait_for("the file's layout", SETTLE, || {
+        guest.members[0]
+            .observe()
+            .layout
+            .filter(|l| l.tiles.len() == 2)
+    })
+    .await;
+    assert_eq!(opened.layout, "stage+2");
+    let speaker_tile = &opened.tiles[0];
+    assert_eq!((speaker_tile.width, speaker_tile.height), (960, 720));
+
+    let speaker = r#"{"type":"set_layout","layout":"speaker"}"#.to_string();
+    assert!(guest.members[0].send_raw(speaker.clone()).await);
+    wait_for("the guest's refusal", SETTLE, || {
+        guest.members[0]
+            .observe()
+            .errors
+            .iter()
+            .any(|e| e.contains("Forbidden") && e.contains("layout"))
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        server.room("deck").await.expect("the room")["layout"]["layout"],
+        "stage+2"
+    );
+    assert!(host.members[0].send_raw(speaker).await);
+    wait_for("everyone to be told of the speaker layout", SETTLE, || {
+        [&guest, &host]
+            .iter()
+            .all(|c| {
+                c.members[0]
+                    .observe()
+                    .layout
+                    .is_some_and(|l| l.layout == "speaker")
+            })
+            .then_some(())
+    })
+    .await;
+    // A bad request from the host is refused with its reason, not forbidden.
+    let bad = r#"{"type":"set_layout","layout":"pin","participant_id":"p9"}"#.to_string();
+    assert!(host.members[0].send_raw(bad).await);
+    wait_for("the host's bad_layout", SETTLE, || {
+        host.members[0]
+            .observe()
+            .errors
+            .iter()
+            .any(|e| e.contains("BadLayout") && e.contains("p9 is not in this room"))
+            .then_some(())
+    })
+    .await;
+}
