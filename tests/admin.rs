@@ -558,4 +558,22 @@ async fn a_named_layout_from_the_file_opens_rooms_and_only_a_token_that_allows_i
             .then_some(())
     })
     .await;
+    // A flood of switches is cut to one a second (after a burst of four): each would redraw
+    // everyone's picture.
+    for i in 0..8 {
+        let layout = if i % 2 == 0 { "grid" } else { "speaker" };
+        let switch = format!(r#"{{"type":"set_layout","layout":"{layout}"}}"#);
+        assert!(host.members[0].send_raw(switch).await);
+    }
+    wait_for("the host's flood to be rate-limited", SETTLE, || {
+        let heard = host.members[0].heard();
+        let refusals = mcu_probe::heard::lock(&heard.sharing).errors.clone();
+        refusals
+            .iter()
+            .any(|(code, message)| {
+                *code == mcu_server::protocol::ErrorCode::RateLimited && message.contains("layout")
+            })
+            .then_some(())
+    })
+    .await;
 }

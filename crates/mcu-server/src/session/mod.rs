@@ -38,6 +38,7 @@ use crate::protocol::{
     parse_client_message, validate_display_name, ErrorCode, RecordAction, ServerMessage,
     CLOSE_MESSAGE_TOO_BIG, MAX_MESSAGE_BYTES,
 };
+use crate::rate::RateLimit;
 use crate::room::registry::Registry;
 use crate::room::{RoomHandle, EVENT_QUEUE};
 use crate::rtc::{OutboundTrack, RtcFactory};
@@ -102,7 +103,15 @@ struct Membership {
     grants: Grants,
     /// Tells the task that writes this viewer's composite what the viewer reported.
     viewer: mpsc::Sender<viewer::Feedback>,
+    /// Layout switches and self-mutes: each redraws or relabels the picture everyone sees.
+    room_changes: RateLimit,
 }
+
+/// A participant may change what the whole room sees (a layout, their mute mark) this many times
+/// at once, and once a second after that: enough to click through the layout menu, while a client
+/// that floods `set_layout` cannot make everyone's picture flicker or keep the room busy.
+const ROOM_CHANGE_BURST: f64 = 4.0;
+const ROOM_CHANGE_PER_SECOND: f64 = 1.0;
 
 /// Serves one WebSocket until it closes; everything it logs carries the room and, once joined,
 /// the participant. `slot` counts it against its client's address until it ends.
@@ -312,8 +321,10 @@ impl Session {
             Action::Record(action) => self.record(action).await,
             Action::SetLayout(request) => self.set_layout(request).await,
             Action::SelfMute(muted) => {
-                if let Some(member) = &self.member {
-                    member.room.self_mute(member.id, muted);
+                if self.room_change_allowed().await {
+                    if let Some(member) = &self.member {
+                        member.room.self_mute(member.id, muted);
+                    }
                 }
             }
             Action::Share(share) => self.share(share, Transport::WebSocket).await,
@@ -400,6 +411,7 @@ impl Session {
             pc: pc.clone(),
             grants,
             viewer: feedback.clone(),
+            room_changes: RateLimit::new(ROOM_CHANGE_BURST, ROOM_CHANGE_PER_SECOND),
         });
         self.signalling.joined();
         let removed_tx = self.removed_tx.clone();
@@ -502,9 +514,27 @@ impl Session {
         }
     }
 
+    /// Whether the participant may change what the room sees now; tells them when not.
+    async fn room_change_allowed(&mut self) -> bool {
+        let Some(member) = &mut self.member else {
+            return false;
+        };
+        if member.room_changes.allow(Instant::now()) {
+            return true;
+        }
+        self.reply(ServerMessage::error(
+            ErrorCode::RateLimited,
+            "too many layout or mute changes: at most one a second",
+        ))
+        .await;
+        false
+    }
+
     async fn set_layout(&mut self, request: LayoutRequest) {
-        let Some(member) = &self.member else { return };
-        if !member.grants.layout {
+        let Some(allowed) = self.member.as_ref().map(|m| m.grants.layout) else {
+            return;
+        };
+        if !allowed {
             self.reply(ServerMessage::error(
                 ErrorCode::Forbidden,
                 "your join token does not allow switching the layout",
@@ -512,8 +542,14 @@ impl Session {
             .await;
             return;
         }
+        if !self.room_change_allowed().await {
+            return;
+        }
+        let Some(room) = self.member.as_ref().map(|m| m.room.clone()) else {
+            return;
+        };
         // Success is announced to the whole room (a `layout` message).
-        if let Err(e) = member.room.set_layout(request).await {
+        if let Err(e) = room.set_layout(request).await {
             self.reply(e.to_message()).await;
         }
     }
