@@ -17,7 +17,6 @@ use mcu_server::media::pipelines;
 const PROVIDERS: &[(&str, &str, &str)] = &[
     ("appsink", "app", "gstreamer1.0-plugins-base"),
     ("appsrc", "app", "gstreamer1.0-plugins-base"),
-    ("aspectratiocrop", "videocrop", "gstreamer1.0-plugins-good"),
     ("audioconvert", "audioconvert", "gstreamer1.0-plugins-base"),
     (
         "audioresample",
@@ -48,6 +47,7 @@ const PROVIDERS: &[(&str, &str, &str)] = &[
         "videoconvertscale",
         "gstreamer1.0-plugins-base",
     ),
+    ("videocrop", "videocrop", "gstreamer1.0-plugins-good"),
     (
         "videoscale",
         "videoconvertscale",

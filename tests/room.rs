@@ -242,6 +242,63 @@ async fn two_sit_side_by_side_cropped_to_fill_or_letterboxed_and_a_cameraless_pa
     crowd.leave_all().await;
 }
 
+/// A browser changes its camera's size mid-call when its CPU or its link falls behind (Chromium
+/// went 640×360 → 632×356 → 316×178 in one call under load), often just as the layout changes
+/// (it sends at its tile's size, which a layout change just moved). Each change reaches the
+/// tile's crop: a new size from the decoder, a new shape from the layout, and the tile must show
+/// the camera throughout. (The exact frame-by-frame race that once left a tile showing garbage,
+/// a new size arriving on the frame after a new shape, is replayed deterministically in
+/// crates/mcu-server/src/media/camera_tests.rs; here the whole call goes through it as it comes.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_camera_that_changes_its_size_as_the_layout_changes_still_fills_its_tile() {
+    common::init();
+    let server = Server::start("camera_resize", &[]);
+    let mut crowd = crowd_of(&server, "resize", 2).await;
+    settle(&crowd, "both cameras in their tiles").await;
+    let resized = crowd.members[0].id().to_string();
+    // Smaller and larger than before, odd sizes (as browsers send), and smaller than what was
+    // being cropped away; each time the layout switches between pinning it (1280×540, cropped at
+    // the top and bottom) and the grid (640×720, cropped at the sides) at the same moment.
+    let sizes = [
+        (160, 90),
+        (474, 267),
+        (158, 88),
+        (640, 360),
+        (316, 178),
+        (320, 180),
+    ];
+    for (step, (width, height)) in sizes.into_iter().enumerate() {
+        let layout = if step % 2 == 0 {
+            format!(r#"{{"layout":"pin","participant_id":"{resized}"}}"#)
+        } else {
+            r#"{"layout":"grid"}"#.to_string()
+        };
+        assert!(crowd.members[0].resize_camera(width, height));
+        let reply = server
+            .request_with_body(
+                "PUT",
+                "/api/v1/rooms/resize/layout",
+                &[],
+                layout.into_bytes(),
+            )
+            .await;
+        assert_eq!(
+            reply.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        // What is checked is the last second's frames, all at the new size and shape.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        settle(
+            &crowd,
+            &format!("the camera at {width}×{height} in its tile (step {step})"),
+        )
+        .await;
+    }
+    crowd.leave_all().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mix_minus_everyone_hears_the_others_and_never_themselves() {
     common::init();

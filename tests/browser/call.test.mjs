@@ -43,13 +43,23 @@ async function decoding(page, who, width = null) {
 
 /** Waits until a screenshot of `page` shows each expected colour in its participant's tile. */
 async function showsTiles(page, expected, file) {
-  return waitFor(`${file}: the colours in their tiles`, SETTLE_MS, async () => {
-    const l = await layout(page);
-    if (!l || l.tiles.length !== expected.length) return null;
-    const shot = await compositeShot(page, file);
-    const seen = l.tiles.map((t) => colourAt(shot, l.width, l.height, t.x + t.width / 2, t.y + t.height / 2));
-    return expected.every((colour, i) => near(seen[i], colour)) ? { layout: l, seen } : null;
-  });
+  let last = "no layout yet";
+  try {
+    return await waitFor(`${file}: the colours in their tiles`, SETTLE_MS, async () => {
+      const l = await layout(page);
+      if (!l || l.tiles.length !== expected.length) {
+        last = `layout ${JSON.stringify(l)}`;
+        return null;
+      }
+      const shot = await compositeShot(page, file);
+      const seen = l.tiles.map((t) => colourAt(shot, l.width, l.height, t.x + t.width / 2, t.y + t.height / 2));
+      last = `colours ${JSON.stringify(seen)} at the centres of ${JSON.stringify(l)}`;
+      return expected.every((colour, i) => near(seen[i], colour)) ? { layout: l, seen } : null;
+    });
+  } catch (e) {
+    // What the page last showed says which part failed (a tile missing, or a wrong picture).
+    throw new Error(`${e.message}; last seen: ${last}`);
+  }
 }
 
 test("two browsers see both colours, hear each other, and one leaving leaves one tile", async () => {

@@ -3,7 +3,7 @@
 
 import { spawn, execFileSync } from "node:child_process";
 import { createInterface } from "node:readline";
-import { mkdirSync, existsSync, readFileSync } from "node:fs";
+import { createWriteStream, mkdirSync, existsSync, readFileSync } from "node:fs";
 import { inflateSync } from "node:zlib";
 import { join, resolve } from "node:path";
 import { chromium } from "playwright-core";
@@ -26,6 +26,8 @@ export async function waitFor(what, ms, check) {
   }
 }
 
+let servers = 0;
+
 /** Starts `mcu serve` on a free loopback port; resolves to { url, process, stop() }. */
 export async function startServer(args = [], { https = false } = {}) {
   const child = spawn(MCU, ["serve", "--listen", "127.0.0.1:0", ...args], {
@@ -34,7 +36,13 @@ export async function startServer(args = [], { https = false } = {}) {
     stdio: ["ignore", "pipe", "pipe"],
   });
   let log = "";
-  child.stderr.on("data", (d) => (log += d));
+  // Each server's log is kept next to the screenshots: a failure in CI is read from it.
+  mkdirSync(ARTIFACTS, { recursive: true });
+  const logFile = createWriteStream(join(ARTIFACTS, `server-${process.pid}-${++servers}.log`));
+  child.stderr.on("data", (d) => {
+    log += d;
+    logFile.write(d);
+  });
   const line = await new Promise((resolveLine, reject) => {
     const rl = createInterface({ input: child.stdout });
     rl.once("line", resolveLine);

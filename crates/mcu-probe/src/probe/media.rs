@@ -149,15 +149,31 @@ fn camera_description(codec: VideoCodec, argb: u32, content: Content) -> String 
             raw(SEND_WIDTH, SEND_HEIGHT)
         ),
     };
-    format!("{picture} ! {encoder} ! appsink name=video_sink sync=false ")
+    // The camera's size can change while it runs (`Participant::resize_camera`), as a browser's
+    // does when its CPU or its link cannot keep up; at its own size videoscale passes frames through.
+    let (width, height) = match content {
+        Content::Oversized => OVERSIZED,
+        Content::Solid | Content::CameraLike => (SEND_WIDTH, SEND_HEIGHT),
+    };
+    format!(
+        "{picture} ! videoscale ! capsfilter name=camera_size caps=video/x-raw,width={width},height={height} \
+         ! {encoder} ! appsink name=video_sink sync=false "
+    )
 }
 
 /// How loud the probe's tone is by default: 0.3 of full scale, -13.5 dB RMS, a talker close to
 /// their microphone.
 pub const DEFAULT_VOLUME: f64 = 0.3;
 
-/// The probe's microphone, once it is sending: its volume can change while it runs.
-pub type Microphone = Arc<Mutex<Option<gst::Element>>>;
+/// Elements of the probe's send pipeline that change while it runs, once it is sending: its
+/// microphone (the tone's volume) and its camera's size.
+#[derive(Default)]
+pub struct LiveElements {
+    pub microphone: Option<gst::Element>,
+    pub camera_size: Option<gst::Element>,
+}
+
+pub type Controls = Arc<Mutex<LiveElements>>;
 
 /// The probe's microphone: a sine tone, Opus RTP into an appsink.
 fn microphone_description(tone_hz: f64, volume: f64) -> String {
@@ -260,19 +276,19 @@ pub(super) fn live_source(
     camera: Option<Camera>,
     tone_hz: f64,
     volume: f64,
-    microphone: Microphone,
+    controls: Controls,
 ) -> Source {
     Source {
         camera: camera.map(|c| c.codec),
         start: Box::new(move |audio, video| {
-            start_live(camera, (tone_hz, volume, microphone), audio, video)
+            start_live(camera, (tone_hz, volume, controls), audio, video)
         }),
     }
 }
 
 fn start_live(
     camera: Option<Camera>,
-    (tone_hz, volume, microphone): (f64, f64, Microphone),
+    (tone_hz, volume, controls): (f64, f64, Controls),
     audio: OutboundTrack,
     video: Option<OutboundTrack>,
 ) -> Result<Sending> {
@@ -293,9 +309,10 @@ fn start_live(
     let mut tasks = vec![tokio::spawn(
         audio.write_all(packets_of(&element("audio_sink")?)?),
     )];
-    *lock(&microphone) = Some(element("mic")?);
+    lock(&controls).microphone = Some(element("mic")?);
     let mut encoder = None;
     if let Some(video) = video {
+        lock(&controls).camera_size = Some(element("camera_size")?);
         tasks.push(tokio::spawn(
             video.write_all(packets_of(&element("video_sink")?)?),
         ));

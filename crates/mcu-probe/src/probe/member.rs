@@ -14,7 +14,7 @@ use mcu_server::protocol::{Layout, ServerMessage};
 use mcu_server::rtc::RtcFactory;
 
 use super::analysis::{self, Rgb};
-use super::media::{live_source, receive, Camera, Microphone, Received, Shared};
+use super::media::{live_source, receive, Camera, Controls, Received, Shared};
 pub use super::media::{Content, FrameSample};
 use crate::heard::{lock, Heard};
 use crate::impair::{ImpairedLink, Impairment, LinkFigures};
@@ -65,7 +65,7 @@ pub struct Sent {
     shared: Arc<Shared>,
     /// Its own bad link, when it has one.
     link: Option<ImpairedLink>,
-    microphone: Microphone,
+    controls: Controls,
 }
 
 /// A snapshot of what the participant has received so far.
@@ -153,15 +153,15 @@ pub async fn join(
             colour,
             content: spec.content,
         });
-        let microphone = Microphone::default();
-        let source = live_source(camera, tone_hz, spec.volume, microphone.clone());
+        let controls = Controls::default();
+        let source = live_source(camera, tone_hz, spec.volume, controls.clone());
         let sent = Sent {
             spec,
             colour,
             tone_hz,
             shared: shared.clone(),
             link,
-            microphone,
+            controls,
         };
         Ok((source, sent))
     })
@@ -183,9 +183,24 @@ impl Participant {
 
     /// Makes its tone louder or quieter (0–1 of full scale), from the next audio buffer.
     pub fn set_volume(&self, volume: f64) {
-        if let Some(mic) = lock(&self.media.microphone).as_ref() {
+        if let Some(mic) = lock(&self.media.controls).microphone.as_ref() {
             gstreamer::prelude::ObjectExt::set_property(mic, "volume", volume);
         }
+    }
+
+    /// Sends its camera at another size from the next frame (the encoder starts again with a
+    /// keyframe), as a browser does when its CPU or its link falls behind; false without a camera.
+    pub fn resize_camera(&self, width: u32, height: u32) -> bool {
+        let controls = lock(&self.media.controls);
+        let Some(filter) = controls.camera_size.as_ref() else {
+            return false;
+        };
+        let caps = gstreamer::Caps::builder("video/x-raw")
+            .field("width", width as i32)
+            .field("height", height as i32)
+            .build();
+        gstreamer::prelude::ObjectExt::set_property(filter, "caps", &caps);
+        true
     }
 
     /// Changes its link while it runs (lifts a limit, say); false when it joined on a perfect

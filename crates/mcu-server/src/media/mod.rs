@@ -6,7 +6,10 @@
 
 mod audio;
 mod bus;
+#[cfg(test)]
+mod camera_tests;
 mod events;
+mod look;
 mod loudest;
 mod mixminus;
 mod output;

@@ -14,7 +14,8 @@ use anyhow::{Context, Result};
 use gst::prelude::*;
 use gstreamer as gst;
 
-use super::video::{self, PadPlace, TileLook, TileSize};
+use super::look::{self, TileLook, TileSize};
+use super::video::{self, PadPlace};
 use crate::canvas::{self, CanvasChoice, TileContent};
 use crate::config::{CanvasMode, MediaConfig};
 use crate::layout::Rect;
@@ -73,7 +74,7 @@ impl Output {
                 return gst::PadProbeReturn::Ok;
             };
             if let Some((width, height)) = change.size {
-                video::resize_filter(&canvas_caps, width, height);
+                look::resize_filter(&canvas_caps, width, height);
                 background_follows.ask(TileLook::sized(width, height));
                 // Until the background source meets its new size, the compositor scales it.
                 video::set_pad_rect(

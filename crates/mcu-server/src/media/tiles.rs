@@ -10,9 +10,10 @@ use anyhow::{Context, Result};
 use gst::prelude::*;
 use gstreamer as gst;
 
+use super::look::{self, TileLook, TileSize};
 use super::output::Output;
 use super::still::{Stillness, AFTER_CHANGE};
-use super::video::{self, InputSignals, PadPlace, TileLook};
+use super::video::{self, InputSignals, PadPlace};
 use super::{align_test_sources, MediaConfig};
 use crate::canvas::{self, TileContent};
 use crate::ids::ParticipantId;
@@ -22,7 +23,7 @@ use crate::layout::{Arrangement, Rect};
 struct TileBranch {
     bin: gst::Bin,
     pad: gst::Pad,
-    size: video::TileSize,
+    size: TileSize,
     /// A camera's branch tells its session the tile's size (placeholders have none).
     shown: Option<Arc<InputSignals>>,
     /// A camera's decoder output, whose caps say how large the camera's pictures are.
@@ -243,7 +244,7 @@ impl Tiles {
         let label = |always: bool| {
             named
                 .filter(|_| always || self.labels)
-                .map(|n| video::label_for(&n.name, n.muted, scaled.width, scaled.height))
+                .map(|n| look::label_for(&n.name, n.muted, scaled.width, scaled.height))
         };
         let (look, zorder) = match layer {
             Layer::Placeholder => (
@@ -342,7 +343,7 @@ impl Tiles {
             .add(&bin)
             .with_context(|| format!("adding {name} to the pipeline"))?;
         let attached = (|| -> Result<TileBranch> {
-            let size = video::TileSize::follow(&bin)?;
+            let size = TileSize::follow(&bin)?;
             let src = bin.static_pad("src").context("branch has no src pad")?;
             let pad = self
                 .compositor
