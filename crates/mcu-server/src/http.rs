@@ -1,4 +1,4 @@
-//! HTTP routes: the WebSocket signalling endpoint, health, the admin API, and the page.
+//! HTTP routes: the WebSocket signalling endpoint, health, the admin API, metrics, and the page.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -183,7 +183,7 @@ pub fn routes(
         .and(warp::header::optional::<String>("authorization"))
         .and(warp::header::optional::<String>("range"))
         .and(warp::body::stream())
-        .and(with_ctx)
+        .and(with_ctx.clone())
         .then(
             |method, tail: warp::path::Tail, caller, authorization, range, body, ctx| async move {
                 let body = read_body(body, crate::admin::MAX_BODY_BYTES).await;
@@ -201,6 +201,12 @@ pub fn routes(
                 .await
             },
         );
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(caller(ctx.clone()))
+        .and(warp::header::optional::<String>("authorization"))
+        .and(with_ctx.clone())
+        .then(|caller, authorization, ctx| crate::admin::metrics(ctx, caller, authorization));
     let with_dir = warp::any().map(move || web_dir.clone());
     // The landing page and every room link load the same page; the script reads the path.
     let page = warp::path::end()
@@ -217,6 +223,7 @@ pub fn routes(
         .and_then(|file: String, dir: Option<PathBuf>| async move { asset(&file, dir).await });
     ws.or(health)
         .or(api)
+        .or(metrics)
         .or(page)
         .or(files)
         .recover(|_rejection: warp::Rejection| async move {

@@ -18,6 +18,7 @@ mod listener;
 pub mod load;
 mod log_limit;
 pub mod media;
+pub mod metrics;
 pub mod protocol;
 mod rate;
 mod recordings;

@@ -293,6 +293,37 @@ pub async fn handle(ctx: Arc<SessionContext>, request: ApiRequest) -> Response<B
     }
 }
 
+/// `GET /metrics` for Prometheus (metrics.rs), behind the API's own door: the admin token when
+/// one is set, else loopback only (the series name every room).
+pub async fn metrics(
+    ctx: Arc<SessionContext>,
+    caller: Caller,
+    authorization: Option<String>,
+) -> Response<Body> {
+    let config = ctx.registry.config();
+    if let Err(refusal) = check_access(
+        config.admin_token.as_ref(),
+        &caller,
+        authorization.as_deref(),
+    ) {
+        return refusal.into_response();
+    }
+    // A room that does not answer is left out of this scrape (snapshots skips it).
+    let rooms = ctx.registry.snapshots().await;
+    match crate::metrics::render(&rooms) {
+        Ok((body, content_type)) => Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Body::from(body))
+            .unwrap_or_else(|_| Response::new(Body::empty())),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("{e:#}"),
+        ),
+    }
+}
+
 /// Runs `f` on the named room, or answers 400 (bad name) / 404 (no such room) / 503 (stuck).
 async fn with_room<F, Fut>(ctx: &SessionContext, room: &str, f: F) -> Response<Body>
 where

@@ -8,6 +8,7 @@ mod audio;
 mod bus;
 #[cfg(test)]
 mod camera_tests;
+mod encode_time;
 mod events;
 mod look;
 mod loudest;

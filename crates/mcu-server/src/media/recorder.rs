@@ -112,7 +112,19 @@ impl Recorder {
         };
         let video_src = appsrc("video_src")?;
         let audio_src = appsrc("audio_src")?;
-        element("file")?.set_property("location", path.to_string_lossy().to_string());
+        let file = element("file")?;
+        file.set_property("location", path.to_string_lossy().to_string());
+        // What reaches the file, in the metrics.
+        file.static_pad("sink")
+            .context("a filesink has a sink pad")?
+            .add_probe(gst::PadProbeType::BUFFER, |_, info| {
+                if let Some(buffer) = info.buffer() {
+                    crate::metrics::metrics()
+                        .recording_bytes
+                        .inc_by(buffer.size() as u64);
+                }
+                gst::PadProbeReturn::Ok
+            });
 
         let (eos_tx, eos_rx) = oneshot::channel();
         let bus_task = watch_bus(&pipeline, recording, events, eos_tx, debug_dir)?;

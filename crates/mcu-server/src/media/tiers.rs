@@ -109,6 +109,7 @@ impl Tiers {
     ) -> Result<Self> {
         let lower = (1..specs.len()).map(|_| None).collect();
         let top_now = specs.first().copied().context("a room has a top tier")?;
+        super::encode_time::time(&encoder, 0)?;
         Ok(Tiers {
             top_now,
             specs,
@@ -201,9 +202,11 @@ impl Tiers {
             .name("sink")
             .build();
         bin.add_pad(&ghost).context("adding the tier's sink pad")?;
+        let encoder = element("encoder")?;
+        super::encode_time::time(&encoder, tier)?;
         let lower = Lower {
             encode: Encode {
-                encoder: element("encoder")?,
+                encoder,
                 feed: PacketFeed::from_appsink(&element("sink")?)?,
             },
             valve: element("valve")?,
@@ -303,6 +306,7 @@ impl Tiers {
 }
 
 fn force_keyframe(encoder: &gst::Element) {
+    crate::metrics::metrics().keyframes_forced.inc();
     let event = gstreamer_video::UpstreamForceKeyUnitEvent::builder()
         .all_headers(true)
         .build();

@@ -69,9 +69,11 @@ impl Recording {
                 .store
                 .end(&mut info, SystemTime::now(), Err(reason.clone()));
             tracing::error!(file = %path.display(), "recording could not start: {reason}");
+            crate::metrics::metrics().recordings_failed.inc();
             return Err(RoomError::RecordingFailed(reason));
         }
         tracing::info!(file = %path.display(), "recording started");
+        crate::metrics::metrics().recordings_started.inc();
         self.active = Some(Active {
             info: info.clone(),
             number,
@@ -99,7 +101,10 @@ impl Recording {
             let mut info = active.info;
             match &outcome {
                 Ok(()) => tracing::info!(file = %info.file, "recording finished"),
-                Err(e) => tracing::warn!(file = %info.file, "recording ended badly: {e}"),
+                Err(e) => {
+                    crate::metrics::metrics().recordings_failed.inc();
+                    tracing::warn!(file = %info.file, "recording ended badly: {e}")
+                }
             }
             if let Err(e) = store.end(&mut info, SystemTime::now(), outcome) {
                 tracing::error!(file = %info.file, "could not update the recording's sidecar: {e:#}");
@@ -122,6 +127,7 @@ impl Recording {
         let Some(active) = self.active.take() else {
             return false;
         };
+        crate::metrics::metrics().recordings_failed.inc();
         pipeline.abort_recording();
         let mut info = active.info;
         tracing::error!(file = %info.file, "recording failed, the call goes on: {error}");

@@ -365,10 +365,13 @@ impl OutboundTrack {
     /// room writes the same composite packets; parsed from a slice, each viewer's history held a
     /// copy of its own, which `mcu bench` saw as 5.5 MB more per participant after 20 s of a
     /// 16-person room.
-    pub async fn write(&self, packet: &Bytes) -> Result<(), webrtc::Error> {
+    ///
+    /// Returns the bytes handed to the connection's transport: 0 while no connection has bound
+    /// the track yet.
+    pub async fn write(&self, packet: &Bytes) -> Result<usize, webrtc::Error> {
         let mut raw = packet.clone();
         let parsed = <webrtc::rtp::packet::Packet as webrtc::util::Unmarshal>::unmarshal(&mut raw)?;
-        self.0.write_rtp(&parsed).await.map(|_| ())
+        self.0.write_rtp(&parsed).await
     }
 
     /// Writes a packet already parsed (the track sets its SSRC and payload type per binding).
@@ -388,7 +391,7 @@ impl OutboundTrack {
         seq: u16,
         timestamp: u32,
         picture_id: Option<u16>,
-    ) -> Result<(), webrtc::Error> {
+    ) -> Result<usize, webrtc::Error> {
         let mut raw = packet.clone();
         let mut parsed =
             <webrtc::rtp::packet::Packet as webrtc::util::Unmarshal>::unmarshal(&mut raw)?;
@@ -399,23 +402,40 @@ impl OutboundTrack {
                 parsed.payload = payload;
             }
         }
-        self.0.write_rtp(&parsed).await.map(|_| ())
+        self.0.write_rtp(&parsed).await
     }
 
     /// Writes every packet from `packets` until the sending side goes away.
     pub async fn write_all(self, packets: mpsc::Receiver<Bytes>) {
+        self.write_all_counted(packets, None).await
+    }
+
+    /// As `write_all`, counting what reaches the connection in the server's metrics as `kind`.
+    pub async fn write_all_counted(
+        self,
+        packets: mpsc::Receiver<Bytes>,
+        counted: Option<crate::metrics::Kind>,
+    ) {
         let packets = futures_util::stream::unfold(packets, |mut packets| async move {
             packets.recv().await.map(|packet| (packet, packets))
         });
-        self.write_stream(packets).await
+        self.write_stream(packets, counted).await
     }
 
     /// Writes every packet of `packets` until it ends.
-    pub async fn write_stream(self, packets: impl Stream<Item = Bytes>) {
+    async fn write_stream(
+        self,
+        packets: impl Stream<Item = Bytes>,
+        counted: Option<crate::metrics::Kind>,
+    ) {
         let mut packets = std::pin::pin!(packets);
         let mut failures: u64 = 0;
         while let Some(packet) = packets.next().await {
-            if let Err(e) = self.write(&packet).await {
+            let written = self.write(&packet).await;
+            if let (Ok(1..), Some(kind)) = (&written, counted) {
+                crate::metrics::metrics().rtp(crate::metrics::Direction::Out, kind, packet.len());
+            }
+            if let Err(e) = written {
                 // A connection that is not up yet, or gone, fails every write. Log the first and
                 // then every thousandth, not every packet.
                 if failures.is_multiple_of(1000) {

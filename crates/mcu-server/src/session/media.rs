@@ -26,6 +26,7 @@ use super::viewer::Feedback;
 use super::{Activity, Session};
 use crate::log_limit::limited_info;
 use crate::media::{InputHandle, InputSignals};
+use crate::metrics::{metrics, Direction, Kind};
 use crate::protocol::{ErrorCode, ServerMessage};
 use crate::room::TrackKind;
 use crate::rtc;
@@ -150,6 +151,7 @@ async fn pump(
         let Ok(bytes) = packet.marshal() else {
             continue;
         };
+        metrics().rtp(Direction::In, Kind::Audio, bytes.len());
         if input.push(bytes).is_err() {
             // The branch was removed (flushing) or failed; either way nobody reads any more.
             break;
@@ -206,6 +208,7 @@ async fn pump_camera(
                     continue;
                 }
             }
+            metrics().rtp(Direction::In, Kind::Video, bytes.len());
             if input.push(bytes).is_err() {
                 gone = true;
                 break;
@@ -240,7 +243,9 @@ async fn request_keyframes(
                 sender_ssrc: 0,
                 media_ssrc,
             };
-            let _ = pc.write_rtcp(&[Box::new(pli)]).await;
+            if pc.write_rtcp(&[Box::new(pli)]).await.is_ok() {
+                metrics().plis_sent.inc();
+            }
             true
         }
     };
@@ -287,9 +292,26 @@ pub(super) async fn read_sender_rtcp(
         let Some(viewer) = &viewer else { continue };
         for packet in &packets {
             for feedback in feedback_of(packet.as_any(), ssrc) {
+                count(&feedback);
                 let _ = viewer.try_send(feedback);
             }
         }
+    }
+}
+
+/// What viewers say about the composite, in the server's metrics.
+fn count(feedback: &Feedback) {
+    let m = metrics();
+    match feedback {
+        Feedback::KeyframeWanted => m.plis_received.inc(),
+        Feedback::Nacked(seqs) => m.nacked_packets.inc_by(seqs.len() as u64),
+        Feedback::Report { loss, rtt, .. } => {
+            m.viewer_loss.observe(*loss);
+            if let Some(rtt) = rtt {
+                m.viewer_rtt.observe(rtt.as_secs_f64());
+            }
+        }
+        Feedback::Remb(_) => {}
     }
 }
 

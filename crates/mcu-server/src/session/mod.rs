@@ -376,6 +376,7 @@ impl Session {
         let (name, grants) = match self.admit(name, token) {
             Ok(admitted) => admitted,
             Err(refusal) => {
+                crate::metrics::metrics().join_refusals.inc();
                 self.reply(refusal).await;
                 return Ok(());
             }
@@ -389,10 +390,13 @@ impl Session {
             Ok(j) => j,
             Err(e) => {
                 limited_info!(client = %self.client, "join refused: {e}");
+                crate::metrics::metrics().join_refusals.inc();
                 self.reply(e.to_message()).await;
                 return Ok(());
             }
         };
+        crate::metrics::metrics().joins.inc();
+        let joined_at = Instant::now();
         let id = joined.id;
         tracing::Span::current().record("participant", tracing::field::display(id));
         self.activity.touch();
@@ -446,9 +450,12 @@ impl Session {
             track: video_track,
             outbox: self.outbox.clone(),
             feedback: feedback_rx,
+            joined_at: Some(joined_at),
         };
         self.spawn(viewer.run(joined.video_packets));
-        self.spawn(audio_track.write_all(joined.audio_packets));
+        self.spawn(
+            audio_track.write_all_counted(joined.audio_packets, Some(crate::metrics::Kind::Audio)),
+        );
         self.spawn(media::read_sender_rtcp(
             video_sender,
             Some(feedback),
@@ -560,6 +567,7 @@ impl Session {
             sharing.close().await;
         }
         if let Some(member) = self.member.take() {
+            crate::metrics::metrics().leaves.inc();
             member.room.leave(member.id).await;
             if let Err(e) = member.pc.close().await {
                 tracing::debug!("closing a peer connection: {e}");

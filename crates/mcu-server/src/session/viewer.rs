@@ -88,6 +88,9 @@ pub(super) struct Viewer {
     /// The session's messages to the viewer (to say which tier it gets).
     pub outbox: mpsc::Sender<ServerMessage>,
     pub feedback: mpsc::Receiver<Feedback>,
+    /// When the participant joined, until their first composite packet is written (the
+    /// join-to-first-frame metric).
+    pub joined_at: Option<Instant>,
 }
 
 /// The next packet of a tier being moved to; pending forever when there is none.
@@ -294,11 +297,24 @@ impl Viewer {
         }
     }
 
-    async fn write(&self, packet: &Bytes, rewrite: &Rewrite, failures: &mut u64) {
+    async fn write(&mut self, packet: &Bytes, rewrite: &Rewrite, failures: &mut u64) {
         let written = self
             .track
             .write_spliced(packet, rewrite.seq, rewrite.timestamp, rewrite.picture_id)
             .await;
+        // Counted once the connection takes them (0 bytes: not bound yet). The splicer starts a
+        // viewer on a keyframe, so the first packet taken starts their first frame.
+        if let Ok(1..) = written {
+            let metrics = crate::metrics::metrics();
+            metrics.rtp(
+                crate::metrics::Direction::Out,
+                crate::metrics::Kind::Video,
+                packet.len(),
+            );
+            if let Some(joined) = self.joined_at.take() {
+                metrics.first_frame.observe(joined.elapsed().as_secs_f64());
+            }
+        }
         if let Err(e) = written {
             // A connection that is not up yet, or gone, fails every write: the first and then
             // every thousandth are logged.
