@@ -95,6 +95,7 @@ async fn the_metrics_pass_promtool_and_follow_two_participants_in_and_out() {
     assert_eq!(moved("mcu_joins_total"), 2.0);
     assert_eq!(value(&during, "mcu_rooms"), 1.0);
     assert_eq!(value(&during, "mcu_participants"), 2.0);
+    assert_eq!(value(&during, "mcu_rooms_unresponsive"), 0.0);
     for series in [
         r#"mcu_rtp_packets_total{direction="in",kind="video"}"#,
         r#"mcu_rtp_packets_total{direction="in",kind="audio"}"#,

@@ -230,8 +230,8 @@ impl Metrics {
 }
 
 /// Everything, as Prometheus reads it: the process's own metrics and, from `rooms`, what is
-/// now. Returns the body and its content type.
-pub fn render(rooms: &[RoomSnapshot]) -> Result<(Vec<u8>, String)> {
+/// now (`unanswered` rooms did not answer in time). Returns the body and its content type.
+pub fn render(rooms: &[RoomSnapshot], unanswered: usize) -> Result<(Vec<u8>, String)> {
     let now = Registry::new();
     let gauge = |name: &str, help: &str, value: usize| -> Result<()> {
         let g = IntGauge::new(name, help)?;
@@ -240,6 +240,11 @@ pub fn render(rooms: &[RoomSnapshot]) -> Result<(Vec<u8>, String)> {
         Ok(())
     };
     gauge("mcu_rooms", "Rooms open", rooms.len())?;
+    gauge(
+        "mcu_rooms_unresponsive",
+        "Rooms whose actor did not answer this scrape in time (stuck): left out of the figures below",
+        unanswered,
+    )?;
     gauge(
         "mcu_participants",
         "Participants in rooms",
@@ -312,7 +317,7 @@ mod tests {
         metrics().joins.inc();
         metrics().rtp(Direction::In, Kind::Video, 1200);
         metrics().encoded(0, Duration::from_millis(4));
-        let (body, content_type) = render(&[]).expect("rendering");
+        let (body, content_type) = render(&[], 0).expect("rendering");
         let text = String::from_utf8(body).expect("text");
         assert!(
             content_type.starts_with("text/plain; version=0.0.4"),

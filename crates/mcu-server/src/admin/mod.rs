@@ -22,6 +22,9 @@ use crate::recordings::{self, StoreError};
 use crate::room::{RoomError, RoomHandle};
 use crate::session::SessionContext;
 
+/// How long a scrape of /metrics waits for each room: /healthz's deadline, well inside
+/// Prometheus's default scrape timeout (10 s).
+const METRICS_ROOM_DEADLINE: Duration = Duration::from_secs(2);
 /// How long a request waits for a room to answer before reporting it stuck.
 const ROOM_ANSWER_DEADLINE: Duration = Duration::from_secs(10);
 /// Closing a room finishes its recording first (see media/recorder.rs FINISH_TIMEOUT).
@@ -308,9 +311,10 @@ pub async fn metrics(
     ) {
         return refusal.into_response();
     }
-    // A room that does not answer is left out of this scrape (snapshots skips it).
-    let rooms = ctx.registry.snapshots().await;
-    match crate::metrics::render(&rooms) {
+    // Rooms are asked at once; one that does not answer in time is left out of this scrape and
+    // counted, so a stuck room never costs Prometheus the whole scrape.
+    let (rooms, unanswered) = ctx.registry.snapshots_within(METRICS_ROOM_DEADLINE).await;
+    match crate::metrics::render(&rooms, unanswered) {
         Ok((body, content_type)) => Response::builder()
             .status(StatusCode::OK)
             .header(header::CONTENT_TYPE, content_type)

@@ -209,6 +209,26 @@ impl Registry {
         }
     }
 
+    /// Every room's snapshot, asked of all rooms at once, each given `deadline` to answer; also
+    /// how many did not (a stuck room's actor never answers, and must not hold up the others).
+    pub async fn snapshots_within(
+        &self,
+        deadline: std::time::Duration,
+    ) -> (Vec<RoomSnapshot>, usize) {
+        let asked = self
+            .handles()
+            .into_iter()
+            .map(|h| async move { tokio::time::timeout(deadline, h.snapshot()).await });
+        let answers = futures_util::future::join_all(asked).await;
+        let unanswered = answers.iter().filter(|a| a.is_err()).count();
+        let mut out: Vec<RoomSnapshot> = answers
+            .into_iter()
+            .filter_map(|a| a.ok().and_then(Result::ok))
+            .collect();
+        out.sort_by(|a, b| a.room.cmp(&b.room));
+        (out, unanswered)
+    }
+
     pub async fn snapshots(&self) -> Vec<RoomSnapshot> {
         let handles = self.handles();
         let mut out = Vec::new();
