@@ -6,6 +6,8 @@ CARGO ?= cargo
 RUNTIME_PACKAGES := .ci/packages-runtime.txt
 BUILD_PACKAGES := .ci/packages-build.txt
 TEST_PACKAGES := .ci/packages-test.txt
+# WebRTC clients written elsewhere (aiortc, FFmpeg 9 with its whip muxer) for tests/whip.rs.
+PYENV := target/pyenv
 ARGS ?=
 
 .PHONY: deps test-deps build run test test-rust test-browser test-rootfs lint clean
@@ -13,11 +15,14 @@ ARGS ?=
 deps:
 	@.ci/install-packages.sh $(BUILD_PACKAGES) $(RUNTIME_PACKAGES)
 
-# Browser tests need Chromium, gst-launch and Node.js with npm (Debian's, unless one is installed).
+# Browser tests need Chromium, gst-launch and Node.js with npm (Debian's, unless one is installed);
+# the WHIP/WHEP tests a Python venv with aiortc and imageio-ffmpeg (PyPI).
 test-deps: deps
 	@.ci/install-packages.sh $(TEST_PACKAGES)
 	@command -v npm >/dev/null || .ci/install-packages.sh .ci/packages-node.txt
 	cd tests/browser && npm ci --no-audit --no-fund --loglevel=error
+	@test -x $(PYENV)/bin/python || python3 -m venv $(PYENV)
+	$(PYENV)/bin/pip install --quiet --disable-pip-version-check -r tests/clients/requirements.txt
 
 build: deps
 	$(CARGO) build --release --locked --bin mcu

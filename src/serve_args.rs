@@ -80,6 +80,9 @@ pub struct ServeArgs {
     /// Most participants in one room (at most 25, the largest grid).
     #[arg(long, env = "MCU_MAX_PARTICIPANTS", default_value_t = config::DEFAULT_MAX_PARTICIPANTS)]
     max_participants: usize,
+    /// Most WHEP watchers in one room (each also holds a connection of its address).
+    #[arg(long, env = "MCU_MAX_WATCHERS", default_value_t = config::DEFAULT_MAX_WATCHERS)]
+    max_watchers: usize,
     /// Most rooms open at once (0: no limit). A join that would open one more is refused with
     /// server_full. By default 3 per two cores: what two cores held of rooms of four browsers
     /// (docs/performance.md).
@@ -289,6 +292,7 @@ pub fn server_config(args: ServeArgs) -> Result<ServerConfig> {
         room_codecs,
         media_timeout: Duration::from_secs_f64(args.media_timeout_secs),
         max_participants: args.max_participants,
+        max_watchers: args.max_watchers,
         max_rooms: match args.max_rooms {
             Some(0) => None,
             Some(n) => Some(n),

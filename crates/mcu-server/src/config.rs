@@ -50,6 +50,11 @@ pub const DEFAULT_MEDIA_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_RECORDINGS_DIR: &str = "recordings";
 /// A 5×5 grid is the largest that stays legible at 1280×720 (see layout::MAX_TILES).
 pub const DEFAULT_MAX_PARTICIPANTS: usize = crate::layout::MAX_TILES;
+/// WHEP watchers one room takes. Each costs its room no encode (watchers share the composite's
+/// encodes and the full mix's), but a copy of the composite on the uplink: 50 × ~2 Mbit/s is
+/// 100 Mbit/s, what a typical VM's link carries beside its calls. A bigger audience belongs
+/// behind a CDN fed by one watcher.
+pub const DEFAULT_MAX_WATCHERS: usize = 50;
 /// WebSockets one client address may hold at once. Each participant holds one (the web client
 /// reconnects on the same one); an office behind one NAT filling a 25-person room needs 25, and
 /// a few tabs left open on top stay within 40. A stranger's script stops there.
@@ -351,6 +356,8 @@ pub struct ServerConfig {
     pub room_codecs: HashMap<String, VideoCodec>,
     pub media_timeout: Duration,
     pub max_participants: usize,
+    /// Most WHEP watchers in one room.
+    pub max_watchers: usize,
     /// Most rooms open at once; a join that would open one more is refused (`server_full`).
     /// `None`: no limit.
     pub max_rooms: Option<usize>,
@@ -397,6 +404,7 @@ impl Default for ServerConfig {
             room_codecs: HashMap::new(),
             media_timeout: DEFAULT_MEDIA_TIMEOUT,
             max_participants: DEFAULT_MAX_PARTICIPANTS,
+            max_watchers: DEFAULT_MAX_WATCHERS,
             max_rooms: None,
             max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
             max_new_rooms_per_address: DEFAULT_MAX_NEW_ROOMS_PER_ADDRESS,

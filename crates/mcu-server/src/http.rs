@@ -12,6 +12,7 @@ use warp::Filter;
 use crate::admin::BodyError;
 use crate::admission::{client_address, ClientKey};
 use crate::protocol::MAX_MESSAGE_BYTES;
+use crate::room::Role;
 use crate::session::{self, SessionContext};
 
 /// warp refuses frames above this on its own, by dropping the connection. It is far above the
@@ -47,7 +48,7 @@ fn health_verdict(rooms: &[crate::room::RoomSnapshot]) -> (StatusCode, serde_jso
 
 /// The web client, built into the binary so one file serves the page. `--web-dir` serves the
 /// same files from disk instead, for editing them without rebuilding.
-const EMBEDDED: [(&str, &str, &str); 4] = [
+const EMBEDDED: [(&str, &str, &str); 6] = [
     (
         "index.html",
         "text/html; charset=utf-8",
@@ -62,6 +63,16 @@ const EMBEDDED: [(&str, &str, &str); 4] = [
         "sharing.js",
         "text/javascript; charset=utf-8",
         include_str!("../../../web/sharing.js"),
+    ),
+    (
+        "watch.html",
+        "text/html; charset=utf-8",
+        include_str!("../../../web/watch.html"),
+    ),
+    (
+        "watch.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../../web/watch.js"),
     ),
     (
         "style.css",
@@ -207,7 +218,52 @@ pub fn routes(
         .and(warp::header::optional::<String>("authorization"))
         .and(with_ctx.clone())
         .then(|caller, authorization, ctx| crate::admin::metrics(ctx, caller, authorization));
+    // WHIP and WHEP (whip.rs routes the methods and the resource URLs itself, never rejects).
+    let doors = warp::path("whip")
+        .map(|| Role::Ingest)
+        .or(warp::path("whep").map(|| Role::Watcher))
+        .unify()
+        .and(warp::path::param::<String>())
+        .and(warp::path::tail())
+        .and(warp::method())
+        .and(warp::header::headers_cloned())
+        .and(
+            warp::query::raw()
+                .map(Some)
+                .or(warp::any().map(|| None))
+                .unify(),
+        )
+        .and(peer())
+        .and(warp::body::stream())
+        .and(with_ctx.clone())
+        .then(
+            |role, room, tail: warp::path::Tail, method, headers, query, peer, body, ctx| async move {
+                let body = read_body(body, crate::whip::MAX_SDP_BYTES).await;
+                let id = (!tail.as_str().is_empty()).then(|| tail.as_str().to_string());
+                crate::whip::handle(
+                    ctx,
+                    crate::whip::DoorRequest {
+                        role,
+                        room,
+                        id,
+                        method,
+                        headers,
+                        query,
+                        peer,
+                        body,
+                    },
+                )
+                .await
+            },
+        );
     let with_dir = warp::any().map(move || web_dir.clone());
+    // The watch page plays a room over WHEP (web/watch.js).
+    let watch_page = warp::path!("w" / String)
+        .and(warp::get())
+        .and(with_dir.clone())
+        .and_then(
+            |_room: String, dir: Option<PathBuf>| async move { asset("watch.html", dir).await },
+        );
     // The landing page and every room link load the same page; the script reads the path.
     let page = warp::path::end()
         .or(warp::path!("r" / String)
@@ -224,6 +280,8 @@ pub fn routes(
     ws.or(health)
         .or(api)
         .or(metrics)
+        .or(doors)
+        .or(watch_page)
         .or(page)
         .or(files)
         .recover(|_rejection: warp::Rejection| async move {
@@ -271,6 +329,7 @@ mod tests {
             room: name.into(),
             codec: VideoCodec::Vp8,
             participants: Vec::new(),
+            watchers: 0,
             layout: Layout {
                 layout: "grid".into(),
                 width: 1280,

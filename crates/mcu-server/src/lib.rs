@@ -30,3 +30,4 @@ mod session;
 mod signalling;
 pub mod speaker;
 mod tls;
+mod whip;

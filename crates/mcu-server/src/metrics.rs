@@ -251,6 +251,11 @@ pub fn render(rooms: &[RoomSnapshot], unanswered: usize) -> Result<(Vec<u8>, Str
         rooms.iter().map(|r| r.participants.len()).sum(),
     )?;
     gauge(
+        "mcu_watchers",
+        "WHEP players watching rooms (not participants: no tile, no voice)",
+        rooms.iter().map(|r| r.watchers).sum(),
+    )?;
+    gauge(
         "mcu_recordings_running",
         "Rooms being recorded now",
         rooms.iter().filter(|r| r.recording.is_some()).count(),

@@ -36,6 +36,7 @@ pub async fn run(config: ServerConfig) -> Result<()> {
     let ctx = Arc::new(SessionContext {
         registry: registry.clone(),
         rtc: Arc::new(RtcFactory::new(config.rtc.clone())?),
+        resources: Arc::default(),
     });
     let routes = crate::http::routes(ctx, config.web_dir.clone());
     // On SIGINT/SIGTERM every room closes first (recordings get their index and duration), then

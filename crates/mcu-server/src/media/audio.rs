@@ -289,6 +289,14 @@ impl AudioGraph {
         Ok(packets)
     }
 
+    /// A listener with no voice in the room (a WHEP watcher): it always hears the shared encode
+    /// of the full mix, so it needs a route and no encoder.
+    pub fn add_watcher(&mut self, who: ParticipantId) -> mpsc::Receiver<Bytes> {
+        let (tx, packets) = mpsc::channel(LISTENER_PACKET_QUEUE);
+        self.routes.add(who, tx);
+        packets
+    }
+
     pub fn remove_participant(&mut self, who: ParticipantId) {
         self.remove_input(who);
         self.remove_listener(who);
@@ -438,7 +446,8 @@ fn mix_until_stopped(
         });
         // A push fails only while a branch is shutting down (flushing); the next frame goes on.
         let _ = outputs.fullmix.push_buffer(full.clone());
-        let anyone_on_shared = listeners.iter().any(|(who, _)| !frame.is_mixed(*who));
+        // Listeners outside the mix, and watchers (a route with no encoder of their own).
+        let anyone_on_shared = outputs.routes.on_shared() > 0;
         if anyone_on_shared && worth_encoding(&mut shared_silent_for, full_silent) {
             let _ = outputs.shared_mix.push_buffer(full);
         }

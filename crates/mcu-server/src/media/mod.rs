@@ -273,6 +273,15 @@ impl RoomPipeline {
         self.audio.add_listener(who)
     }
 
+    /// A watcher hears the room's shared encode of the full mix: no element is added for it.
+    pub fn add_watcher(&mut self, who: ParticipantId) -> mpsc::Receiver<Bytes> {
+        self.audio.add_watcher(who)
+    }
+
+    pub fn remove_watcher(&mut self, who: ParticipantId) {
+        self.audio.remove_participant(who);
+    }
+
     /// Server-side mute: `who`'s audio leaves (or rejoins) every mix.
     pub fn set_muted(&mut self, who: ParticipantId, muted: bool) {
         self.audio.set_muted(who, muted);

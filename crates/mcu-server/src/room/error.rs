@@ -13,6 +13,8 @@ pub enum RoomError {
     Closed,
     #[error("the room is full ({0} participants)")]
     Full(usize),
+    #[error("the room has as many watchers as it takes ({0}, --max-watchers)")]
+    WatchersFull(usize),
     #[error("this server already holds its limit of {0} rooms: join an existing room, or try again later or on another server")]
     ServerFull(usize),
     /// The client's address hit a per-address limit (`--max-new-rooms-per-address`).
@@ -43,7 +45,7 @@ impl RoomError {
     /// The protocol's code for this error, which clients branch on.
     pub fn code(&self) -> ErrorCode {
         match self {
-            RoomError::Full(_) => ErrorCode::RoomFull,
+            RoomError::Full(_) | RoomError::WatchersFull(_) => ErrorCode::RoomFull,
             RoomError::ServerFull(_) => ErrorCode::ServerFull,
             RoomError::RateLimited(_) => ErrorCode::RateLimited,
             RoomError::NotHere(_) => ErrorCode::OutOfOrder,

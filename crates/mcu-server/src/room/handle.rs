@@ -17,20 +17,46 @@ use crate::protocol::layout::LayoutRequest;
 use crate::protocol::{Layout, ParticipantInfo, ServerMessage};
 use crate::recordings::RecordingInfo;
 
-/// What a participant gets on joining.
+/// How someone is in a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A browser or a probe: a tile and a voice in the mix, and the composite with everyone
+    /// else's audio back.
+    Participant,
+    /// A WHIP feed (RFC 9725): a tile and a voice in the mix; nothing is sent back to it.
+    Ingest,
+    /// A WHEP player: the composite and the full mix; no tile, no voice, not in the
+    /// participant list, counted against `--max-watchers`.
+    Watcher,
+}
+
+impl Role {
+    /// Whether the room sends it the composite and an audio mix.
+    pub fn receives(self) -> bool {
+        matches!(self, Role::Participant | Role::Watcher)
+    }
+}
+
+/// What someone gets on joining.
 pub struct Joined {
     pub id: ParticipantId,
     pub participants: Vec<ParticipantInfo>,
+    pub video_codec: VideoCodec,
+    /// Every tier of the composite, the top one (what `feeds.video_packets` reads) first.
+    pub tiers: Vec<Tier>,
+    /// What the room sends back (none for an ingest).
+    pub feeds: Option<Feeds>,
+    /// Whether the room is being recorded as they join.
+    pub recording: bool,
+}
+
+/// The media a participant or watcher receives.
+pub struct Feeds {
     /// The room's one composite encode, as RTP packets of `video_codec`: every viewer reads the
     /// same packets and puts them on a track of its own.
     pub video_packets: FeedReader,
-    pub video_codec: VideoCodec,
-    /// Every tier of the composite, the top one (what `video_packets` reads) first.
-    pub tiers: Vec<Tier>,
-    /// This participant's mix-minus audio, as Opus RTP packets.
+    /// Opus RTP packets: a participant's mix-minus, or a watcher's full mix.
     pub audio_packets: mpsc::Receiver<Bytes>,
-    /// Whether the room is being recorded as they join.
-    pub recording: bool,
 }
 
 /// A participant's incoming track, as the room needs to know it.
@@ -47,6 +73,7 @@ type Reply<T> = oneshot::Sender<Result<T, RoomError>>;
 pub(super) enum RoomCommand {
     Join {
         name: String,
+        role: Role,
         events: mpsc::Sender<ServerMessage>,
         /// Fired with the reason when a moderator removes the participant: the session ends.
         removed: oneshot::Sender<String>,
@@ -190,6 +217,8 @@ pub struct RoomSnapshot {
     pub room: String,
     pub codec: VideoCodec,
     pub participants: Vec<ParticipantView>,
+    /// WHEP players watching the room (not participants: no tile, no voice).
+    pub watchers: usize,
     pub layout: Layout,
     /// The active speaker, once someone has spoken.
     pub active_speaker: Option<String>,
@@ -203,6 +232,8 @@ pub struct RoomSnapshot {
 pub struct ParticipantView {
     pub id: String,
     pub name: String,
+    /// A WHIP feed (it sends only) rather than a browser or probe.
+    pub ingest: bool,
     /// Muted by a moderator (their audio is out of every mix).
     pub muted: bool,
     /// Frames of their camera decoded so far (None without a camera track): a camera whose
@@ -274,11 +305,13 @@ impl RoomHandle {
     pub async fn join(
         &self,
         name: String,
+        role: Role,
         events: mpsc::Sender<ServerMessage>,
         removed: oneshot::Sender<String>,
     ) -> Result<Joined, RoomError> {
         self.ask(|reply| RoomCommand::Join {
             name,
+            role,
             events,
             removed,
             reply,

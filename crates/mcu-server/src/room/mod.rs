@@ -14,6 +14,7 @@ mod recording;
 pub mod registry;
 mod sharing;
 mod stage;
+mod watchers;
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -35,7 +36,9 @@ use crate::protocol::{ErrorCode, Layout, ParticipantInfo, RecordingState, Server
 use crate::recordings::{RecordingInfo, RecordingStore};
 pub use error::RoomError;
 use handle::RoomCommand;
-pub use handle::{Joined, LinkView, ParticipantView, RoomHandle, RoomSnapshot, TrackKind};
+pub use handle::{
+    Feeds, Joined, LinkView, ParticipantView, Role, RoomHandle, RoomSnapshot, TrackKind,
+};
 use keyframe::{Decision, KeyframeThrottle, DEFAULT_MIN_KEYFRAME_INTERVAL};
 use recording::{Recording, StopReply};
 use registry::Registry;
@@ -67,6 +70,8 @@ struct Participant {
     self_muted: bool,
     /// What its session last said of its link.
     link: Option<LinkView>,
+    /// A WHIP feed: it sends only.
+    ingest: bool,
 }
 
 struct Room {
@@ -76,6 +81,8 @@ struct Room {
     pipeline: RoomPipeline,
     /// In join order, which is also tile order.
     participants: Vec<Participant>,
+    /// WHEP players: they receive the composite and the full mix, and have no tile.
+    watchers: Vec<watchers::Watcher>,
     /// The layout, the active speaker, and where they put everyone.
     stage: Stage,
     next_id: u64,
@@ -154,6 +161,7 @@ pub(crate) fn spawn(
         codec,
         pipeline,
         participants: Vec::new(),
+        watchers: Vec::new(),
         stage,
         next_id: 1,
         throttles: (0..tier_count)
@@ -219,7 +227,7 @@ impl Room {
                     if started.elapsed() > SLOW_COMMAND {
                         tracing::warn!(command = what, elapsed_ms = started.elapsed().as_millis() as u64, "slow room command");
                     }
-                    if self.participants.is_empty() {
+                    if self.is_empty() {
                         break;
                     }
                 }
@@ -227,7 +235,7 @@ impl Room {
                     if !off_async_workers(|| self.on_pipeline_event(event)) {
                         break;
                     }
-                    if self.participants.is_empty() {
+                    if self.is_empty() {
                         break;
                     }
                 }
@@ -261,6 +269,7 @@ impl Room {
                 let _ = removed.send(reason.clone());
             }
         }
+        self.dismiss_watchers(&reason);
         // Chat and files end with the room (its temporary files are removed).
         let SharingTask { members, task } = self.sharing;
         drop(members);
@@ -278,11 +287,16 @@ impl Room {
         match command {
             RoomCommand::Join {
                 name,
+                role,
                 events,
                 removed,
                 reply,
             } => {
-                let _ = reply.send(self.join(name, events, removed));
+                let joined = match role {
+                    Role::Watcher => self.add_watcher(removed),
+                    Role::Participant | Role::Ingest => self.join(name, role, events, removed),
+                };
+                let _ = reply.send(joined);
             }
             RoomCommand::AddTrack {
                 who,
@@ -324,21 +338,40 @@ impl Room {
         }
     }
 
+    /// Nobody is in the room any more, to take part or to watch: it closes.
+    fn is_empty(&self) -> bool {
+        self.participants.is_empty() && self.watchers.is_empty()
+    }
+
+    /// A new id, never used before in this room.
+    fn next_participant_id(&mut self) -> ParticipantId {
+        let id = ParticipantId(self.next_id);
+        self.next_id += 1;
+        id
+    }
+
+    /// A participant (a tile and a voice) joins; an ingest gets nothing back, so it has no
+    /// encoder of its own for a mix-minus.
     fn join(
         &mut self,
         name: String,
+        role: Role,
         events: mpsc::Sender<ServerMessage>,
         removed: oneshot::Sender<String>,
     ) -> Result<Joined, RoomError> {
         if self.participants.len() >= self.config.max_participants {
             return Err(RoomError::Full(self.config.max_participants));
         }
-        let id = ParticipantId(self.next_id);
-        self.next_id += 1;
-        let audio_packets = self
-            .pipeline
-            .add_listener(id)
-            .map_err(|e| RoomError::Media(format!("{e:#}")))?;
+        let id = self.next_participant_id();
+        let audio_packets = if role.receives() {
+            Some(
+                self.pipeline
+                    .add_listener(id)
+                    .map_err(|e| RoomError::Media(format!("{e:#}")))?,
+            )
+        } else {
+            None
+        };
         let others = self.participant_infos();
         let info = ParticipantInfo {
             id: id.to_string(),
@@ -358,6 +391,7 @@ impl Room {
             muted: false,
             self_muted: false,
             link: None,
+            ingest: role == Role::Ingest,
         });
         self.stage.join(id);
         if let Err(e) = self.pipeline.add_placeholder(id, &name) {
@@ -365,17 +399,23 @@ impl Room {
             tracing::warn!(participant = %id, "no placeholder: {e:#}");
         }
         self.relayout();
-        tracing::info!(participant = %id, count = self.participants.len(), "joined");
+        tracing::info!(participant = %id, ?role, count = self.participants.len(), "joined");
+        let feeds = match audio_packets {
+            Some(audio_packets) => Some(Feeds {
+                video_packets: self
+                    .pipeline
+                    .composite(0)
+                    .map_err(|e| RoomError::Media(format!("{e:#}")))?,
+                audio_packets,
+            }),
+            None => None,
+        };
         Ok(Joined {
             id,
             participants: others,
-            video_packets: self
-                .pipeline
-                .composite(0)
-                .map_err(|e| RoomError::Media(format!("{e:#}")))?,
             video_codec: self.codec,
             tiers: self.config.media.tiers(),
-            audio_packets,
+            feeds,
             recording: self.recording.is_active(),
         })
     }
@@ -404,6 +444,9 @@ impl Room {
     }
 
     fn leave(&mut self, who: ParticipantId) {
+        if self.remove_watcher(who) {
+            return;
+        }
         let Some(index) = self.participants.iter().position(|p| p.id == who) else {
             return;
         };
@@ -597,11 +640,13 @@ impl Room {
                 .map(|p| ParticipantView {
                     id: p.id.to_string(),
                     name: p.name.clone(),
+                    ingest: p.ingest,
                     muted: p.muted,
                     camera_frames: self.pipeline.camera_frames(p.id),
                     link: p.link.clone(),
                 })
                 .collect(),
+            watchers: self.watchers.len(),
             layout: self.stage.message(),
             active_speaker: self.stage.speaker().map(|s| s.to_string()),
             recording: self.recording.view(),

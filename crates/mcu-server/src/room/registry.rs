@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Result;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{Joined, RoomError, RoomHandle, RoomSnapshot};
+use super::{Joined, Role, RoomError, RoomHandle, RoomSnapshot};
 use crate::admission::{Admission, ClientKey, Limits};
 use crate::config::ServerConfig;
 use crate::ids::RoomId;
@@ -84,18 +84,22 @@ impl Registry {
         &self.admission
     }
 
-    /// Joins `room` for a client at `client`, creating the room if needed.
+    /// Joins `room` in `role` for a client at `client`, creating the room if needed.
     pub async fn join(
         self: &Arc<Self>,
         room: &RoomId,
         name: &str,
+        role: Role,
         client: ClientKey,
         events: mpsc::Sender<ServerMessage>,
     ) -> Result<(RoomHandle, Joined, oneshot::Receiver<String>), RoomError> {
         for _ in 0..JOIN_ATTEMPTS {
             let handle = self.get_or_create(room, client).await?;
             let (removed, removed_rx) = oneshot::channel();
-            match handle.join(name.to_string(), events.clone(), removed).await {
+            match handle
+                .join(name.to_string(), role, events.clone(), removed)
+                .await
+            {
                 Ok(joined) => return Ok((handle, joined, removed_rx)),
                 Err(RoomError::Closed) => continue,
                 Err(e) => return Err(e),

@@ -478,6 +478,13 @@ pub fn candidate_from_protocol(candidate: IceCandidate) -> RTCIceCandidateInit {
     }
 }
 
+/// Reads an SDP without applying it: an error says why it is not one.
+pub fn parse_sdp(sdp: &str) -> Result<()> {
+    let mut reader = std::io::Cursor::new(sdp.as_bytes());
+    webrtc::sdp::SessionDescription::unmarshal(&mut reader).context("reading the SDP")?;
+    Ok(())
+}
+
 /// Applies a client's offer to `pc` and returns our answer, applied too: the whole of what the
 /// server does with an SDP a client sent (webrtc-rs parses and checks it).
 pub async fn answer(pc: &RTCPeerConnection, offer_sdp: String) -> Result<String> {

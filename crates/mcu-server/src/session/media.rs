@@ -22,14 +22,19 @@ use webrtc::track::track_remote::TrackRemote;
 use webrtc::util::Marshal;
 
 use super::reorder::Reorder;
+use super::viewer;
 use super::viewer::Feedback;
 use super::{Activity, Session};
+use crate::ids::ParticipantId;
 use crate::log_limit::limited_info;
 use crate::media::{InputHandle, InputSignals};
 use crate::metrics::{metrics, Direction, Kind};
 use crate::protocol::{ErrorCode, ServerMessage};
 use crate::room::TrackKind;
+use crate::room::{Feeds, RoomHandle};
 use crate::rtc;
+use crate::rtc::OutboundTrack;
+use std::time::Instant;
 
 /// While a new sender's first keyframe has not been decoded, ask for one this often: the first
 /// keyframe is usually sent before DTLS is up and lost.
@@ -413,6 +418,58 @@ impl Session {
             self.spawn(pump(track.clone(), input, self.activity.clone(), level_id));
         }
         Ok(())
+    }
+}
+
+impl Session {
+    /// Puts the room's composite and an audio mix on tracks of `pc`, and starts the tasks that
+    /// write them. Returns where the viewer's feedback goes.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn send_room(
+        &mut self,
+        pc: &Arc<RTCPeerConnection>,
+        room: &RoomHandle,
+        id: ParticipantId,
+        codec: crate::codec::VideoCodec,
+        tiers: Vec<crate::config::Tier>,
+        feeds: Feeds,
+        joined_at: Instant,
+    ) -> Result<mpsc::Sender<viewer::Feedback>> {
+        // Our tracks go in before any remote offer is applied, or webrtc-rs 0.17 puts them on
+        // transceivers outside the answer and the browser never receives them. The composite's
+        // stream id names the room, the audio's this participant's own mix.
+        let video_track = OutboundTrack::video(codec, "composite", &format!("mcu-{}", self.room));
+        let video_sender = pc
+            .add_track(video_track.as_local())
+            .await
+            .context("adding the composite track")?;
+        let audio_track = OutboundTrack::audio(&format!("mcu-{}-{id}", self.room));
+        let audio_sender = pc
+            .add_track(audio_track.as_local())
+            .await
+            .context("adding the audio mix track")?;
+        let (feedback, feedback_rx) = mpsc::channel(viewer::FEEDBACK_QUEUE);
+        let viewer = viewer::Viewer {
+            room: room.clone(),
+            who: id,
+            codec,
+            tiers,
+            track: video_track,
+            outbox: self.outbox.clone(),
+            feedback: feedback_rx,
+            joined_at: Some(joined_at),
+        };
+        self.spawn(viewer.run(feeds.video_packets));
+        self.spawn(
+            audio_track.write_all_counted(feeds.audio_packets, Some(crate::metrics::Kind::Audio)),
+        );
+        self.spawn(read_sender_rtcp(
+            video_sender,
+            Some(feedback.clone()),
+            self.activity.clone(),
+        ));
+        self.spawn(read_sender_rtcp(audio_sender, None, self.activity.clone()));
+        Ok(feedback)
     }
 }
 

@@ -7,6 +7,7 @@
 
 mod channels;
 mod media;
+pub mod offered;
 mod peer;
 mod reorder;
 mod sharing;
@@ -20,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
@@ -40,8 +41,8 @@ use crate::protocol::{
 };
 use crate::rate::RateLimit;
 use crate::room::registry::Registry;
-use crate::room::{RoomHandle, EVENT_QUEUE};
-use crate::rtc::{OutboundTrack, RtcFactory};
+use crate::room::{Role, RoomHandle, EVENT_QUEUE};
+use crate::rtc::RtcFactory;
 use crate::signalling::{Action, Signalling};
 use peer::{install_callbacks, PeerEvent};
 use sharing::{ChannelInput, Route, Sharing, Transport};
@@ -63,6 +64,8 @@ pub const CLOSE_REMOVED: u16 = 4001;
 pub struct SessionContext {
     pub registry: Arc<Registry>,
     pub rtc: Arc<RtcFactory>,
+    /// Sessions set up over HTTP (WHIP, WHEP), by the id in their URL.
+    pub resources: Arc<offered::Resources>,
 }
 
 /// Data-channel events queued for the session; the channels' readers wait beyond this, which
@@ -101,8 +104,9 @@ struct Membership {
     /// Granted by the join token (or by an open server): may start and stop the recording, may
     /// switch the layout.
     grants: Grants,
-    /// Tells the task that writes this viewer's composite what the viewer reported.
-    viewer: mpsc::Sender<viewer::Feedback>,
+    /// Tells the task that writes this viewer's composite what the viewer reported (none for
+    /// an ingest, which receives nothing).
+    viewer: Option<mpsc::Sender<viewer::Feedback>>,
     /// Layout switches and self-mutes: each redraws or relabels the picture everyone sees.
     room_changes: RateLimit,
 }
@@ -198,6 +202,7 @@ async fn run(socket: WebSocket, room_name: String, ctx: Arc<SessionContext>, cli
         sharing: None,
         upload_pacer: sharing::upload_pacer(ctx_file_rate),
         client,
+        role: Role::Participant,
     };
     let (peer_tx, mut peer_rx) = mpsc::channel::<PeerEvent>(64);
     let mut liveness = tokio::time::interval(LIVENESS_CHECK);
@@ -289,6 +294,8 @@ struct Session {
     upload_pacer: sharing::UploadPacer,
     /// The client's address, as the per-address limits count it.
     client: ClientKey,
+    /// A participant on a WebSocket; an ingest or a watcher over HTTP (whip.rs).
+    role: Role,
 }
 
 impl Session {
@@ -373,29 +380,49 @@ impl Session {
         token: Option<Secret>,
         peer_tx: &mpsc::Sender<PeerEvent>,
     ) -> Result<()> {
+        if let Err(refusal) = self.enter(name, token, peer_tx).await? {
+            self.reply(refusal).await;
+        }
+        Ok(())
+    }
+
+    /// Joins the room in the session's role and sets its peer connection up for it (before any
+    /// offer). `Ok(Err(message))` is a refusal, worded for the client.
+    async fn enter(
+        &mut self,
+        name: String,
+        token: Option<Secret>,
+        peer_tx: &mpsc::Sender<PeerEvent>,
+    ) -> Result<Result<(), ServerMessage>> {
         let (name, grants) = match self.admit(name, token) {
             Ok(admitted) => admitted,
             Err(refusal) => {
                 crate::metrics::metrics().join_refusals.inc();
-                self.reply(refusal).await;
-                return Ok(());
+                return Ok(Err(refusal));
             }
         };
         let (room, joined, removed) = match self
             .ctx
             .registry
-            .join(&self.room, &name, self.client, self.outbox.clone())
+            .join(
+                &self.room,
+                &name,
+                self.role,
+                self.client,
+                self.outbox.clone(),
+            )
             .await
         {
             Ok(j) => j,
             Err(e) => {
-                limited_info!(client = %self.client, "join refused: {e}");
+                limited_info!(client = %self.client, role = ?self.role, "join refused: {e}");
                 crate::metrics::metrics().join_refusals.inc();
-                self.reply(e.to_message()).await;
-                return Ok(());
+                return Ok(Err(e.to_message()));
             }
         };
-        crate::metrics::metrics().joins.inc();
+        if self.role != Role::Watcher {
+            crate::metrics::metrics().joins.inc();
+        }
         let joined_at = Instant::now();
         let id = joined.id;
         tracing::Span::current().record("participant", tracing::field::display(id));
@@ -408,13 +435,12 @@ impl Session {
                 return Err(e);
             }
         };
-        let (feedback, feedback_rx) = mpsc::channel(viewer::FEEDBACK_QUEUE);
         self.member = Some(Membership {
             room: room.clone(),
             id,
             pc: pc.clone(),
             grants,
-            viewer: feedback.clone(),
+            viewer: None,
             room_changes: RateLimit::new(ROOM_CHANGE_BURST, ROOM_CHANGE_PER_SECOND),
         });
         self.signalling.joined();
@@ -424,55 +450,33 @@ impl Session {
                 let _ = removed_tx.send(reason).await;
             }
         });
-
-        // Our tracks go in before any remote offer is applied, or webrtc-rs 0.17 puts them on
-        // transceivers outside the answer and the browser never receives them. The composite's
-        // stream id names the room, the audio's this participant's own mix.
-        let video_track = OutboundTrack::video(
-            joined.video_codec,
-            "composite",
-            &format!("mcu-{}", self.room),
-        );
-        let video_sender = pc
-            .add_track(video_track.as_local())
-            .await
-            .context("adding the composite track")?;
-        let audio_track = OutboundTrack::audio(&format!("mcu-{}-{id}", self.room));
-        let audio_sender = pc
-            .add_track(audio_track.as_local())
-            .await
-            .context("adding the audio mix track")?;
-        let viewer = viewer::Viewer {
-            room: room.clone(),
-            who: id,
-            codec: joined.video_codec,
-            tiers: joined.tiers,
-            track: video_track,
-            outbox: self.outbox.clone(),
-            feedback: feedback_rx,
-            joined_at: Some(joined_at),
-        };
-        self.spawn(viewer.run(joined.video_packets));
-        self.spawn(
-            audio_track.write_all_counted(joined.audio_packets, Some(crate::metrics::Kind::Audio)),
-        );
-        self.spawn(media::read_sender_rtcp(
-            video_sender,
-            Some(feedback),
-            self.activity.clone(),
-        ));
-        self.spawn(media::read_sender_rtcp(
-            audio_sender,
-            None,
-            self.activity.clone(),
-        ));
-        let file_rate = self.ctx.registry.config().file_rate;
+        if let Some(feeds) = joined.feeds {
+            let feedback = self
+                .send_room(
+                    &pc,
+                    &room,
+                    id,
+                    joined.video_codec,
+                    joined.tiers,
+                    feeds,
+                    joined_at,
+                )
+                .await?;
+            if let Some(member) = self.member.as_mut() {
+                member.viewer = Some(feedback);
+            }
+        }
         install_callbacks(
             &pc,
             peer_tx.clone(),
             self.channel_tx.clone(),
             self.upload_pacer.clone(),
         );
+        if self.role != Role::Participant {
+            tracing::info!(role = ?self.role, codec = ?joined.video_codec, "session joined");
+            return Ok(Ok(()));
+        }
+        let file_rate = self.ctx.registry.config().file_rate;
         self.sharing = Some(Sharing::new(
             id,
             room.clone(),
@@ -493,7 +497,7 @@ impl Session {
         })
         .await;
         tracing::info!(codec = ?joined.video_codec, "session joined");
-        Ok(())
+        Ok(Ok(()))
     }
 
     /// Runs `task` for as long as this session, inside its span.
@@ -567,7 +571,9 @@ impl Session {
             sharing.close().await;
         }
         if let Some(member) = self.member.take() {
-            crate::metrics::metrics().leaves.inc();
+            if self.role != Role::Watcher {
+                crate::metrics::metrics().leaves.inc();
+            }
             member.room.leave(member.id).await;
             if let Err(e) = member.pc.close().await {
                 tracing::debug!("closing a peer connection: {e}");

@@ -93,8 +93,8 @@ impl Session {
                 match state {
                     RTCPeerConnectionState::Connected => {
                         // A new viewer needs a keyframe (of its tier) to start decoding.
-                        if let Some(m) = &self.member {
-                            let _ = m.viewer.try_send(super::viewer::Feedback::KeyframeWanted);
+                        if let Some(viewer) = self.member.as_ref().and_then(|m| m.viewer.as_ref()) {
+                            let _ = viewer.try_send(super::viewer::Feedback::KeyframeWanted);
                         }
                         true
                     }
