@@ -312,6 +312,7 @@ async fn a_whep_player_receives_the_whole_composite_and_everyones_audio_without_
 
     let out = player.wait_with_output().await.expect("aiortc ends");
     let seen = printed(&out);
+    println!("the WHEP player saw: {seen}");
     assert_eq!(seen["size"], serde_json::json!([1280, 720]), "{seen}");
     let fps = seen["fps"].as_f64().unwrap_or_default();
     assert!(

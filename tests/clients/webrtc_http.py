@@ -2,6 +2,8 @@
 tests in tests/whip.rs. Prints one JSON line of what it saw.
 
     webrtc_http.py watch URL --seconds N [--tone HZ] [--token T]
+    webrtc_http.py audience URL --players N --seconds S   (players that receive without decoding,
+                                                           to measure what watchers cost the server)
     webrtc_http.py publish URL --seconds N --colour RRGGBB --tone HZ [--codec vp8|h264]
 """
 
@@ -148,6 +150,32 @@ async def watch(args):
     print(json.dumps(result))
 
 
+class NoDecoder:
+    """Stands in for aiortc's decoders: an audience's packets are received, decrypted and
+    depacketized, but not decoded (the measured cost is the server's, not the players')."""
+
+    def decode(self, encoded_frame):
+        return []
+
+
+async def audience(args):
+    import aiortc.rtcrtpreceiver
+
+    aiortc.rtcrtpreceiver.get_decoder = lambda codec: NoDecoder()
+    players = []
+    for _ in range(args.players):
+        pc = RTCPeerConnection()
+        pc.addTransceiver("video", direction="recvonly")
+        pc.addTransceiver("audio", direction="recvonly")
+        players.append((pc, await negotiate(pc, args.url, args.token)))
+    await asyncio.sleep(args.seconds)
+    statuses = []
+    for pc, resource in players:
+        statuses.append(http("DELETE", resource, token=args.token)[0])
+        await pc.close()
+    print(json.dumps({"players": len(players), "delete_statuses": sorted(set(statuses))}))
+
+
 class ColourTrack(MediaStreamTrack):
     """A 640×360 camera of one colour with a moving bright bar, at 30 fps."""
 
@@ -235,7 +263,8 @@ async def publish(args):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["watch", "publish"])
+    parser.add_argument("mode", choices=["watch", "publish", "audience"])
+    parser.add_argument("--players", type=int, default=10)
     parser.add_argument("url")
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--tone", type=float)
@@ -243,7 +272,8 @@ def main():
     parser.add_argument("--codec", default="vp8", choices=["vp8", "h264"])
     parser.add_argument("--token")
     args = parser.parse_args()
-    asyncio.run(watch(args) if args.mode == "watch" else publish(args))
+    run = {"watch": watch, "publish": publish, "audience": audience}[args.mode]
+    asyncio.run(run(args))
 
 
 if __name__ == "__main__":
