@@ -18,7 +18,11 @@ use common::{Server, SETTLE};
 const SPINNERS_PER_CORE: usize = 8;
 /// Two late seconds step down, a level holds 6 s, and the canvas shrinks after its own wait
 /// (load.rs, canvas.rs); the room's tick and the admin API are slow on a starved machine too.
-const STEP_DOWN_DEADLINE: Duration = Duration::from_secs(45);
+/// How soon the room is late again at the reduced frame rate depends on how starved it is: in a
+/// CI run on 2026-12-02 the step to the small canvas came 41 s after the first step and the
+/// canvas shrank 6 s later, past the 45 s this was. A deadline, not a target: it only costs time
+/// when the room never steps down.
+const STEP_DOWN_DEADLINE: Duration = Duration::from_secs(90);
 /// Ten calm seconds for each step back up, each level held at least 6 s.
 const STEP_UP_DEADLINE: Duration = Duration::from_secs(60);
 
