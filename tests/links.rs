@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{wait_for, Server, SETTLE};
+use common::{wait_for, Server};
 use mcu_probe::frames::{frame_gaps, FrameGaps};
 use mcu_probe::impair::Impairment;
 use mcu_probe::probe::{Observation, Participant};
@@ -42,6 +42,12 @@ fn current_width(p: &Participant) -> Option<u32> {
 fn widths(p: &Participant) -> Vec<u32> {
     p.observe().sizes.iter().map(|(_, w, _)| *w).collect()
 }
+
+/// How long a sender on a 5 % lossy, jittery uplink may take to connect and show its tile: its
+/// DTLS handshake flights are retransmitted on a doubling timer (1, 2, 4, 8 s) when a packet of
+/// them is lost, and a CI run on 2026-12-02 saw no track from it within 15 s. The test is about
+/// the tile moving once it is there, not about how soon it connects.
+const LOSSY_CONNECT: Duration = Duration::from_secs(40);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_viewer_on_a_thin_link_gets_a_smaller_picture_and_the_full_one_back_when_it_widens() {
@@ -140,18 +146,22 @@ async fn a_sender_on_a_lossy_jittery_uplink_keeps_its_tile_moving_for_the_others
     let colour = crowd.members[2].colour();
 
     // Everyone sees the lossy sender's colour in its tile.
-    wait_for("the lossy sender's tile at the others", SETTLE, || {
-        crowd.members[..2]
-            .iter()
-            .all(|p| {
-                p.observe().recent.last().is_some_and(|f| {
-                    f.tiles.iter().any(|(id, c)| {
-                        *id == sender && mcu_probe::probe::analysis::shows(*c, colour)
+    wait_for(
+        "the lossy sender's tile at the others",
+        LOSSY_CONNECT,
+        || {
+            crowd.members[..2]
+                .iter()
+                .all(|p| {
+                    p.observe().recent.last().is_some_and(|f| {
+                        f.tiles.iter().any(|(id, c)| {
+                            *id == sender && mcu_probe::probe::analysis::shows(*c, colour)
+                        })
                     })
                 })
-            })
-            .then_some(())
-    })
+                .then_some(())
+        },
+    )
     .await;
 
     // Its camera keeps being decoded (the server NACKs what it lost and puts the rest back in
