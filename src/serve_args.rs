@@ -139,6 +139,17 @@ pub struct ServeArgs {
     /// Record every room from its first participant until it empties.
     #[arg(long, env = "MCU_AUTO_RECORD", value_parser = clap::builder::FalseyValueParser::new())]
     auto_record: bool,
+    /// Join a cluster: the Redis that holds which node has each room (redis://HOST:PORT). Without
+    /// it this server is a cluster of one, as always.
+    #[arg(long, env = "MCU_REDIS_URL", hide_env_values = true)]
+    redis_url: Option<String>,
+    /// How clients reach this node, e.g. https://node-b.example.org:8443 (other nodes send
+    /// clients here); by default the address it listens on.
+    #[arg(long, env = "MCU_NODE_URL", requires = "redis_url")]
+    node_url: Option<String>,
+    /// This node's name in the cluster (unique); by default the host name and a random suffix.
+    #[arg(long, env = "MCU_NODE_ID", requires = "redis_url")]
+    node_id: Option<String>,
     /// Bearer token for the admin API (/api/v1); without one it answers on loopback only.
     #[arg(long, env = "MCU_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
@@ -322,5 +333,14 @@ pub fn server_config(args: ServeArgs) -> Result<ServerConfig> {
         keep_files: args.keep_files,
         layout,
         layouts,
+        cluster: args
+            .redis_url
+            .map(|redis_url| mcu_server::cluster::ClusterConfig {
+                redis_url,
+                node_id: args
+                    .node_id
+                    .unwrap_or_else(mcu_server::cluster::default_node_id),
+                node_url: args.node_url,
+            }),
     })
 }

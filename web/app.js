@@ -258,7 +258,11 @@ class Call {
     if (this.closed) return;
     setStatus(this.attempt === 0 ? "Connecting…" : "Reconnecting…", "connecting");
     const scheme = location.protocol === "https:" ? "wss" : "ws";
-    const ws = new WebSocket(`${scheme}://${location.host}/ws/${encodeURIComponent(this.room)}`);
+    // A cluster node may send us to the node that holds the room (a `redirect`); a reconnect
+    // after a drop starts at this page's node again, since the room's node may be gone.
+    const url = this.redirectTo ?? `${scheme}://${location.host}/ws/${encodeURIComponent(this.room)}`;
+    this.redirectTo = null;
+    const ws = new WebSocket(url);
     this.ws = ws;
     this.joinedHere = false;
     ws.onopen = () => {
@@ -353,6 +357,25 @@ class Call {
         }
         break;
       }
+      case "redirect": {
+        // The room lives on another node (before `joined`), or moved there (after it): join
+        // there. A chain of redirects without a join is a fault: fall back to retrying here.
+        this.redirects = this.joinedHere ? 0 : (this.redirects ?? 0) + 1;
+        const ok = /^wss?:\/\//.test(message.url) && this.redirects <= 3;
+        const ws = this.ws;
+        this.ws = null;
+        ws?.close();
+        this.pc?.close();
+        this.pc = null;
+        if (ok) {
+          this.redirectTo = message.url;
+          this.connect();
+        } else {
+          this.redirects = 0;
+          this.retry("The server sent this room around; trying again.");
+        }
+        break;
+      }
       case "removed":
         // Not a network problem: do not come back on our own.
         this.closed = true;
@@ -367,6 +390,9 @@ class Call {
           setStatus(message.message, "failed");
         } else if (["forbidden", "conflict", "video_too_large", "bad_layout"].includes(message.code)) {
           setNotice(message.message);
+        } else if (message.code === "cluster_unavailable" && !this.joinedHere) {
+          // No node can open the room right now (Redis down, every node full): try again later.
+          this.retry(message.message);
         }
         break;
     }

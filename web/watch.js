@@ -69,6 +69,8 @@ async function watch() {
     await gathered(pc);
     const headers = { "Content-Type": "application/sdp" };
     if (token) headers.Authorization = `Bearer ${token}`;
+    // Another node of a cluster answers 307 to the room's node; fetch follows it (and the
+    // resource URL is then that node's: see reply.url below).
     const reply = await fetch(`/whep/${encodeURIComponent(room)}`, {
       method: "POST",
       headers,
@@ -90,7 +92,7 @@ async function watch() {
       return;
     }
     const location = reply.headers.get("Location");
-    if (session === mine) mine.resource = location ? new URL(location, window.location.href).href : null;
+    if (session === mine) mine.resource = location ? new URL(location, reply.url).href : null;
     await pc.setRemoteDescription({ type: "answer", sdp: await reply.text() });
     say(`Watching room ${room}…`);
   } catch (e) {

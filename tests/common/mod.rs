@@ -13,6 +13,7 @@ use mcu_probe::probe::{Crowd, ParticipantReport};
 use mcu_server::codec::VideoCodec;
 
 pub mod recording;
+pub mod redis;
 
 pub struct Server {
     child: Child,
@@ -117,6 +118,18 @@ impl Server {
         self.sigterm_and_wait(Duration::from_secs(15))
     }
 
+    /// Waits up to `deadline` for the server to exit by itself; its exit status, or `None`.
+    pub fn wait_exit(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + deadline;
+        while Instant::now() < end {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     /// `None` if it has not exited within `grace` (or had exited already and was reaped).
     fn sigterm_and_wait(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
         let _ = Command::new("kill")
@@ -218,6 +231,20 @@ impl Server {
                 Instant::now() < end,
                 "room {room} not as expected within {deadline:?}: {:#}",
                 self.room(room).await.unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Server {
+    /// Waits until `room` is no longer open on this server; panics after `deadline`.
+    pub async fn wait_for_room_gone(&self, room: &str, deadline: Duration) {
+        let end = Instant::now() + deadline;
+        while self.room(room).await.is_some() {
+            assert!(
+                Instant::now() < end,
+                "room {room} still open after {deadline:?}"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

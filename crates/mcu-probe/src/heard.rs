@@ -15,8 +15,11 @@ pub struct Announcements {
     pub errors: Vec<String>,
     /// The ICE candidates the server sent, as SDP candidate lines.
     pub server_candidates: Vec<String>,
-    /// Room notices received: recording, mute, removal and video tier messages, in order.
+    /// Room notices received: recording, mute, removal, video tier messages and a `redirect`
+    /// after joining (the room moved), in order.
     pub notices: Vec<ServerMessage>,
+    /// Where cluster doors sent this participant before it joined (WebSocket URLs, in order).
+    pub redirects: Vec<String>,
     /// Each `active_speaker` message: when it arrived, and who.
     pub speakers: Vec<(std::time::Instant, String)>,
     /// Chat and file messages (and file bytes) that came on the WebSocket, for a participant

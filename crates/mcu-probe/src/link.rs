@@ -23,6 +23,17 @@ type Socket =
 
 /// How long to wait for the server's `joined` reply.
 const JOIN_DEADLINE: Duration = Duration::from_secs(10);
+/// A door sends a client to the room's node, which takes it: one redirect is the rule, a second
+/// only when nodes raced to place the room; more means something is wrong.
+const MAX_REDIRECTS: usize = 3;
+
+/// How the server answered `join`.
+enum JoinReply {
+    Joined(String),
+    Refused(String),
+    /// A cluster node sent us to the room's node (a WebSocket URL).
+    Redirect(String),
+}
 
 /// Called for each track the server sends.
 pub type OnTrack = Arc<dyn Fn(Arc<TrackRemote>) + Send + Sync>;
@@ -51,14 +62,47 @@ impl Link {
         on_track: OnTrack,
     ) -> Result<Link> {
         let started = Instant::now();
-        let ws_url = format!(
+        let mut ws_url = format!(
             "{}/ws/{room}",
             base_url
                 .trim_end_matches('/')
                 .replacen("http://", "ws://", 1)
                 .replacen("https://", "wss://", 1)
         );
-        let (socket, _) = tokio_tungstenite::connect_async(ws_url.as_str())
+        for _ in 0..=MAX_REDIRECTS {
+            let attempt = Self::connect(
+                &ws_url,
+                started,
+                name,
+                token.clone(),
+                rtc,
+                heard.clone(),
+                on_track.clone(),
+            )
+            .await?;
+            match attempt {
+                Ok(link) => return Ok(link),
+                Err(redirect) => {
+                    lock(&heard).redirects.push(redirect.clone());
+                    ws_url = redirect;
+                }
+            }
+        }
+        bail!("more than {MAX_REDIRECTS} redirects joining {room}: the cluster sends this room around")
+    }
+
+    /// One attempt at joining over the WebSocket at `ws_url`: the link, or where the server sent
+    /// us instead (`Err(url)`, a `redirect` before `joined`).
+    async fn connect(
+        ws_url: &str,
+        started: Instant,
+        name: &str,
+        token: Option<mcu_server::auth::Secret>,
+        rtc: &RtcFactory,
+        heard: Heard,
+        on_track: OnTrack,
+    ) -> Result<std::result::Result<Link, String>> {
+        let (socket, _) = tokio_tungstenite::connect_async(ws_url)
             .await
             .with_context(|| format!("connecting to {ws_url}"))?;
         let (mut ws_sink, ws_stream) = socket.split();
@@ -118,19 +162,26 @@ impl Link {
             .await
             .context("sending join")?;
         let id = match tokio::time::timeout(JOIN_DEADLINE, joined_rx).await {
-            Ok(Ok(Ok(id))) => id,
-            Ok(Ok(Err(refusal))) => bail!("the server refused the join: {refusal}"),
+            Ok(Ok(JoinReply::Joined(id))) => id,
+            Ok(Ok(JoinReply::Refused(refusal))) => bail!("the server refused the join: {refusal}"),
+            Ok(Ok(JoinReply::Redirect(url))) => {
+                for task in &tasks {
+                    task.abort();
+                }
+                let _ = pc.close().await;
+                return Ok(Err(url));
+            }
             Ok(Err(_)) => bail!("the connection closed before the join was answered"),
             Err(_) => bail!("no answer to join within {JOIN_DEADLINE:?}"),
         };
-        Ok(Link {
+        Ok(Ok(Link {
             id,
             started,
             pc,
             heard,
             ws_out,
             tasks,
-        })
+        }))
     }
 
     /// Offers the tracks added so far.
@@ -189,7 +240,7 @@ impl Drop for Link {
 }
 
 /// The answer to `join`: the participant id, or the server's refusal.
-type JoinAnswer = oneshot::Sender<Result<String, String>>;
+type JoinAnswer = oneshot::Sender<JoinReply>;
 
 /// Reads what the server sends: the answer and candidates go to the peer connection, the rest
 /// into `heard` (and chat and files into its sharing state).
@@ -230,9 +281,19 @@ impl Reader {
         match message {
             ServerMessage::Joined { participant_id, .. } => {
                 if let Some(tx) = self.joined.take() {
-                    let _ = tx.send(Ok(participant_id));
+                    let _ = tx.send(JoinReply::Joined(participant_id));
                 }
             }
+            // Before `joined`: join there instead. After it: the room moved (its node lost the
+            // lease); the socket closes next, and the caller decides whether to come back.
+            ServerMessage::Redirect { url } => match self.joined.take() {
+                Some(tx) => {
+                    let _ = tx.send(JoinReply::Redirect(url));
+                }
+                None => lock(&self.heard)
+                    .notices
+                    .push(ServerMessage::Redirect { url }),
+            },
             ServerMessage::Answer { sdp } => {
                 let result = match RTCSessionDescription::answer(sdp) {
                     Ok(answer) => self.pc.set_remote_description(answer).await,
@@ -270,7 +331,7 @@ impl Reader {
                 let text = format!("{code:?}: {message}");
                 match self.joined.take() {
                     Some(tx) => {
-                        let _ = tx.send(Err(text));
+                        let _ = tx.send(JoinReply::Refused(text));
                     }
                     // Refusals of chat and file requests are expected answers (a file too
                     // large, a flood held back): the sharing checks read them, they are not the

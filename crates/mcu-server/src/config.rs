@@ -391,6 +391,8 @@ pub struct ServerConfig {
     /// Named layouts from `--layouts FILE`, which `--layout`, `set_layout` and the admin API can
     /// name.
     pub layouts: crate::layout::NamedLayouts,
+    /// The cluster this node belongs to (`--redis-url`), if any.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl Default for ServerConfig {
@@ -425,6 +427,7 @@ impl Default for ServerConfig {
             keep_files: None,
             layout: crate::layout::LayoutSpec::default(),
             layouts: crate::layout::NamedLayouts::default(),
+            cluster: None,
         }
     }
 }

@@ -140,12 +140,43 @@ fn problem(status: StatusCode, code: &str, detail: &str) -> Response<Body> {
     response
 }
 
+/// With a cluster, a room that lives on another node: 307 to the same door there (the client
+/// posts its offer again; its resource URL then belongs to that node). `None` to go on here.
+async fn elsewhere(ctx: &Arc<SessionContext>, request: &DoorRequest) -> Option<Response<Body>> {
+    ctx.registry.cluster()?;
+    let room = crate::ids::RoomId::new(&request.room).ok()?;
+    match ctx.registry.locate(&room).await {
+        Ok(crate::cluster::Place::Here) => None,
+        Ok(crate::cluster::Place::Elsewhere { url, node }) => {
+            let query = request
+                .query
+                .as_deref()
+                .map(|q| format!("?{q}"))
+                .unwrap_or_default();
+            let location = format!("{url}/{}/{room}{query}", door(request.role));
+            let mut response = problem(
+                StatusCode::TEMPORARY_REDIRECT,
+                "elsewhere",
+                &format!("room {room} is on node {node}: {location}"),
+            );
+            if let Ok(value) = HeaderValue::from_str(&location) {
+                response.headers_mut().insert(header::LOCATION, value);
+            }
+            Some(response)
+        }
+        Err(e) => Some(refusal(&Refused {
+            code: e.code(),
+            message: e.to_string(),
+        })),
+    }
+}
+
 /// The status a refusal gets, and how long the client should wait before retrying, if at all.
 fn status_of(code: ErrorCode) -> (StatusCode, Option<u32>) {
     match code {
         ErrorCode::Unauthorized => (StatusCode::UNAUTHORIZED, None),
         ErrorCode::Forbidden => (StatusCode::FORBIDDEN, None),
-        ErrorCode::RoomFull | ErrorCode::ServerFull => {
+        ErrorCode::RoomFull | ErrorCode::ServerFull | ErrorCode::ClusterUnavailable => {
             (StatusCode::SERVICE_UNAVAILABLE, Some(RETRY_FULL_SECS))
         }
         ErrorCode::RateLimited => (StatusCode::TOO_MANY_REQUESTS, Some(RETRY_RATE_LIMITED_SECS)),
@@ -243,6 +274,9 @@ fn query_name(query: Option<&str>) -> Option<String> {
 }
 
 async fn post(ctx: &Arc<SessionContext>, request: DoorRequest) -> Response<Body> {
+    if let Some(elsewhere) = elsewhere(ctx, &request).await {
+        return elsewhere;
+    }
     if !content_type_is(&request.headers, "application/sdp") {
         let mut response = problem(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,

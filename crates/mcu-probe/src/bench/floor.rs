@@ -13,13 +13,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::media::BenchMedia;
-use super::proc_stat::ProcessSample;
 use super::pump::{self, Output, SendLog, Stream};
 use mcu_server::codec::VideoCodec;
 use mcu_server::config::MediaConfig;
 use mcu_server::ids::ParticipantId;
 use mcu_server::layout;
 use mcu_server::media::{FeedReader, InputSignals, RoomPipeline};
+use mcu_server::proc_stat::ProcessSample;
 use mcu_server::rtc::{PT_OPUS, PT_VP8};
 
 /// Time for every branch to start decoding before the CPU is counted.

@@ -11,7 +11,7 @@ mod marks;
 mod media;
 mod member;
 mod plot;
-mod proc_stat;
+use mcu_server::proc_stat;
 mod pump;
 mod receiver;
 mod report;

@@ -4,7 +4,7 @@
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
-use super::proc_stat::{machine_cores, ProcessSample};
+use mcu_server::proc_stat::{machine_cores, ProcessSample};
 
 /// A one-line progress display on a terminal, plain lines otherwise.
 pub(super) struct Progress {

@@ -89,6 +89,8 @@ pub struct Observation {
     pub notices: Vec<ServerMessage>,
     /// Each `active_speaker` message: when it arrived, and who.
     pub speakers: Vec<(Instant, String)>,
+    /// Where cluster doors sent it before it joined (WebSocket URLs).
+    pub redirects: Vec<String>,
     /// What its impaired link did, when it has one.
     pub link: Option<LinkFigures>,
 }
@@ -230,6 +232,7 @@ impl Participant {
             server_candidates: heard.server_candidates.clone(),
             notices: heard.notices.clone(),
             speakers: heard.speakers.clone(),
+            redirects: heard.redirects.clone(),
             link: self.media.link.as_ref().map(|l| l.counters.figures()),
         }
     }

@@ -387,6 +387,7 @@ mod tests {
             server_candidates: vec![],
             notices: vec![],
             speakers: vec![],
+            redirects: Vec::new(),
             link: None,
             sizes: vec![],
         }

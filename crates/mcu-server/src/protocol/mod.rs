@@ -161,6 +161,12 @@ pub enum ServerMessage {
     Removed {
         reason: String,
     },
+    /// The room lives on another node of the cluster: connect to `url` (a WebSocket URL for this
+    /// room there) and send the same `join`. Sent instead of `joined`, or to everyone in a room
+    /// that moved; the server closes this socket next (docs/protocol.md, "Several nodes").
+    Redirect {
+        url: String,
+    },
     Pong,
     /// A chat message; after `chat_subscribe`, first every one the room kept, then each new one.
     Chat(Box<ChatEntry>),
@@ -289,6 +295,9 @@ pub enum ErrorCode {
     /// A layout that cannot be drawn (unknown name, a region outside the frame, someone not in
     /// the room…); the message says what is wrong.
     BadLayout,
+    /// The cluster's room registry (Redis) cannot be reached, or no node has room for a new
+    /// room: rooms already open can be joined, new ones cannot for now. Try again later.
+    ClusterUnavailable,
     /// A camera declared a picture larger than the server decodes (1920×1080, either way up);
     /// its frames are dropped until a keyframe of an accepted size.
     VideoTooLarge,

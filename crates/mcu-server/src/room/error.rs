@@ -39,6 +39,12 @@ pub enum RoomError {
     /// A layout request that cannot be drawn; the text says why.
     #[error("layout refused: {0}")]
     Layout(#[from] crate::layout::LayoutError),
+    /// The room lives on another node of the cluster, reached at `node_url`.
+    #[error("room {room} is on node {node_url}")]
+    Elsewhere { node_url: String, room: String },
+    /// The cluster cannot say where the room lives, or has no node for a new one.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 impl RoomError {
@@ -53,6 +59,9 @@ impl RoomError {
             RoomError::File(refusal) => refusal.code(),
             RoomError::UnknownFile(_) => ErrorCode::UnknownFile,
             RoomError::Layout(_) => ErrorCode::BadLayout,
+            RoomError::Cluster(_) => ErrorCode::ClusterUnavailable,
+            // Never sent as an error: `to_message` makes it a redirect.
+            RoomError::Elsewhere { .. } => ErrorCode::Internal,
             RoomError::Closed | RoomError::Media(_) | RoomError::RecordingFailed(_) => {
                 ErrorCode::Internal
             }
@@ -61,6 +70,11 @@ impl RoomError {
 
     /// The error as a participant is told it.
     pub fn to_message(&self) -> ServerMessage {
+        if let RoomError::Elsewhere { node_url, room } = self {
+            return ServerMessage::Redirect {
+                url: crate::cluster::websocket_url(node_url, room),
+            };
+        }
         ServerMessage::error(self.code(), self.to_string())
     }
 }

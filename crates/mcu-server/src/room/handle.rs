@@ -134,9 +134,11 @@ pub(super) enum RoomCommand {
         who: ParticipantId,
         muted: bool,
     },
-    /// Ends the room: everyone is removed, the recording is finished.
+    /// Ends the room: everyone is removed, the recording is finished. With `moved_to` (the room
+    /// now lives on that node of the cluster), participants are sent there instead.
     Close {
         reason: String,
+        moved_to: Option<String>,
     },
 }
 
@@ -398,7 +400,25 @@ impl RoomHandle {
     /// Asks the room to close; `closed` waits until it has.
     pub async fn close(&self, reason: &str) {
         let reason = reason.to_string();
-        let _ = self.commands.send(RoomCommand::Close { reason }).await;
+        let _ = self
+            .commands
+            .send(RoomCommand::Close {
+                reason,
+                moved_to: None,
+            })
+            .await;
+    }
+
+    /// Ends the room because it now lives on another node: participants get a `redirect` to
+    /// `url` (the room's WebSocket there) rather than `removed`, and their clients follow it.
+    pub async fn close_moved(&self, reason: &str, url: String) {
+        let _ = self
+            .commands
+            .send(RoomCommand::Close {
+                reason: reason.to_string(),
+                moved_to: Some(url),
+            })
+            .await;
     }
 
     /// Resolves when the room's actor has finished (its recording included).

@@ -195,6 +195,7 @@ impl Room {
             let _ = self.start_recording();
         }
         let mut close_reason = None;
+        let mut moved_to: Option<String> = None;
         let mut tier_check = tokio::time::interval(TIER_CHECK);
         let mut speaker_tick = tokio::time::interval(crate::speaker::TICK);
         speaker_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -215,8 +216,9 @@ impl Room {
                     let Some(command) = command else { break };
                     let started = Instant::now();
                     let what = command.name();
-                    if let RoomCommand::Close { reason } = command {
+                    if let RoomCommand::Close { reason, moved_to: to } = command {
                         close_reason = Some(reason);
+                        moved_to = to;
                         break;
                     }
                     if command.changes_the_graph() {
@@ -262,9 +264,13 @@ impl Room {
         }
         let reason = close_reason.unwrap_or_else(|| "the room was closed".to_string());
         for p in self.participants.drain(..) {
-            let _ = p.events.try_send(ServerMessage::Removed {
-                reason: reason.clone(),
-            });
+            let farewell = match &moved_to {
+                Some(url) => ServerMessage::Redirect { url: url.clone() },
+                None => ServerMessage::Removed {
+                    reason: reason.clone(),
+                },
+            };
+            let _ = p.events.try_send(farewell);
             if let Some(removed) = p.removed {
                 let _ = removed.send(reason.clone());
             }

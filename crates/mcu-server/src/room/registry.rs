@@ -7,7 +7,7 @@
 //! lock). So the lock only reserves the name: the room is built on a blocking thread, and joins
 //! that arrive meanwhile wait for it on a watch channel, not on the lock.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{Joined, Role, RoomError, RoomHandle, RoomSnapshot};
 use crate::admission::{Admission, ClientKey, Limits};
+use crate::cluster::{Cluster, Place};
 use crate::config::ServerConfig;
 use crate::ids::RoomId;
 use crate::protocol::ServerMessage;
@@ -42,6 +43,15 @@ pub struct Registry {
     refused_rooms: AtomicU64,
     /// Per-address limits on connections and new rooms.
     admission: Arc<Admission>,
+    /// The other nodes, when this node is one of several (`--redis-url`).
+    cluster: Option<Arc<Cluster>>,
+    /// Rooms that recorded on the node that held them before, to record again here on their
+    /// first join.
+    resume_recording: Mutex<HashSet<RoomId>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A room as it opens: `None` while it is built, then the room or why it could not open.
@@ -57,8 +67,14 @@ fn opened(opening: &Opening) -> Option<RoomHandle> {
 }
 
 impl Registry {
-    pub fn new(config: Arc<ServerConfig>, store: Arc<RecordingStore>) -> Arc<Self> {
+    pub fn new(
+        config: Arc<ServerConfig>,
+        store: Arc<RecordingStore>,
+        cluster: Option<Arc<Cluster>>,
+    ) -> Arc<Self> {
         Arc::new(Registry {
+            cluster,
+            resume_recording: Mutex::default(),
             store,
             rooms: Mutex::new(HashMap::new()),
             next_generation: AtomicU64::new(1),
@@ -84,6 +100,28 @@ impl Registry {
         &self.admission
     }
 
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
+    }
+
+    /// Where `room` lives: here if it is open (or opening) here or there is no cluster, else
+    /// wherever the cluster says (placing it if it is new).
+    pub async fn locate(&self, room: &RoomId) -> Result<Place, RoomError> {
+        let Some(cluster) = &self.cluster else {
+            return Ok(Place::Here);
+        };
+        if self.holds(room) {
+            return Ok(Place::Here);
+        }
+        Ok(cluster.locate(room.as_str()).await?)
+    }
+
+    /// Whether `room` is open or opening on this node.
+    fn holds(&self, room: &RoomId) -> bool {
+        let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        rooms.contains_key(room)
+    }
+
     /// Joins `room` in `role` for a client at `client`, creating the room if needed.
     pub async fn join(
         self: &Arc<Self>,
@@ -93,6 +131,12 @@ impl Registry {
         client: ClientKey,
         events: mpsc::Sender<ServerMessage>,
     ) -> Result<(RoomHandle, Joined, oneshot::Receiver<String>), RoomError> {
+        if let Place::Elsewhere { url, .. } = self.locate(room).await? {
+            return Err(RoomError::Elsewhere {
+                node_url: url,
+                room: room.to_string(),
+            });
+        }
         for _ in 0..JOIN_ATTEMPTS {
             let handle = self.get_or_create(room, client).await?;
             let (removed, removed_rx) = oneshot::channel();
@@ -100,7 +144,22 @@ impl Registry {
                 .join(name.to_string(), role, events.clone(), removed)
                 .await
             {
-                Ok(joined) => return Ok((handle, joined, removed_rx)),
+                Ok(joined) => {
+                    if lock(&self.resume_recording).remove(room) {
+                        let (handle, room) = (handle.clone(), room.clone());
+                        tokio::spawn(async move {
+                            match handle.start_recording().await {
+                                Ok(_) => {
+                                    tracing::info!(room = %room, "the room recorded on its last node: recording again here")
+                                }
+                                Err(e) => {
+                                    tracing::warn!(room = %room, "resuming the room's recording: {e}")
+                                }
+                            }
+                        });
+                    }
+                    return Ok((handle, joined, removed_rx));
+                }
                 Err(RoomError::Closed) => continue,
                 Err(e) => return Err(e),
             }
@@ -148,6 +207,11 @@ impl Registry {
         // Its own task, so the room is published even if the join that asked for it is gone.
         let (registry, room) = (self.clone(), room.clone());
         tokio::spawn(async move {
+            if let Err(refusal) = registry.claim(&room).await {
+                registry.forget(&room, generation);
+                let _ = publish.send(Some(Err(refusal)));
+                return;
+            }
             let build = {
                 let (config, store) = (registry.config.clone(), registry.store.clone());
                 let (weak, room) = (Arc::downgrade(&registry), room.clone());
@@ -162,9 +226,30 @@ impl Registry {
             if outcome.is_err() {
                 registry.forget(&room, generation);
             }
+            if let (Ok(_), Some(cluster)) = (&outcome, &registry.cluster) {
+                // It recorded on the node that held it before that node died: it records again
+                // here, in a new file, from its first join (an empty room closes at once).
+                if !registry.config.auto_record && cluster.was_recording(room.as_str()).await {
+                    lock(&registry.resume_recording).insert(room.clone());
+                }
+            }
             let _ = publish.send(Some(outcome));
         });
         Ok(opening)
+    }
+
+    /// Takes the room's lease for this node as it opens here (with a cluster).
+    async fn claim(&self, room: &RoomId) -> Result<(), RoomError> {
+        let Some(cluster) = &self.cluster else {
+            return Ok(());
+        };
+        match cluster.open(room.as_str()).await? {
+            Place::Here => Ok(()),
+            Place::Elsewhere { url, .. } => Err(RoomError::Elsewhere {
+                node_url: url,
+                room: room.to_string(),
+            }),
+        }
     }
 
     /// Called by a room as it closes.
@@ -172,6 +257,9 @@ impl Registry {
         let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
         if rooms.get(room).is_some_and(|(_, g)| *g == generation) {
             rooms.remove(room);
+            if let Some(cluster) = &self.cluster {
+                cluster.release(room.as_str());
+            }
         }
     }
 
@@ -184,6 +272,17 @@ impl Registry {
     pub fn room(&self, room: &RoomId) -> Option<RoomHandle> {
         let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
         rooms.get(room).and_then(|(opening, _)| opened(opening))
+    }
+
+    /// The room called `name`, if it is open here.
+    pub fn room_named(&self, name: &str) -> Option<RoomHandle> {
+        RoomId::new(name).ok().and_then(|id| self.room(&id))
+    }
+
+    /// Every room open or opening here, by name.
+    pub fn room_names(&self) -> Vec<String> {
+        let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        rooms.keys().map(|r| r.to_string()).collect()
     }
 
     /// Every open room (not those still being built).

@@ -320,7 +320,11 @@ impl Session {
             }
         };
         match action {
-            Action::Join { name, token } => self.join(name, token, peer_tx).await?,
+            Action::Join { name, token } => {
+                if !self.join(name, token, peer_tx).await? {
+                    return Ok(false);
+                }
+            }
             Action::ApplyOffer { sdp } => self.apply_offer(sdp).await,
             Action::AddCandidate(c) => self.add_candidate(c).await,
             Action::EndOfCandidates | Action::Buffered | Action::Ignored => {}
@@ -379,11 +383,14 @@ impl Session {
         name: String,
         token: Option<Secret>,
         peer_tx: &mpsc::Sender<PeerEvent>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         if let Err(refusal) = self.enter(name, token, peer_tx).await? {
+            // A redirect ends this socket: the client connects to the room's node instead.
+            let stay = !matches!(refusal, ServerMessage::Redirect { .. });
             self.reply(refusal).await;
+            return Ok(stay);
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Joins the room in the session's role and sets its peer connection up for it (before any

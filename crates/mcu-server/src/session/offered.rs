@@ -122,6 +122,12 @@ impl Refused {
     fn from_message(message: ServerMessage) -> Self {
         match message {
             ServerMessage::Error { code, message } => Refused { code, message },
+            // Another door placed the room elsewhere between our look and our join: rare, and
+            // the client's next attempt is sent there.
+            ServerMessage::Redirect { url } => Refused::new(
+                ErrorCode::ClusterUnavailable,
+                format!("the room moved to another node ({url}) while joining; try again"),
+            ),
             other => Refused::new(ErrorCode::Internal, format!("unexpected {other:?}")),
         }
     }

@@ -1,4 +1,5 @@
-//! A process's CPU time and resident memory, from /proc (Linux).
+//! A process's CPU time and resident memory, from /proc (Linux): the bench measures servers with it, and
+//! a cluster node publishes its own load.
 
 use std::time::Instant;
 
