@@ -182,6 +182,21 @@ async fn two_participants_entering_through_two_nodes_share_one_composite() {
         redirected >= 1,
         "someone entered through a node without the room"
     );
+    // The doors count whom they sent on.
+    let mut sent_on = 0;
+    for n in &nodes {
+        let text =
+            String::from_utf8_lossy(&n.request("GET", "/metrics", &[]).await.body).into_owned();
+        sent_on += text
+            .lines()
+            .find_map(|l| l.strip_prefix("mcu_cluster_redirects_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    assert!(
+        sent_on >= 1,
+        "mcu_cluster_redirects_total counts the redirect"
+    );
     // The admin API of a node without the room answers 307 to the room's node.
     let door = nodes
         .iter()

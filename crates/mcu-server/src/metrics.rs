@@ -84,6 +84,8 @@ pub struct Metrics {
     pub recordings_started: IntCounter,
     pub recordings_failed: IntCounter,
     pub recording_bytes: IntCounter,
+    pub cluster_redirects: IntCounter,
+    pub cluster_registry_errors: IntCounter,
 }
 
 /// The process's metrics. Their names and help texts are constants, so building them fails only
@@ -206,6 +208,16 @@ impl Metrics {
                 r,
                 "mcu_recording_bytes_total",
                 "Bytes written to recording files",
+            )?,
+            cluster_redirects: counter(
+                r,
+                "mcu_cluster_redirects_total",
+                "Clients this node sent to the room's node (WebSocket redirects and HTTP 307s)",
+            )?,
+            cluster_registry_errors: counter(
+                r,
+                "mcu_cluster_registry_errors_total",
+                "Calls to the cluster's Redis that failed or took longer than 2 s",
             )?,
             rtp_packets: by_direction_and_kind(&rtp_packets),
             rtp_bytes: by_direction_and_kind(&rtp_bytes),

@@ -162,6 +162,7 @@ async fn elsewhere(ctx: &Arc<SessionContext>, request: &DoorRequest) -> Option<R
             if let Ok(value) = HeaderValue::from_str(&location) {
                 response.headers_mut().insert(header::LOCATION, value);
             }
+            crate::metrics::metrics().cluster_redirects.inc();
             Some(response)
         }
         Err(e) => Some(refusal(&Refused {

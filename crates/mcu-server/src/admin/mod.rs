@@ -5,6 +5,7 @@
 //! one, the API answers on loopback only. Errors are `{"error": {"code", "message"}}`.
 //! The routing is a plain match on method and path segments, so the whole API reads in one place.
 
+mod cluster;
 pub mod download;
 
 use std::net::SocketAddr;
@@ -226,14 +227,14 @@ pub async fn handle(ctx: Arc<SessionContext>, request: ApiRequest) -> Response<B
     let segments: Vec<&str> = request.path.trim_end_matches('/').split('/').collect();
     let m = &request.method;
     if let ["rooms", room, ..] = segments.as_slice() {
-        if let Some(moved) = elsewhere(&ctx, room, &request.path).await {
+        if let Some(moved) = cluster::elsewhere(&ctx, room, &request.path).await {
             return moved;
         }
     }
     match segments.as_slice() {
         ["rooms"] if m == Method::GET => list_rooms(&ctx).await,
-        ["node"] if m == Method::GET => node_status(&ctx),
-        ["node", "drain"] if m == Method::POST => drain_node(&ctx),
+        ["node"] if m == Method::GET => cluster::node_status(&ctx),
+        ["node", "drain"] if m == Method::POST => cluster::drain_node(&ctx),
         ["rooms", room] if m == Method::GET => {
             with_room(&ctx, room, |h| async move { get_room(h).await }).await
         }
@@ -387,64 +388,6 @@ async fn list_rooms(ctx: &SessionContext) -> Response<Body> {
         };
     }
     json_response(StatusCode::OK, body)
-}
-
-/// A request about a room that lives on another node of the cluster: 307 to the same path there
-/// (the method and body are kept; the client must send its token again, see docs/api.md).
-async fn elsewhere(ctx: &SessionContext, room: &str, path: &str) -> Option<Response<Body>> {
-    let cluster = ctx.registry.cluster()?;
-    let id = RoomId::new(room).ok()?;
-    if ctx.registry.room(&id).is_some() {
-        return None;
-    }
-    let Ok(Some(crate::cluster::Place::Elsewhere { url, node })) = cluster.find(room).await else {
-        return None;
-    };
-    let location = format!("{url}/api/v1/{path}");
-    let mut response = error(
-        StatusCode::TEMPORARY_REDIRECT,
-        "elsewhere",
-        format!("room {room} is on node {node}: {location}"),
-    );
-    if let Ok(value) = header::HeaderValue::from_str(&location) {
-        response.headers_mut().insert(header::LOCATION, value);
-    }
-    Some(response)
-}
-
-/// `GET /api/v1/node`: this node in its cluster.
-fn node_status(ctx: &SessionContext) -> Response<Body> {
-    match ctx.registry.cluster() {
-        None => json_response(StatusCode::OK, json!({"cluster": false})),
-        Some(cluster) => json_response(
-            StatusCode::OK,
-            json!({
-                "cluster": true,
-                "id": cluster.id(),
-                "url": cluster.url(),
-                "draining": cluster.is_draining(),
-                "published": cluster.last_record(),
-            }),
-        ),
-    }
-}
-
-/// `POST /api/v1/node/drain`: no new room on this node; its rooms go on until they end.
-fn drain_node(ctx: &SessionContext) -> Response<Body> {
-    match ctx.registry.cluster() {
-        None => error(
-            StatusCode::CONFLICT,
-            "not_a_cluster",
-            "this server runs without --redis-url: there is no other node to send new rooms to",
-        ),
-        Some(cluster) => {
-            cluster.drain();
-            json_response(
-                StatusCode::OK,
-                json!({"id": cluster.id(), "draining": true, "rooms": ctx.registry.room_names().len()}),
-            )
-        }
-    }
 }
 
 async fn get_room(handle: RoomHandle) -> Response<Body> {

@@ -126,11 +126,18 @@ impl Store {
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        let connection = self.connection().await.with_context(|| what.to_string())?;
-        tokio::time::timeout(CALL_DEADLINE, f(connection))
-            .await
-            .with_context(|| format!("{what}: Redis did not answer"))?
-            .with_context(|| what.to_string())
+        let outcome = async {
+            let connection = self.connection().await.with_context(|| what.to_string())?;
+            tokio::time::timeout(CALL_DEADLINE, f(connection))
+                .await
+                .with_context(|| format!("{what}: Redis did not answer"))?
+                .with_context(|| what.to_string())
+        }
+        .await;
+        if outcome.is_err() {
+            crate::metrics::metrics().cluster_registry_errors.inc();
+        }
+        outcome
     }
 
     /// Claims `room` for `node` (see CLAIM); answers the holder afterwards.

@@ -41,7 +41,7 @@ use crate::protocol::{
 };
 use crate::rate::RateLimit;
 use crate::room::registry::Registry;
-use crate::room::{Role, RoomHandle, EVENT_QUEUE};
+use crate::room::{Role, RoomError, RoomHandle, EVENT_QUEUE};
 use crate::rtc::RtcFactory;
 use crate::signalling::{Action, Signalling};
 use peer::{install_callbacks, PeerEvent};
@@ -421,6 +421,12 @@ impl Session {
             .await
         {
             Ok(j) => j,
+            // Not a refusal: the room lives on another node of the cluster, the client goes there.
+            Err(e @ RoomError::Elsewhere { .. }) => {
+                tracing::debug!(client = %self.client, "sent on: {e}");
+                crate::metrics::metrics().cluster_redirects.inc();
+                return Ok(Err(e.to_message()));
+            }
             Err(e) => {
                 limited_info!(client = %self.client, role = ?self.role, "join refused: {e}");
                 crate::metrics::metrics().join_refusals.inc();
