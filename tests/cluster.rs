@@ -66,12 +66,30 @@ async fn until_all_published(door: &Server, n: usize) {
     }
 }
 
-fn node<'a>(nodes: &'a [Server], id: &str) -> &'a Server {
-    let index = ["a", "b", "c"]
+/// The index of node `id` in `three_nodes`'s list.
+fn index_of(id: &str) -> usize {
+    ["a", "b", "c"]
         .iter()
         .position(|n| *n == id)
-        .unwrap_or_else(|| panic!("no node {id}"));
-    &nodes[index]
+        .unwrap_or_else(|| panic!("no node {id}"))
+}
+
+fn node<'a>(nodes: &'a [Server], id: &str) -> &'a Server {
+    &nodes[index_of(id)]
+}
+
+/// Two participants in "standup", entering through node a and seeing each other; with the id
+/// of the node that holds the room.
+async fn room_of_two(nodes: &[Server], what: &str) -> (Crowd, String) {
+    let mut crowd = Crowd::new(&nodes[0].url(), "standup").expect("a crowd");
+    for _ in 0..2 {
+        crowd.join(VideoCodec::Vp8).await.expect("joining");
+    }
+    settle(&crowd, what).await;
+    let home = holder(&nodes[0], "standup")
+        .await
+        .expect("the room is listed");
+    (crowd, home)
 }
 
 #[tokio::test]
@@ -252,18 +270,8 @@ async fn a_killed_nodes_rooms_come_back_on_the_others_with_their_participants() 
     let mut nodes = three_nodes("cluster-kill", &redis);
     until_all_published(&nodes[0], 3).await;
 
-    let mut crowd = Crowd::new(&nodes[0].url(), "standup").expect("a crowd");
-    for _ in 0..2 {
-        crowd.join(VideoCodec::Vp8).await.expect("joining");
-    }
-    settle(&crowd, "the room before its node dies").await;
-    let home = holder(&nodes[0], "standup")
-        .await
-        .expect("the room is listed");
-    let index = ["a", "b", "c"]
-        .iter()
-        .position(|n| *n == home)
-        .expect("a node");
+    let (crowd, home) = room_of_two(&nodes, "the room before its node dies").await;
+    let index = index_of(&home);
     // It records; the cluster learns that with the node's next record.
     let started = nodes[index]
         .request("POST", "/api/v1/rooms/standup/recording", &[])
@@ -350,10 +358,7 @@ async fn a_draining_node_takes_no_new_room_and_its_rooms_finish() {
     let home = holder(&nodes[0], "standup")
         .await
         .expect("the room is listed");
-    let index = ["a", "b", "c"]
-        .iter()
-        .position(|n| *n == home)
-        .expect("a node");
+    let index = index_of(&home);
     // SIGTERM drains a cluster node: it goes on serving its room.
     let pid = nodes[index].pid().to_string();
     let _ = std::process::Command::new("kill")
@@ -405,14 +410,7 @@ async fn with_redis_stopped_running_rooms_go_on_and_new_rooms_are_refused_with_t
     let nodes = three_nodes("cluster-redis-down", &redis);
     until_all_published(&nodes[0], 3).await;
 
-    let mut crowd = Crowd::new(&nodes[0].url(), "standup").expect("a crowd");
-    for _ in 0..2 {
-        crowd.join(VideoCodec::Vp8).await.expect("joining");
-    }
-    settle(&crowd, "the room before Redis stops").await;
-    let home = holder(&nodes[0], "standup")
-        .await
-        .expect("the room is listed");
+    let (crowd, home) = room_of_two(&nodes, "the room before Redis stops").await;
 
     redis.stop();
     // Past a whole lease: a node that gave rooms up when Redis is silent would have by now.

@@ -93,16 +93,10 @@ const DRAIN_CHECK: Duration = Duration::from_secs(1);
 /// A cluster node's stop: SIGINT stops at once; SIGTERM drains (no new room here, the others
 /// take them) and returns when no room is left here, or at a second signal.
 async fn drain_then_stop(cluster: &Cluster, registry: &Registry) {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
+    let mut term = sigterm();
     tokio::select! {
         _ = tokio::signal::ctrl_c() => return,
-        _ = term.recv() => {}
+        _ = next_signal(&mut term) => {}
     }
     cluster.drain();
     tracing::info!(
@@ -112,7 +106,7 @@ async fn drain_then_stop(cluster: &Cluster, registry: &Registry) {
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => return,
-            _ = term.recv() => return,
+            _ = next_signal(&mut term) => return,
             _ = tokio::time::sleep(DRAIN_CHECK) => {
                 if registry.room_names().is_empty() {
                     tracing::info!("drained: no room left on this node");
@@ -124,16 +118,25 @@ async fn drain_then_stop(cluster: &Cluster, registry: &Registry) {
 }
 
 async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
+    let mut term = sigterm();
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+        _ = next_signal(&mut term) => {}
     }
     tracing::info!("shutting down");
+}
+
+/// SIGTERM's stream, or none where it cannot be had (then only SIGINT stops the server).
+fn sigterm() -> Option<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok()
+}
+
+/// The next signal on `signal`; never, without one.
+async fn next_signal(signal: &mut Option<tokio::signal::unix::Signal>) {
+    match signal {
+        Some(signal) => {
+            signal.recv().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
 }
