@@ -297,6 +297,7 @@ class Call {
     switch (message.type) {
       case "joined":
         this.attempt = 0;
+        this.redirects = 0;
         this.joinedHere = true;
         this.id = message.participant_id;
         this.sharing.reset({ selfId: message.participant_id, maxFileSize: message.max_file_size });

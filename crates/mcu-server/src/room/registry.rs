@@ -257,6 +257,9 @@ impl Registry {
         let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
         if rooms.get(room).is_some_and(|(_, g)| *g == generation) {
             rooms.remove(room);
+            // A "record again" mark whose first join never came must not start a recording at
+            // this name's next room.
+            lock(&self.resume_recording).remove(room);
             if let Some(cluster) = &self.cluster {
                 cluster.release(room.as_str());
             }
