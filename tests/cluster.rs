@@ -19,24 +19,24 @@ const BACK_WITHIN: Duration = Duration::from_secs(20);
 fn three_nodes(test: &str, redis: &Redis) -> Vec<Server> {
     ["a", "b", "c"]
         .iter()
-        .map(|id| {
-            Server::start(
-                &format!("{test}-{id}"),
-                &[
-                    "--redis-url",
-                    &redis.url,
-                    "--node-id",
-                    id,
-                    "--max-rooms",
-                    "0",
-                    "--max-new-rooms-per-address",
-                    "0",
-                    "--max-connections-per-address",
-                    "0",
-                ],
-            )
-        })
+        .map(|id| cluster_node(test, redis, id, &["--max-new-rooms-per-address", "0"]))
         .collect()
+}
+
+/// Node `id` of the cluster on `redis`, with no limit of rooms or connections, and `extra` flags.
+fn cluster_node(test: &str, redis: &Redis, id: &str, extra: &[&str]) -> Server {
+    let mut args = vec![
+        "--redis-url",
+        &redis.url,
+        "--node-id",
+        id,
+        "--max-rooms",
+        "0",
+        "--max-connections-per-address",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    Server::start(&format!("{test}-{id}"), &args)
 }
 
 /// Which node holds `room`, as the cluster listing of `door` says.
@@ -495,4 +495,123 @@ async fn a_node_that_loses_its_lease_closes_the_room_and_sends_its_people_to_the
         .await
         .expect("joining the new holder");
     settle(&crowd, "the room on its new holder").await;
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// What one join over a raw WebSocket is answered with: `joined`, `redirect` or `error`; with
+/// the socket, whose closing would leave a joined room.
+async fn first_answer(door: &Server, room: &str) -> (serde_json::Value, Socket) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (mut ws, _) = tokio_tungstenite::connect_async(door.ws_url(room))
+        .await
+        .expect("the upgrade");
+    ws.send(Message::text(r#"{"type":"join","name":"stranger"}"#))
+        .await
+        .expect("sending the join");
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("an answer within 20 s");
+        let Some(Ok(Message::Text(text))) = frame else {
+            panic!("closed before answering the join to {room}: {frame:?}");
+        };
+        let json: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        if ["joined", "redirect", "error"].contains(&json["type"].as_str().unwrap_or_default()) {
+            return (json, ws);
+        }
+    }
+}
+
+/// One address asks a door for many new rooms: past the door's `--max-new-rooms-per-address`
+/// it is refused before anything is placed, so it cannot fill the cluster with leases of rooms
+/// that never open (placing takes a lease for the chosen node at once), through the WebSocket or
+/// through WHIP; and a door that wants a join token places nothing for a request without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_new_rooms_through_one_door_places_no_more_than_its_limit() {
+    init();
+    let redis = Redis::start();
+    let door = cluster_node(
+        "cluster-flood",
+        &redis,
+        "a",
+        &["--max-new-rooms-per-address", "3"],
+    );
+    let _other = cluster_node(
+        "cluster-flood",
+        &redis,
+        "b",
+        &["--max-new-rooms-per-address", "0"],
+    );
+    let guarded = cluster_node(
+        "cluster-flood",
+        &redis,
+        "c",
+        &["--jwt-secret", "a cluster test secret of 32+ bytes!!"],
+    );
+    until_all_published(&door, 3).await;
+    let store = Store::new(&redis.url).expect("a store");
+
+    let mut answers = Vec::new();
+    let mut sockets = Vec::new();
+    for i in 0..6 {
+        let room = format!("flood-{i}");
+        let (answer, socket) = first_answer(&door, &room).await;
+        answers.push((room, answer));
+        sockets.push(socket);
+    }
+    let placed: Vec<&str> = answers
+        .iter()
+        .filter(|(_, a)| a["type"] != "error")
+        .map(|(room, _)| room.as_str())
+        .collect();
+    assert_eq!(placed.len(), 3, "three rooms a minute: {answers:?}");
+    for (room, answer) in &answers {
+        let holder = store.holder(room).await.expect("Redis answers");
+        if answer["type"] == "error" {
+            assert_eq!(answer["code"], "rate_limited", "{answer}");
+            assert_eq!(holder, None, "{room} was refused, yet placed");
+        } else {
+            assert!(holder.is_some(), "{room} was answered {answer}, not placed");
+        }
+    }
+    // WHIP counts at the same door, after reading the offer: refused, nothing placed.
+    let offer = include_bytes!("data/ffmpeg-whip-offer.sdp").to_vec();
+    let sdp = [("content-type", "application/sdp")];
+    let reply = door
+        .request_with_body("POST", "/whip/flood-whip", &sdp, offer.clone())
+        .await;
+    assert_eq!(
+        reply.status,
+        429,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(reply.json()["code"], "rate_limited");
+    assert_eq!(
+        store.holder("flood-whip").await.expect("Redis answers"),
+        None
+    );
+    // Without a token, nothing is placed: the token is checked before the room is.
+    let reply = guarded
+        .request_with_body("POST", "/whip/anonymous", &sdp, offer)
+        .await;
+    assert_eq!(
+        reply.status,
+        401,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(
+        store.holder("anonymous").await.expect("Redis answers"),
+        None
+    );
+    let (answer, _socket) = first_answer(&guarded, "anonymous").await;
+    assert_eq!(answer["code"], "unauthorized", "{answer}");
+    assert_eq!(
+        store.holder("anonymous").await.expect("Redis answers"),
+        None
+    );
 }

@@ -142,12 +142,17 @@ fn problem(status: StatusCode, code: &str, detail: &str) -> Response<Body> {
 
 /// With a cluster, a room that lives on another node: 307 to the same door there (the client
 /// posts its offer again; its resource URL then belongs to that node). `None` to go on here.
+/// Not counted in /metrics here: the join that placed a room elsewhere counted it already. It
+/// only looks: a room that lives nowhere yet is placed by the join (after the token and the
+/// per-address limits), whose refusal then sends the client here again.
 async fn elsewhere(ctx: &Arc<SessionContext>, request: &DoorRequest) -> Option<Response<Body>> {
-    ctx.registry.cluster()?;
+    let cluster = ctx.registry.cluster()?;
     let room = crate::ids::RoomId::new(&request.room).ok()?;
-    match ctx.registry.locate(&room).await {
-        Ok(crate::cluster::Place::Here) => None,
-        Ok(crate::cluster::Place::Elsewhere { url, node }) => {
+    if ctx.registry.holds(&room) {
+        return None;
+    }
+    match cluster.find(room.as_str()).await {
+        Ok(Some(crate::cluster::Place::Elsewhere { url, node })) => {
             let query = request
                 .query
                 .as_deref()
@@ -162,13 +167,13 @@ async fn elsewhere(ctx: &Arc<SessionContext>, request: &DoorRequest) -> Option<R
             if let Ok(value) = HeaderValue::from_str(&location) {
                 response.headers_mut().insert(header::LOCATION, value);
             }
-            crate::metrics::metrics().cluster_redirects.inc();
             Some(response)
         }
-        Err(e) => Some(refusal(&Refused {
-            code: e.code(),
-            message: e.to_string(),
-        })),
+        Ok(_) => None,
+        Err(e) => {
+            let e = crate::room::RoomError::from(e);
+            Some(refusal(&Refused::new(e.code(), e.to_string())))
+        }
     }
 }
 
@@ -276,6 +281,9 @@ fn query_name(query: Option<&str>) -> Option<String> {
 
 async fn post(ctx: &Arc<SessionContext>, request: DoorRequest) -> Response<Body> {
     if let Some(elsewhere) = elsewhere(ctx, &request).await {
+        if elsewhere.status() == StatusCode::TEMPORARY_REDIRECT {
+            crate::metrics::metrics().cluster_redirects.inc();
+        }
         return elsewhere;
     }
     if !content_type_is(&request.headers, "application/sdp") {
@@ -316,12 +324,7 @@ async fn post(ctx: &Arc<SessionContext>, request: DoorRequest) -> Response<Body>
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     let slot = match ctx.registry.admission().connect(ClientKey::of(client)) {
         Ok(slot) => slot,
-        Err(e) => {
-            return refusal(&Refused {
-                code: ErrorCode::RateLimited,
-                message: e.to_string(),
-            })
-        }
+        Err(e) => return refusal(&Refused::new(ErrorCode::RateLimited, e.to_string())),
     };
     // A task of its own: a client that hangs up while its session is set up must not leave it
     // half-made (joined, never closed). Unanswered, the session ends at the media timeout.
@@ -338,7 +341,15 @@ async fn post(ctx: &Arc<SessionContext>, request: DoorRequest) -> Response<Body>
     ));
     let started = match setup.await {
         Ok(Ok(started)) => started,
-        Ok(Err(refused)) => return refusal(&refused),
+        Ok(Err(refused)) => {
+            // The join placed the new room on another node: send the client there.
+            if refused.elsewhere {
+                if let Some(redirect) = elsewhere(ctx, &request).await {
+                    return redirect;
+                }
+            }
+            return refusal(&refused);
+        }
         Err(e) => {
             return problem(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -18,6 +18,7 @@ mod heartbeat;
 pub mod placement;
 pub mod store;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -94,6 +95,10 @@ pub struct Cluster {
     draining: AtomicBool,
     /// What this node published last (for `GET /api/v1/node`).
     last_record: Mutex<Option<NodeRecord>>,
+    /// Releases still on their way to Redis, by room: a room that reopens here at once waits
+    /// for its old lease's release before claiming, or the release (the same node id, so it
+    /// matches) would delete the fresh lease and leave the room unheld until the next renewal.
+    releasing: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
 }
 
 impl Cluster {
@@ -105,6 +110,7 @@ impl Cluster {
             url: url.trim_end_matches('/').to_string(),
             draining: AtomicBool::new(false),
             last_record: Mutex::new(None),
+            releasing: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -204,6 +210,15 @@ impl Cluster {
     /// Claims `room` for this node as it opens here: `Here`, or where it lives if another node
     /// holds it (a door raced us).
     pub async fn open(&self, room: &str) -> Result<Place, ClusterError> {
+        let pending = self
+            .releasing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(room);
+        if let Some(release) = pending {
+            // Bounded: each Redis call gives up after its deadline.
+            let _ = release.await;
+        }
         let winner = self
             .store
             .claim(room, &self.id, ROOM_LEASE)
@@ -219,18 +234,24 @@ impl Cluster {
     /// Gives `room`'s lease up as it closes here (in the background: the room is gone either
     /// way, and an unreleased lease lapses by itself).
     pub fn release(self: &Arc<Self>, room: &str) {
-        let (cluster, room) = (self.clone(), room.to_string());
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        runtime.spawn(async move {
-            if let Err(e) = cluster.store.release(&room, &cluster.id).await {
-                tracing::warn!(
-                    room,
-                    "releasing the room's lease: {e:#} (it lapses by itself)"
-                );
+        let task = runtime.spawn({
+            let (cluster, room) = (self.clone(), room.to_string());
+            async move {
+                if let Err(e) = cluster.store.release(&room, &cluster.id).await {
+                    tracing::warn!(
+                        room,
+                        "releasing the room's lease: {e:#} (it lapses by itself)"
+                    );
+                }
             }
         });
+        let mut releasing = self.releasing.lock().unwrap_or_else(|p| p.into_inner());
+        // Forget the releases that are done, so the map holds only those in flight.
+        releasing.retain(|_, t| !t.is_finished());
+        releasing.insert(room.to_string(), task);
     }
 
     /// Whether `room` recorded on the node that held it before (so it records again here).

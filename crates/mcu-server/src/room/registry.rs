@@ -57,6 +57,21 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// A room as it opens: `None` while it is built, then the room or why it could not open.
 type Opening = watch::Receiver<Option<Result<RoomHandle, RoomError>>>;
 
+/// Where a join goes, and whether finding that out counted as its client opening a room.
+pub struct Located {
+    pub place: Place,
+    pub counted: bool,
+}
+
+impl Located {
+    fn here() -> Self {
+        Located {
+            place: Place::Here,
+            counted: false,
+        }
+    }
+}
+
 /// The open room in `opening`, if it has opened.
 fn opened(opening: &Opening) -> Option<RoomHandle> {
     opening
@@ -105,19 +120,33 @@ impl Registry {
     }
 
     /// Where `room` lives: here if it is open (or opening) here or there is no cluster, else
-    /// wherever the cluster says (placing it if it is new).
-    pub async fn locate(&self, room: &RoomId) -> Result<Place, RoomError> {
+    /// wherever the cluster says. A room that lives nowhere yet is placed, and the placing counts
+    /// as `client` opening a room (`--max-new-rooms-per-address`) before any lease is taken:
+    /// otherwise one address could fill every node's share of the cluster with leases of rooms
+    /// that never open. `counted` says the opening was counted here already.
+    pub async fn locate(&self, room: &RoomId, client: ClientKey) -> Result<Located, RoomError> {
         let Some(cluster) = &self.cluster else {
-            return Ok(Place::Here);
+            return Ok(Located::here());
         };
         if self.holds(room) {
-            return Ok(Place::Here);
+            return Ok(Located::here());
         }
-        Ok(cluster.locate(room.as_str()).await?)
+        if let Some(place) = cluster.find(room.as_str()).await? {
+            return Ok(Located {
+                place,
+                counted: false,
+            });
+        }
+        self.admission
+            .open_room(client, std::time::Instant::now())?;
+        Ok(Located {
+            place: cluster.locate(room.as_str()).await?,
+            counted: true,
+        })
     }
 
     /// Whether `room` is open or opening on this node.
-    fn holds(&self, room: &RoomId) -> bool {
+    pub fn holds(&self, room: &RoomId) -> bool {
         let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
         rooms.contains_key(room)
     }
@@ -131,14 +160,18 @@ impl Registry {
         client: ClientKey,
         events: mpsc::Sender<ServerMessage>,
     ) -> Result<(RoomHandle, Joined, oneshot::Receiver<String>), RoomError> {
-        if let Place::Elsewhere { url, .. } = self.locate(room).await? {
+        let located = self.locate(room, client).await?;
+        if let Place::Elsewhere { url, .. } = located.place {
             return Err(RoomError::Elsewhere {
                 node_url: url,
                 room: room.to_string(),
             });
         }
+        let mut counted = located.counted;
         for _ in 0..JOIN_ATTEMPTS {
-            let handle = self.get_or_create(room, client).await?;
+            let handle = self.get_or_create(room, client, counted).await?;
+            // A retry that meets a closed room opens a new one: that counts.
+            counted = false;
             let (removed, removed_rx) = oneshot::channel();
             match handle
                 .join(name.to_string(), role, events.clone(), removed)
@@ -171,8 +204,9 @@ impl Registry {
         self: &Arc<Self>,
         room: &RoomId,
         client: ClientKey,
+        counted: bool,
     ) -> Result<RoomHandle, RoomError> {
-        let mut opening = self.reserve(room, client)?;
+        let mut opening = self.reserve(room, client, counted)?;
         let outcome = opening
             .wait_for(|state| state.is_some())
             .await
@@ -182,8 +216,14 @@ impl Registry {
     }
 
     /// The room's channel: the existing one, or a new one whose room is being built (counted
-    /// against `--max-rooms` from now on).
-    fn reserve(self: &Arc<Self>, room: &RoomId, client: ClientKey) -> Result<Opening, RoomError> {
+    /// against `--max-rooms` from now on, and against `client`'s new rooms unless `counted`
+    /// says its placing was).
+    fn reserve(
+        self: &Arc<Self>,
+        room: &RoomId,
+        client: ClientKey,
+        counted: bool,
+    ) -> Result<Opening, RoomError> {
         let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((opening, _)) = rooms.get(room) {
             return Ok(opening.clone());
@@ -198,8 +238,10 @@ impl Registry {
             }
             self.full_logged.store(false, Ordering::Relaxed);
         }
-        self.admission
-            .open_room(client, std::time::Instant::now())?;
+        if !counted {
+            self.admission
+                .open_room(client, std::time::Instant::now())?;
+        }
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let (publish, opening) = watch::channel(None);
         rooms.insert(room.clone(), (opening.clone(), generation));

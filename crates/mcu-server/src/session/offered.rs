@@ -109,25 +109,31 @@ pub struct Started {
 pub struct Refused {
     pub code: ErrorCode,
     pub message: String,
+    /// The room lives on another node of the cluster (placed there as this join asked for it):
+    /// whip.rs answers with a redirect to it.
+    pub elsewhere: bool,
 }
 
 impl Refused {
-    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Refused {
             code,
             message: message.into(),
+            elsewhere: false,
         }
     }
 
     fn from_message(message: ServerMessage) -> Self {
         match message {
-            ServerMessage::Error { code, message } => Refused { code, message },
-            // Another door placed the room elsewhere between our look and our join: rare, and
-            // the client's next attempt is sent there.
-            ServerMessage::Redirect { url } => Refused::new(
-                ErrorCode::ClusterUnavailable,
-                format!("the room moved to another node ({url}) while joining; try again"),
-            ),
+            ServerMessage::Error { code, message } => Refused::new(code, message),
+            // The words for a client that cannot follow: the node's door was not found again.
+            ServerMessage::Redirect { url } => Refused {
+                elsewhere: true,
+                ..Refused::new(
+                    ErrorCode::ClusterUnavailable,
+                    format!("the room opens on another node ({url}); try again"),
+                )
+            },
             other => Refused::new(ErrorCode::Internal, format!("unexpected {other:?}")),
         }
     }
