@@ -77,6 +77,10 @@ pub struct ServeArgs {
     /// Remove a participant from whom no RTP/RTCP arrived for this many seconds.
     #[arg(long, env = "MCU_MEDIA_TIMEOUT_SECS", default_value_t = config::DEFAULT_MEDIA_TIMEOUT.as_secs_f64())]
     media_timeout_secs: f64,
+    /// Remove a participant whose first RTP/RTCP did not arrive this many seconds after joining
+    /// (its connection never completed).
+    #[arg(long, env = "MCU_CONNECT_TIMEOUT_SECS", default_value_t = config::DEFAULT_CONNECT_TIMEOUT.as_secs_f64())]
+    connect_timeout_secs: f64,
     /// Most participants in one room (at most 25, the largest grid).
     #[arg(long, env = "MCU_MAX_PARTICIPANTS", default_value_t = config::DEFAULT_MAX_PARTICIPANTS)]
     max_participants: usize,
@@ -219,6 +223,9 @@ pub fn server_config(args: ServeArgs) -> Result<ServerConfig> {
     if !(args.media_timeout_secs.is_finite() && args.media_timeout_secs > 0.0) {
         bail!("--media-timeout-secs must be a positive number");
     }
+    if !(args.connect_timeout_secs.is_finite() && args.connect_timeout_secs > 0.0) {
+        bail!("--connect-timeout-secs must be a positive number");
+    }
     let ice_servers = args
         .ice_servers
         .iter()
@@ -302,6 +309,7 @@ pub fn server_config(args: ServeArgs) -> Result<ServerConfig> {
         video_codec: args.video_codec,
         room_codecs,
         media_timeout: Duration::from_secs_f64(args.media_timeout_secs),
+        connect_timeout: Duration::from_secs_f64(args.connect_timeout_secs),
         max_participants: args.max_participants,
         max_watchers: args.max_watchers,
         max_rooms: match args.max_rooms {

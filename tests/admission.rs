@@ -228,11 +228,15 @@ async fn behind_a_trusted_proxy_clients_are_counted_by_their_forwarded_address()
 
 /// Twenty "participants" that join and then send five bytes on the WebSocket every second, with
 /// no peer connection at all, are removed at the media timeout: only RTP and RTCP count as media.
-/// (The same rule removes anyone who joined and never completed ICE.)
+/// Having never sent a packet, they are removed at the connect timeout, set as short here: the
+/// rule that removes anyone who joined and never completed ICE and DTLS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ghosts_that_send_only_websocket_frames_are_removed_at_the_media_timeout() {
     common::init();
-    let server = Server::start("ghosts", &["--media-timeout-secs", "3"]);
+    let server = Server::start(
+        "ghosts",
+        &["--media-timeout-secs", "3", "--connect-timeout-secs", "3"],
+    );
     let joined_at = Instant::now();
     let mut ghosts = Vec::new();
     for n in 0..20 {

@@ -45,6 +45,13 @@ pub const VIDEO_BRANCH_LATENCY_MS: u32 = 70;
 /// catch a live participant, and it frees a tile soon enough that the room does not stare at a
 /// frozen face.
 pub const DEFAULT_MEDIA_TIMEOUT: Duration = Duration::from_secs(10);
+/// Until the first RTP or RTCP packet, a participant is still connecting (ICE, then DTLS), and
+/// gets this long instead of the media timeout: over a lossy, jittery link each lost DTLS flight
+/// costs a retransmission timer that doubles from 1 s (RFC 6347), and in a clean-clone CI run a
+/// sender on a 5 %-loss uplink had not finished its handshake after 10 s and was removed before
+/// its first packet. 30 s is a handshake that lost three flights in a row; a peer connection that
+/// fails outright ends the session at once, whatever this says.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Recordings go next to where the server runs unless told otherwise; the container sets
 /// `MCU_RECORDINGS_DIR` to its volume.
 pub const DEFAULT_RECORDINGS_DIR: &str = "recordings";
@@ -355,6 +362,8 @@ pub struct ServerConfig {
     /// Per-room codec overrides (e.g. an H.264 room for devices that only decode H.264 in hardware).
     pub room_codecs: HashMap<String, VideoCodec>,
     pub media_timeout: Duration,
+    /// How long a participant may take from its join to its first RTP or RTCP packet.
+    pub connect_timeout: Duration,
     pub max_participants: usize,
     /// Most WHEP watchers in one room.
     pub max_watchers: usize,
@@ -405,6 +414,7 @@ impl Default for ServerConfig {
             video_codec: VideoCodec::Vp8,
             room_codecs: HashMap::new(),
             media_timeout: DEFAULT_MEDIA_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             max_participants: DEFAULT_MAX_PARTICIPANTS,
             max_watchers: DEFAULT_MAX_WATCHERS,
             max_rooms: None,

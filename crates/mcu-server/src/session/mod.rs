@@ -5,6 +5,7 @@
 //! connection's tracks by tasks of their own too. Chat and files travel on the participant's data
 //! channels (see `sharing`), or on the WebSocket when those cannot open.
 
+mod activity;
 mod channels;
 mod media;
 pub mod offered;
@@ -17,7 +18,6 @@ mod transfer;
 mod viewer;
 mod writer;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,6 +44,7 @@ use crate::room::registry::Registry;
 use crate::room::{Role, RoomError, RoomHandle, EVENT_QUEUE};
 use crate::rtc::RtcFactory;
 use crate::signalling::{Action, Signalling};
+use activity::Activity;
 use peer::{install_callbacks, PeerEvent};
 use sharing::{ChannelInput, Route, Sharing, Transport};
 
@@ -71,31 +72,6 @@ pub struct SessionContext {
 /// Data-channel events queued for the session; the channels' readers wait beyond this, which
 /// slows an uploader down instead of buffering its file in memory.
 const CHANNEL_INPUT_QUEUE: usize = 32;
-
-/// Milliseconds since the session started when RTP or RTCP last came from the participant.
-struct Activity {
-    origin: Instant,
-    last_ms: AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Arc<Self> {
-        Arc::new(Activity {
-            origin: Instant::now(),
-            last_ms: AtomicU64::new(0),
-        })
-    }
-
-    fn touch(&self) {
-        self.last_ms
-            .store(self.origin.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-
-    fn idle(&self) -> Duration {
-        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-        self.origin.elapsed().saturating_sub(last)
-    }
-}
 
 struct Membership {
     room: RoomHandle,
@@ -259,9 +235,9 @@ async fn run(socket: WebSocket, room_name: String, ctx: Arc<SessionContext>, cli
                     session.reply(ServerMessage::error(ErrorCode::OutOfOrder, format!("no join within {} s; connect again to join", JOIN_DEADLINE.as_secs()))).await;
                     break (CLOSE_NO_JOIN, "no join");
                 }
-                let timeout = session.ctx.registry.config().media_timeout;
-                if session.member.is_some() && session.activity.idle() > timeout {
-                    limited_info!("no media for {timeout:?}, removing the participant");
+                let silence = session.member.as_ref().and(session.activity.silence(session.ctx.registry.config()));
+                if let Some(silence) = silence {
+                    limited_info!("{silence}, removing the participant");
                     session.reply(ServerMessage::error(ErrorCode::Internal, "no media arrived for too long; you were removed")).await;
                     break (1000, "media timeout");
                 }
@@ -439,7 +415,7 @@ impl Session {
         let joined_at = Instant::now();
         let id = joined.id;
         tracing::Span::current().record("participant", tracing::field::display(id));
-        self.activity.touch();
+        self.activity.joined();
         // Registered before anything can fail, so `close` always tells the room we left.
         let pc = match self.ctx.rtc.peer_connection().await {
             Ok(pc) => pc,

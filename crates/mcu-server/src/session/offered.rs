@@ -2,7 +2,8 @@
 //! player (a watcher); whip.rs speaks the HTTP. The join and the offer arrive together; the
 //! answer carries every server candidate, since such clients rarely trickle and never hear
 //! about later ones; then the session runs on its own until its resource is deleted, its media
-//! stops for `--media-timeout`, its peer connection fails, or the room ends it.
+//! stops for `--media-timeout-secs` (or never starts within `--connect-timeout-secs`), its peer
+//! connection fails, or the room ends it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -357,9 +358,8 @@ async fn drive(
                 }
             }
             _ = liveness.tick() => {
-                let timeout = session.ctx.registry.config().media_timeout;
-                if session.activity.idle() > timeout {
-                    break format!("no media for {timeout:?}");
+                if let Some(silence) = session.activity.silence(session.ctx.registry.config()) {
+                    break silence;
                 }
             }
         }
