@@ -350,9 +350,11 @@ async fn rooms_past_the_limit_are_refused_and_existing_rooms_still_take_joins() 
     assert_eq!(
         (
             listed["max_rooms"].as_u64(),
-            listed["refused_rooms"].as_u64()
+            listed["refused_rooms"].as_u64(),
+            listed["rooms"].as_array().map(Vec::len),
+            listed["unanswered_rooms"].as_u64()
         ),
-        (Some(2), Some(1))
+        (Some(2), Some(1), Some(2), Some(0))
     );
 
     // An existing room still takes a newcomer, and both see each other.
