@@ -497,34 +497,6 @@ async fn a_node_that_loses_its_lease_closes_the_room_and_sends_its_people_to_the
     settle(&crowd, "the room on its new holder").await;
 }
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// What one join over a raw WebSocket is answered with: `joined`, `redirect` or `error`; with
-/// the socket, whose closing would leave a joined room.
-async fn first_answer(door: &Server, room: &str) -> (serde_json::Value, Socket) {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
-    let (mut ws, _) = tokio_tungstenite::connect_async(door.ws_url(room))
-        .await
-        .expect("the upgrade");
-    ws.send(Message::text(r#"{"type":"join","name":"stranger"}"#))
-        .await
-        .expect("sending the join");
-    loop {
-        let frame = tokio::time::timeout(Duration::from_secs(20), ws.next())
-            .await
-            .expect("an answer within 20 s");
-        let Some(Ok(Message::Text(text))) = frame else {
-            panic!("closed before answering the join to {room}: {frame:?}");
-        };
-        let json: serde_json::Value = serde_json::from_str(&text).expect("JSON");
-        if ["joined", "redirect", "error"].contains(&json["type"].as_str().unwrap_or_default()) {
-            return (json, ws);
-        }
-    }
-}
-
 /// One address asks a door for many new rooms: past the door's `--max-new-rooms-per-address`
 /// it is refused before anything is placed, so it cannot fill the cluster with leases of rooms
 /// that never open (placing takes a lease for the chosen node at once), through the WebSocket or
@@ -558,7 +530,7 @@ async fn a_flood_of_new_rooms_through_one_door_places_no_more_than_its_limit() {
     let mut sockets = Vec::new();
     for i in 0..6 {
         let room = format!("flood-{i}");
-        let (answer, socket) = first_answer(&door, &room).await;
+        let (answer, socket) = common::bare_join(&door, &room, "stranger").await;
         answers.push((room, answer));
         sockets.push(socket);
     }
@@ -608,7 +580,7 @@ async fn a_flood_of_new_rooms_through_one_door_places_no_more_than_its_limit() {
         store.holder("anonymous").await.expect("Redis answers"),
         None
     );
-    let (answer, _socket) = first_answer(&guarded, "anonymous").await;
+    let (answer, _socket) = common::bare_join(&guarded, "anonymous", "stranger").await;
     assert_eq!(answer["code"], "unauthorized", "{answer}");
     assert_eq!(
         store.holder("anonymous").await.expect("Redis answers"),

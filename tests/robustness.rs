@@ -307,29 +307,6 @@ async fn a_vanished_participant_is_removed_within_the_timeout_and_its_resources_
     }
 }
 
-/// What the server answers a bare WebSocket that asks to join `room` (the first message that is
-/// not a ping): `joined`, or an `error` with its code.
-async fn answer_to_join(server: &Server, room: &str) -> serde_json::Value {
-    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url(room))
-        .await
-        .expect("connecting");
-    ws.send(Message::text(r#"{"type":"join","name":"Knocker"}"#))
-        .await
-        .expect("sending the join");
-    loop {
-        let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("an answer in time")
-            .expect("the socket stays open")
-            .expect("a frame");
-        let Ok(text) = frame.to_text() else { continue };
-        let json: serde_json::Value = serde_json::from_str(text).expect("JSON");
-        if json["type"] == "joined" || json["type"] == "error" {
-            return json;
-        }
-    }
-}
-
 /// `--max-rooms 2`: a third room is refused with `server_full` and a message that says what to do;
 /// the rooms that exist still take joins and keep streaming; once a room closes, a new one opens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -341,7 +318,7 @@ async fn rooms_past_the_limit_are_refused_and_existing_rooms_still_take_joins() 
     let mut second = Crowd::new(&server.url(), "second").expect("crowd");
     second.join(VideoCodec::Vp8).await.expect("join");
 
-    let refused = answer_to_join(&server, "third").await;
+    let refused = common::bare_join(&server, "third", "Knocker").await.0;
     assert_eq!(refused["code"], "server_full", "{refused}");
     let message = refused["message"].as_str().unwrap_or_default();
     assert!(message.contains("limit of 2 rooms"), "{message}");
@@ -371,7 +348,7 @@ async fn rooms_past_the_limit_are_refused_and_existing_rooms_still_take_joins() 
         assert!(Instant::now() < deadline, "the second room did not close");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let admitted = answer_to_join(&server, "third").await;
+    let admitted = common::bare_join(&server, "third", "Knocker").await.0;
     assert_eq!(admitted["type"], "joined", "{admitted}");
     first.leave_all().await;
 }

@@ -15,6 +15,37 @@ use mcu_server::codec::VideoCodec;
 pub mod recording;
 pub mod redis;
 
+/// A bare WebSocket to the server, as a test's own client holds it.
+pub type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Sends `join` as `name` on a bare WebSocket to `room` and returns the answer (`joined`,
+/// `redirect` or `error`, skipping anything else), with the socket: closing it leaves a room
+/// that was joined.
+pub async fn bare_join(server: &Server, room: &str, name: &str) -> (serde_json::Value, Socket) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url(room))
+        .await
+        .expect("the upgrade");
+    let join = serde_json::json!({"type": "join", "name": name}).to_string();
+    ws.send(Message::text(join))
+        .await
+        .expect("sending the join");
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("an answer within 20 s");
+        let Some(Ok(Message::Text(text))) = frame else {
+            panic!("closed before answering the join to {room}: {frame:?}");
+        };
+        let json: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        if ["joined", "redirect", "error"].contains(&json["type"].as_str().unwrap_or_default()) {
+            return (json, ws);
+        }
+    }
+}
+
 pub struct Server {
     child: Child,
     pub addr: SocketAddr,
