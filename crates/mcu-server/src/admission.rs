@@ -166,6 +166,19 @@ impl Admission {
         Ok(())
     }
 
+    /// `key`'s latest opening did not open anything (no node could take the room, or Redis
+    /// failed while placing it): it is not counted, so a client that retries an outage is not
+    /// refused for rooms it never got.
+    pub fn unopen_room(&self, key: ClientKey) {
+        let mut counts = self.counts();
+        if let Some(times) = counts.room_openings.get_mut(&key) {
+            times.pop_back();
+            if times.is_empty() {
+                counts.room_openings.remove(&key);
+            }
+        }
+    }
+
     /// Connections and rooms refused so far.
     pub fn refused(&self) -> u64 {
         self.counts().refused
@@ -302,6 +315,9 @@ mod tests {
         assert!(admission
             .open_room(ClientKey::of(ip("192.0.2.9")), t0)
             .is_ok());
+        // An opening that opened nothing is given back.
+        admission.unopen_room(a);
+        assert!(admission.open_room(a, t0 + Duration::from_secs(31)).is_ok());
         // The first opening leaves the window at t0 + 60 s.
         assert!(admission.open_room(a, t0 + Duration::from_secs(60)).is_ok());
         assert!(admission

@@ -28,10 +28,6 @@ use crate::session::SessionContext;
 const METRICS_ROOM_DEADLINE: Duration = Duration::from_secs(2);
 /// How long a request waits for a room to answer before reporting it stuck.
 const ROOM_ANSWER_DEADLINE: Duration = Duration::from_secs(10);
-/// How long the room list waits for each room: a room's actor answers within milliseconds
-/// unless it is stuck, and the list (also a cluster's listing, polled by tools) must come back
-/// well inside a client's patience.
-const ROOM_LIST_DEADLINE: Duration = Duration::from_secs(2);
 /// Closing a room finishes its recording first (see media/recorder.rs FINISH_TIMEOUT).
 const ROOM_CLOSE_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -374,9 +370,10 @@ where
 }
 
 async fn list_rooms(ctx: &SessionContext) -> Response<Body> {
-    // Every room is asked at once; a stuck one is counted, not waited for, so it never costs the
-    // operator the list of the others.
-    let (rooms, unanswered) = ctx.registry.snapshots_within(ROOM_LIST_DEADLINE).await;
+    // Every room is asked at once, each given what a single room's request gets: a stuck one is
+    // counted, not waited for, so it never costs the operator the list of the others, while a
+    // room that is merely slow on a busy machine (seconds, tests/load.rs) is still listed.
+    let (rooms, unanswered) = ctx.registry.snapshots_within(ROOM_ANSWER_DEADLINE).await;
     let limit = ctx.registry.config().max_rooms;
     let mut body = json!({
         "rooms": rooms,

@@ -139,10 +139,18 @@ impl Registry {
         }
         self.admission
             .open_room(client, std::time::Instant::now())?;
-        Ok(Located {
-            place: cluster.locate(room.as_str()).await?,
-            counted: true,
-        })
+        match cluster.locate(room.as_str()).await {
+            Ok(place) => Ok(Located {
+                place,
+                counted: true,
+            }),
+            Err(e) => {
+                // Nothing was placed: the web client retries `cluster_unavailable`, and must
+                // not run out of new rooms doing so.
+                self.admission.unopen_room(client);
+                Err(e.into())
+            }
+        }
     }
 
     /// Whether `room` is open or opening on this node.
