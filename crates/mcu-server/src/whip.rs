@@ -413,19 +413,23 @@ fn resource(ctx: &SessionContext, request: &DoorRequest) -> Result<offered::Reso
     let id = request.id.as_deref().unwrap_or_default();
     ctx.resources
         .find(id, request.role, &request.room)
-        .ok_or_else(|| {
-            Problem::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "no such session: it ended, or was never started here",
-            )
-        })
+        .ok_or_else(not_found)
+}
+
+fn not_found() -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such session: it ended, or was never started here",
+    )
 }
 
 async fn delete(ctx: &Arc<SessionContext>, request: &DoorRequest) -> Response<Body> {
-    let resource = match resource(ctx, request) {
-        Ok(r) => r,
-        Err(problem) => return problem.into_response(),
+    let id = request.id.as_deref().unwrap_or_default();
+    // Taken out now, not when the session has wound down: a second DELETE right after this one
+    // finds nothing (404), as the RFC's resource semantics say.
+    let Some(resource) = ctx.resources.take(id, request.role, &request.room) else {
+        return not_found().into_response();
     };
     // A session that is ending already has nothing more to do with it.
     let _ = resource.control.send(Control::Stop).await;

@@ -72,6 +72,20 @@ impl Resources {
             .cloned()
     }
 
+    /// Takes the session at `id` out (as `find` would find it): a DELETE answered 200 leaves
+    /// nothing behind for the next request to find, whenever the session itself winds down.
+    pub fn take(&self, id: &str, role: Role, room: &str) -> Option<Resource> {
+        let mut sessions = self.lock();
+        let matches = sessions
+            .get(id)
+            .is_some_and(|r| r.role == role && r.room.as_str() == room);
+        if matches {
+            sessions.remove(id)
+        } else {
+            None
+        }
+    }
+
     fn insert(&self, resource: Resource) -> anyhow::Result<String> {
         let mut random = [0u8; SESSION_ID_BYTES];
         getrandom::getrandom(&mut random)
@@ -402,6 +416,25 @@ mod tests {
             "a player's offer sends nothing"
         );
         assert!(check_offer(Role::Ingest, "v=0\r\nnonsense").is_err());
+    }
+
+    #[test]
+    fn a_taken_resource_is_gone_and_only_its_own_door_and_room_take_it() {
+        let resources = Resources::default();
+        let (control, _control_rx) = mpsc::channel(1);
+        let room = RoomId::new("standup").expect("a valid room name");
+        let id = resources
+            .insert(Resource {
+                role: Role::Ingest,
+                room,
+                control,
+            })
+            .expect("an id");
+        assert!(resources.take(&id, Role::Watcher, "standup").is_none());
+        assert!(resources.take(&id, Role::Ingest, "other").is_none());
+        assert!(resources.take(&id, Role::Ingest, "standup").is_some());
+        assert!(resources.find(&id, Role::Ingest, "standup").is_none());
+        assert!(resources.take(&id, Role::Ingest, "standup").is_none());
     }
 
     #[test]
