@@ -239,6 +239,10 @@ impl Registry {
         if let Some(limit) = self.config.max_rooms {
             if rooms.len() >= limit {
                 self.refused_rooms.fetch_add(1, Ordering::Relaxed);
+                if counted {
+                    // Its placing counted an opening that this refusal undoes.
+                    self.admission.unopen_room(client);
+                }
                 if !self.full_logged.swap(true, Ordering::Relaxed) {
                     tracing::warn!(limit, "the server holds its limit of rooms (--max-rooms): new rooms are refused until one closes");
                 }
@@ -259,6 +263,9 @@ impl Registry {
         tokio::spawn(async move {
             if let Err(refusal) = registry.claim(&room).await {
                 registry.forget(&room, generation);
+                // Nothing opened here: the client's opening is not counted (it may be on its
+                // way to the node that holds the room).
+                registry.admission.unopen_room(client);
                 let _ = publish.send(Some(Err(refusal)));
                 return;
             }
@@ -275,6 +282,7 @@ impl Registry {
                 .unwrap_or_else(|e| Err(RoomError::Media(format!("building the room: {e}"))));
             if outcome.is_err() {
                 registry.forget(&room, generation);
+                registry.admission.unopen_room(client);
             }
             if let (Ok(_), Some(cluster)) = (&outcome, &registry.cluster) {
                 // It recorded on the node that held it before that node died: it records again
@@ -395,5 +403,37 @@ impl Registry {
         }
         out.sort_by(|a, b| a.room.cmp(&b.room));
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_opening_refused_for_a_full_server_is_not_counted_against_its_client() {
+        let dir = std::env::temp_dir().join(format!("mcu-registry-test-{}", std::process::id()));
+        let store = Arc::new(RecordingStore::open(&dir).expect("a recording directory"));
+        let config = Arc::new(ServerConfig {
+            max_rooms: Some(0),
+            max_new_rooms_per_address: 2,
+            ..ServerConfig::default()
+        });
+        let registry = Registry::new(config, store, None);
+        let client = ClientKey::of("192.0.2.7".parse().expect("an address"));
+        let room = RoomId::new("standup").expect("a room name");
+        let now = std::time::Instant::now();
+        for _ in 0..3 {
+            // As a cluster's placing does: count first, then open.
+            registry
+                .admission()
+                .open_room(client, now)
+                .expect("the opening refused last time was given back");
+            assert!(matches!(
+                registry.reserve(&room, client, true),
+                Err(RoomError::ServerFull(0))
+            ));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
