@@ -27,7 +27,20 @@ const HEALTH_MAX_COMPOSITE_IDLE_MS: u64 = 2_000;
 
 /// Healthy when every room answered (the caller's deadline) and every room's pipeline is still
 /// producing pictures.
-fn health_verdict(rooms: &[crate::room::RoomSnapshot]) -> (StatusCode, serde_json::Value) {
+fn health_verdict(
+    rooms: &[crate::room::RoomSnapshot],
+    unanswered: &[crate::ids::RoomId],
+) -> (StatusCode, serde_json::Value) {
+    if !unanswered.is_empty() {
+        let stuck: Vec<serde_json::Value> = unanswered
+            .iter()
+            .map(|room| serde_json::json!({"room": room.as_str()}))
+            .collect();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"status": "stuck", "reason": "a room did not answer", "rooms": stuck}),
+        );
+    }
     let stuck: Vec<serde_json::Value> = rooms
         .iter()
         .filter(|r| r.pipeline.composite_idle_ms > HEALTH_MAX_COMPOSITE_IDLE_MS)
@@ -176,14 +189,10 @@ pub fn routes(
         .and(warp::get())
         .and(with_ctx.clone())
         .then(|ctx: Arc<SessionContext>| async move {
-            let (status, body) =
-                match tokio::time::timeout(HEALTH_DEADLINE, ctx.registry.snapshots()).await {
-                    Ok(rooms) => health_verdict(&rooms),
-                    Err(_) => (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        serde_json::json!({"status": "stuck", "reason": "a room did not answer"}),
-                    ),
-                };
+            // Every room is asked at once and given the deadline, so the answer names each
+            // room whose actor is stuck, however many rooms there are.
+            let (rooms, unanswered) = ctx.registry.snapshots_within(HEALTH_DEADLINE).await;
+            let (status, body) = health_verdict(&rooms, &unanswered);
             warp::reply::with_status(warp::reply::json(&body), status)
         });
     // The admin API routes its own paths (see admin/mod.rs) and never rejects.
@@ -347,11 +356,20 @@ mod tests {
 
     #[test]
     fn health_fails_when_a_rooms_pipeline_stops_producing_pictures() {
-        let (status, body) = health_verdict(&[room("a", 40), room("b", 33)]);
+        let (status, body) = health_verdict(&[room("a", 40), room("b", 33)], &[]);
         assert_eq!((status, body["rooms"].as_u64()), (StatusCode::OK, Some(2)));
-        let (status, body) = health_verdict(&[room("a", 40), room("frozen", 5_000)]);
+        let (status, body) = health_verdict(&[room("a", 40), room("frozen", 5_000)], &[]);
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(body["rooms"][0]["room"], "frozen");
-        assert_eq!(health_verdict(&[]).0, StatusCode::OK);
+        assert_eq!(health_verdict(&[], &[]).0, StatusCode::OK);
+    }
+
+    #[test]
+    fn health_fails_and_names_a_room_that_did_not_answer() {
+        let stuck = crate::ids::RoomId::new("stuck").expect("a room name");
+        let (status, body) = health_verdict(&[room("a", 40)], &[stuck]);
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["reason"], "a room did not answer");
+        assert_eq!(body["rooms"][0]["room"], "stuck");
     }
 }

@@ -322,7 +322,7 @@ pub async fn metrics(
     // Rooms are asked at once; one that does not answer in time is left out of this scrape and
     // counted, so a stuck room never costs Prometheus the whole scrape.
     let (rooms, unanswered) = ctx.registry.snapshots_within(METRICS_ROOM_DEADLINE).await;
-    match crate::metrics::render(&rooms, unanswered) {
+    match crate::metrics::render(&rooms, unanswered.len()) {
         Ok((body, content_type)) => Response::builder()
             .status(StatusCode::OK)
             .header(header::CONTENT_TYPE, content_type)
@@ -377,7 +377,7 @@ async fn list_rooms(ctx: &SessionContext) -> Response<Body> {
     let limit = ctx.registry.config().max_rooms;
     let mut body = json!({
         "rooms": rooms,
-        "unanswered_rooms": unanswered,
+        "unanswered_rooms": unanswered.len(),
         "max_rooms": limit,
         "live_tile_filters": crate::media::live_tile_filters(),
         "refused_rooms": ctx.registry.refused_rooms(),

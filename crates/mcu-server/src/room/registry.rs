@@ -374,35 +374,30 @@ impl Registry {
     }
 
     /// Every room's snapshot, asked of all rooms at once, each given `deadline` to answer; also
-    /// how many did not (a stuck room's actor never answers, and must not hold up the others).
+    /// the rooms that did not (a stuck room's actor never answers, and must not hold up the
+    /// others).
     pub async fn snapshots_within(
         &self,
         deadline: std::time::Duration,
-    ) -> (Vec<RoomSnapshot>, usize) {
-        let asked = self
-            .handles()
-            .into_iter()
-            .map(|h| async move { tokio::time::timeout(deadline, h.snapshot()).await });
+    ) -> (Vec<RoomSnapshot>, Vec<RoomId>) {
+        let asked = self.handles().into_iter().map(|h| async move {
+            let answer = tokio::time::timeout(deadline, h.snapshot()).await;
+            (h.id().clone(), answer)
+        });
         let answers = futures_util::future::join_all(asked).await;
-        let unanswered = answers.iter().filter(|a| a.is_err()).count();
-        let mut out: Vec<RoomSnapshot> = answers
-            .into_iter()
-            .filter_map(|a| a.ok().and_then(Result::ok))
-            .collect();
-        out.sort_by(|a, b| a.room.cmp(&b.room));
-        (out, unanswered)
-    }
-
-    pub async fn snapshots(&self) -> Vec<RoomSnapshot> {
-        let handles = self.handles();
-        let mut out = Vec::new();
-        for h in handles {
-            if let Ok(s) = h.snapshot().await {
-                out.push(s);
+        let mut rooms = Vec::new();
+        let mut unanswered = Vec::new();
+        for (room, answer) in answers {
+            match answer {
+                Ok(Ok(snapshot)) => rooms.push(snapshot),
+                // It closed while being asked: not a room any more.
+                Ok(Err(_)) => {}
+                Err(_) => unanswered.push(room),
             }
         }
-        out.sort_by(|a, b| a.room.cmp(&b.room));
-        out
+        rooms.sort_by(|a, b| a.room.cmp(&b.room));
+        unanswered.sort();
+        (rooms, unanswered)
     }
 }
 
