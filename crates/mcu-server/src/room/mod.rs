@@ -2,13 +2,14 @@
 //! changes them only in answer to a `RoomCommand` or a pipeline event. Sessions hold a
 //! `RoomHandle` (channel senders); nobody shares the room's state behind a lock.
 //!
-//! The room owns membership, the media graph, moderation, and two components: the recording
+//! The room owns membership (`members.rs`), the media graph, moderation, and two components: the recording
 //! (`recording.rs`, driven from this task because it taps the pipeline) and chat and files
 //! (`sharing/`, a task of its own with its own commands, since it never touches the pipeline).
 
 mod error;
 mod handle;
 pub mod keyframe;
+mod members;
 mod moderation;
 mod recording;
 pub mod registry;
@@ -20,7 +21,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use anyhow::Result;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -28,11 +29,9 @@ use crate::codec::VideoCodec;
 use crate::config::ServerConfig;
 use crate::ids::{ParticipantId, RoomId};
 use crate::load::{Governor, Second};
-use crate::media::{
-    FeedReader, FrameCounts, InputHandle, InputSignals, PipelineEvent, RoomPipeline,
-};
+use crate::media::{FeedReader, FrameCounts, PipelineEvent, RoomPipeline};
 use crate::protocol::layout::LayoutRequest;
-use crate::protocol::{ErrorCode, Layout, ParticipantInfo, RecordingState, ServerMessage};
+use crate::protocol::{ErrorCode, Layout, RecordingState, ServerMessage};
 use crate::recordings::{RecordingInfo, RecordingStore};
 pub use error::RoomError;
 use handle::RoomCommand;
@@ -40,10 +39,11 @@ pub use handle::{
     Feeds, Joined, LinkView, ParticipantView, Role, RoomHandle, RoomSnapshot, TrackKind,
 };
 use keyframe::{Decision, KeyframeThrottle, DEFAULT_MIN_KEYFRAME_INTERVAL};
+use members::Participant;
 use recording::{Recording, StopReply};
 use registry::Registry;
 pub use sharing::{Download, Upload};
-use sharing::{FileLimits, Membership, SharingTask};
+use sharing::{FileLimits, SharingTask};
 use stage::Stage;
 
 /// Commands queued for one room. Sessions wait at most this long for room answers, so a stuck
@@ -58,21 +58,6 @@ pub const EVENT_QUEUE: usize = 512;
 const TIER_CHECK: Duration = Duration::from_secs(1);
 /// A room command that takes longer than this is logged: it is the actor's watchdog.
 const SLOW_COMMAND: Duration = Duration::from_millis(200);
-
-struct Participant {
-    id: ParticipantId,
-    name: String,
-    events: mpsc::Sender<ServerMessage>,
-    removed: Option<oneshot::Sender<String>>,
-    /// Muted by a moderator: out of every mix.
-    muted: bool,
-    /// Muted by themselves (their client sends silence).
-    self_muted: bool,
-    /// What its session last said of its link.
-    link: Option<LinkView>,
-    /// A WHIP feed: it sends only.
-    ingest: bool,
-}
 
 struct Room {
     id: RoomId,
@@ -349,131 +334,6 @@ impl Room {
         self.participants.is_empty() && self.watchers.is_empty()
     }
 
-    /// A new id, never used before in this room.
-    fn next_participant_id(&mut self) -> ParticipantId {
-        let id = ParticipantId(self.next_id);
-        self.next_id += 1;
-        id
-    }
-
-    /// A participant (a tile and a voice) joins; an ingest gets nothing back, so it has no
-    /// encoder of its own for a mix-minus.
-    fn join(
-        &mut self,
-        name: String,
-        role: Role,
-        events: mpsc::Sender<ServerMessage>,
-        removed: oneshot::Sender<String>,
-    ) -> Result<Joined, RoomError> {
-        if self.participants.len() >= self.config.max_participants {
-            return Err(RoomError::Full(self.config.max_participants));
-        }
-        let id = self.next_participant_id();
-        let audio_packets = if role.receives() {
-            Some(
-                self.pipeline
-                    .add_listener(id)
-                    .map_err(|e| RoomError::Media(format!("{e:#}")))?,
-            )
-        } else {
-            None
-        };
-        let others = self.participant_infos();
-        let info = ParticipantInfo {
-            id: id.to_string(),
-            name: name.clone(),
-        };
-        self.broadcast(ServerMessage::ParticipantJoined { participant: info });
-        let _ = self.sharing.members.send(Membership::Joined {
-            who: id,
-            name: name.clone(),
-            events: events.clone(),
-        });
-        self.participants.push(Participant {
-            id,
-            name: name.clone(),
-            events,
-            removed: Some(removed),
-            muted: false,
-            self_muted: false,
-            link: None,
-            ingest: role == Role::Ingest,
-        });
-        self.stage.join(id);
-        if let Err(e) = self.pipeline.add_placeholder(id, &name) {
-            // A missing placeholder only costs the dark tile; the call works without it.
-            tracing::warn!(participant = %id, "no placeholder: {e:#}");
-        }
-        self.relayout();
-        tracing::info!(participant = %id, ?role, count = self.participants.len(), "joined");
-        let feeds = match audio_packets {
-            Some(audio_packets) => Some(Feeds {
-                video_packets: self
-                    .pipeline
-                    .composite(0)
-                    .map_err(|e| RoomError::Media(format!("{e:#}")))?,
-                audio_packets,
-            }),
-            None => None,
-        };
-        Ok(Joined {
-            id,
-            participants: others,
-            video_codec: self.codec,
-            tiers: self.config.media.tiers(),
-            feeds,
-            recording: self.recording.is_active(),
-        })
-    }
-
-    fn add_track(
-        &mut self,
-        who: ParticipantId,
-        kind: TrackKind,
-        signals: Arc<InputSignals>,
-    ) -> Result<InputHandle, RoomError> {
-        if !self.participants.iter().any(|p| p.id == who) {
-            return Err(RoomError::NotHere(who));
-        }
-        let added = match kind {
-            TrackKind::Video {
-                codec,
-                payload_type,
-            } => self
-                .pipeline
-                .add_video_input(who, codec, payload_type, signals),
-            TrackKind::Audio { payload_type } => self.pipeline.add_audio_input(who, payload_type),
-        };
-        let input = added.map_err(|e| RoomError::Media(format!("{e:#}")))?;
-        tracing::info!(participant = %who, ?kind, "track added");
-        Ok(input)
-    }
-
-    fn leave(&mut self, who: ParticipantId) {
-        if self.remove_watcher(who) {
-            return;
-        }
-        let Some(index) = self.participants.iter().position(|p| p.id == who) else {
-            return;
-        };
-        self.participants.remove(index);
-        self.pipeline.remove_participant(who);
-        self.stage.leave(who);
-        let _ = self.sharing.members.send(Membership::Left { who });
-        self.broadcast(ServerMessage::ParticipantLeft {
-            participant_id: who.to_string(),
-        });
-        self.relayout();
-        tracing::info!(participant = %who, count = self.participants.len(), "left");
-    }
-
-    fn participant(&mut self, who: ParticipantId) -> Result<&mut Participant, RoomError> {
-        self.participants
-            .iter_mut()
-            .find(|p| p.id == who)
-            .ok_or(RoomError::NotHere(who))
-    }
-
     fn set_layout(&mut self, request: &LayoutRequest) -> Result<Layout, RoomError> {
         self.stage.set_layout(request)?;
         tracing::info!(layout = %self.stage.message().layout, "layout switched");
@@ -596,16 +456,6 @@ impl Room {
             tracing::warn!(participant = %who, "event queue full, removing");
             self.leave(who);
         }
-    }
-
-    fn participant_infos(&self) -> Vec<ParticipantInfo> {
-        self.participants
-            .iter()
-            .map(|p| ParticipantInfo {
-                id: p.id.to_string(),
-                name: p.name.clone(),
-            })
-            .collect()
     }
 
     /// Feeds the governor the frames counted since its last look, and applies a new level.
