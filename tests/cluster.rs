@@ -67,6 +67,16 @@ async fn until_all_published(door: &Server, n: usize) {
 }
 
 /// The index of node `id` in `three_nodes`'s list.
+/// The value of the unlabelled series `name` in the node's /metrics.
+async fn metric(node: &Server, name: &str) -> Option<u64> {
+    let text =
+        String::from_utf8_lossy(&node.request("GET", "/metrics", &[]).await.body).into_owned();
+    let prefix = format!("{name} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+}
+
 fn index_of(id: &str) -> usize {
     ["a", "b", "c"]
         .iter()
@@ -203,13 +213,7 @@ async fn two_participants_entering_through_two_nodes_share_one_composite() {
     // The doors count whom they sent on.
     let mut sent_on = 0;
     for n in &nodes {
-        let text =
-            String::from_utf8_lossy(&n.request("GET", "/metrics", &[]).await.body).into_owned();
-        sent_on += text
-            .lines()
-            .find_map(|l| l.strip_prefix("mcu_cluster_redirects_total "))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0);
+        sent_on += metric(n, "mcu_cluster_redirects_total").await.unwrap_or(0);
     }
     assert!(
         sent_on >= 1,
@@ -299,6 +303,8 @@ async fn a_killed_nodes_rooms_come_back_on_the_others_with_their_participants() 
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Its recording is in the cluster's list of recordings, with its node.
+    let first = until_recording_listed(&nodes[0], |r| r["node"] == home.as_str()).await;
     nodes[index].kill();
     let killed = Instant::now();
     drop(crowd);
@@ -344,6 +350,65 @@ async fn a_killed_nodes_rooms_come_back_on_the_others_with_their_participants() 
         !room["recording"].is_null(),
         "the reopened room records again: {room:#}"
     );
+
+    // The third node lists both files with their nodes, sends a request for the new one to its
+    // node, and says the first one's node is not running.
+    let third = &nodes[3 - index - index_of(&new_home)];
+    let second = until_recording_listed(third, |r| {
+        r["node"] == new_home.as_str() && r["status"] == "recording"
+    })
+    .await;
+    let first =
+        until_recording_listed(third, |r| r["id"] == first["id"] && r["node_live"] == false).await;
+    let path = format!(
+        "/api/v1/recordings/{}",
+        second["id"].as_str().unwrap_or_default()
+    );
+    let moved = third.request("GET", &path, &[]).await;
+    assert_eq!(moved.status, 307);
+    let location = format!("{}{path}", node(&nodes, &new_home).url());
+    assert_eq!(
+        moved.headers["location"].to_str().ok(),
+        Some(location.as_str())
+    );
+    assert_eq!(
+        node(&nodes, &new_home)
+            .request("GET", &path, &[])
+            .await
+            .status,
+        200
+    );
+    let gone = format!(
+        "/api/v1/recordings/{}/file",
+        first["id"].as_str().unwrap_or_default()
+    );
+    let reply = third.request("GET", &gone, &[]).await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.json()["error"]["code"], "node_unavailable");
+}
+
+/// The first recording in `door`'s cluster-wide list that `matches`, waited for (a node
+/// publishes its list with its next record).
+async fn until_recording_listed(
+    door: &Server,
+    matches: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let end = Instant::now() + Duration::from_secs(15);
+    loop {
+        let reply = door.request("GET", "/api/v1/recordings", &[]).await;
+        let listed = reply.json()["cluster"]["recordings"]
+            .as_array()
+            .and_then(|list| {
+                list.iter()
+                    .find(|r| r["room"] == "standup" && matches(r))
+                    .cloned()
+            });
+        if let Some(recording) = listed {
+            return recording;
+        }
+        assert!(Instant::now() < end, "never listed: {:#}", reply.json());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -370,6 +435,11 @@ async fn a_draining_node_takes_no_new_room_and_its_rooms_finish() {
         log.contains("draining").then_some(())
     })
     .await;
+    assert_eq!(metric(draining, "mcu_cluster_draining").await, Some(1));
+    assert_eq!(
+        metric(&nodes[(index + 1) % 3], "mcu_cluster_draining").await,
+        Some(0)
+    );
     // New rooms through the draining node's own door go elsewhere.
     let mut others = Vec::new();
     for i in 0..3 {
@@ -417,6 +487,10 @@ async fn with_redis_stopped_running_rooms_go_on_and_new_rooms_are_refused_with_t
     tokio::time::sleep(mcu_server::cluster::ROOM_LEASE + Duration::from_secs(2)).await;
     settle(&crowd, "the room going on without Redis").await;
     assert!(node(&nodes, &home).room("standup").await.is_some());
+    // Operators see it: every node's gauge says Redis is out of reach.
+    for n in &nodes {
+        assert_eq!(metric(n, "mcu_cluster_registry_up").await, Some(0));
+    }
 
     let mut refused = Crowd::new(&nodes[1].url(), "later").expect("a crowd");
     let error = refused
@@ -439,6 +513,17 @@ async fn with_redis_stopped_running_rooms_go_on_and_new_rooms_are_refused_with_t
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     settle(&later, "a new room once Redis is back").await;
+    // Each node's gauge comes back with its next record (one every 2 s).
+    let end = Instant::now() + Duration::from_secs(10);
+    for n in &nodes {
+        while metric(n, "mcu_cluster_registry_up").await != Some(1) {
+            assert!(
+                Instant::now() < end,
+                "a node still says Redis is out of reach"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

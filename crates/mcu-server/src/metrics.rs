@@ -241,9 +241,20 @@ impl Metrics {
     }
 }
 
+/// A cluster node's own state, as its gauges show it (a node without `--redis-url` has none).
+#[derive(Debug, Clone, Copy)]
+pub struct ClusterNode {
+    pub registry_reachable: bool,
+    pub draining: bool,
+}
+
 /// Everything, as Prometheus reads it: the process's own metrics and, from `rooms`, what is
 /// now (`unanswered` rooms did not answer in time). Returns the body and its content type.
-pub fn render(rooms: &[RoomSnapshot], unanswered: usize) -> Result<(Vec<u8>, String)> {
+pub fn render(
+    rooms: &[RoomSnapshot],
+    unanswered: usize,
+    cluster: Option<ClusterNode>,
+) -> Result<(Vec<u8>, String)> {
     let now = Registry::new();
     let gauge = |name: &str, help: &str, value: usize| -> Result<()> {
         let g = IntGauge::new(name, help)?;
@@ -252,6 +263,18 @@ pub fn render(rooms: &[RoomSnapshot], unanswered: usize) -> Result<(Vec<u8>, Str
         Ok(())
     };
     gauge("mcu_rooms", "Rooms open", rooms.len())?;
+    if let Some(node) = cluster {
+        gauge(
+            "mcu_cluster_registry_up",
+            "1 when this node's last record reached the cluster's Redis; 0 while it does not (new rooms are refused, open rooms go on)",
+            usize::from(node.registry_reachable),
+        )?;
+        gauge(
+            "mcu_cluster_draining",
+            "1 when this node takes no new room (SIGTERM or POST /api/v1/node/drain) and waits for its rooms to end",
+            usize::from(node.draining),
+        )?;
+    }
     gauge(
         "mcu_rooms_unresponsive",
         "Rooms whose actor did not answer this scrape in time (stuck): left out of the figures below",
@@ -334,7 +357,7 @@ mod tests {
         metrics().joins.inc();
         metrics().rtp(Direction::In, Kind::Video, 1200);
         metrics().encoded(0, Duration::from_millis(4));
-        let (body, content_type) = render(&[], 0).expect("rendering");
+        let (body, content_type) = render(&[], 0, None).expect("rendering");
         let text = String::from_utf8(body).expect("text");
         assert!(
             content_type.starts_with("text/plain; version=0.0.4"),
@@ -350,5 +373,21 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
         }
+        assert!(
+            !text.contains("mcu_cluster_registry_up"),
+            "a node without a cluster has no cluster gauges"
+        );
+    }
+
+    #[test]
+    fn a_cluster_node_shows_whether_it_reaches_redis_and_whether_it_drains() {
+        let node = ClusterNode {
+            registry_reachable: false,
+            draining: true,
+        };
+        let (body, _) = render(&[], 0, Some(node)).expect("rendering");
+        let text = String::from_utf8(body).expect("text");
+        assert!(text.contains("\nmcu_cluster_registry_up 0\n"), "{text}");
+        assert!(text.contains("\nmcu_cluster_draining 1\n"), "{text}");
     }
 }

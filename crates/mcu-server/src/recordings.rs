@@ -9,6 +9,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -77,6 +78,9 @@ pub struct RecordingStore {
     dir: PathBuf,
     /// Ids this process is writing now; any other sidecar that says `recording` was cut short.
     active: Mutex<HashSet<String>>,
+    /// Bumped whenever a recording starts, ends or is deleted: a cluster node republishes its
+    /// list when this moved (cluster/recordings.rs).
+    changes: AtomicU64,
 }
 
 impl RecordingStore {
@@ -87,6 +91,7 @@ impl RecordingStore {
         Ok(RecordingStore {
             dir: dir.to_path_buf(),
             active: Mutex::new(HashSet::new()),
+            changes: AtomicU64::new(0),
         })
     }
 
@@ -148,6 +153,11 @@ impl RecordingStore {
             return Ok(info);
         }
         anyhow::bail!("too many recordings of {room} started within one second")
+    }
+
+    /// How many times the list changed since the store opened.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Relaxed)
     }
 
     pub fn media_path(&self, info: &RecordingInfo) -> PathBuf {
@@ -227,6 +237,7 @@ impl RecordingStore {
                 ))
             }
         }
+        self.changes.fetch_add(1, Ordering::Relaxed);
         std::fs::remove_file(self.sidecar_path(id))
             .with_context(|| format!("deleting the sidecar of {id}"))?;
         Ok(())
@@ -276,8 +287,10 @@ impl RecordingStore {
         let text = serde_json::to_string_pretty(info).context("serialising a sidecar")?;
         std::fs::write(&temporary, text)
             .with_context(|| format!("writing {}", temporary.display()))?;
-        std::fs::rename(&temporary, &path)
-            .with_context(|| format!("renaming {} into place", temporary.display()))
+        let renamed = std::fs::rename(&temporary, &path)
+            .with_context(|| format!("renaming {} into place", temporary.display()));
+        self.changes.fetch_add(1, Ordering::Relaxed);
+        renamed
     }
 }
 

@@ -1,5 +1,5 @@
-//! The admin API's side of a cluster: a room on another node answered with a 307 to it, and
-//! this node's own state and drain.
+//! The admin API's side of a cluster: a room or a recording on another node answered with a 307
+//! to it, every node's recordings, and this node's own state and drain.
 
 use serde_json::json;
 use warp::http::{header, Response, StatusCode};
@@ -25,16 +25,64 @@ pub(super) async fn elsewhere(
         return None;
     };
     let location = format!("{url}/api/v1/{path}");
-    let mut response = error(
-        StatusCode::TEMPORARY_REDIRECT,
-        "elsewhere",
+    Some(redirect(
+        &location,
         format!("room {room} is on node {node}: {location}"),
-    );
-    if let Ok(value) = header::HeaderValue::from_str(&location) {
+    ))
+}
+
+/// 307 to `location` (the method and body are kept).
+fn redirect(location: &str, message: String) -> Response<Body> {
+    let mut response = error(StatusCode::TEMPORARY_REDIRECT, "elsewhere", message);
+    if let Ok(value) = header::HeaderValue::from_str(location) {
         response.headers_mut().insert(header::LOCATION, value);
     }
     crate::metrics::metrics().cluster_redirects.inc();
-    Some(response)
+    response
+}
+
+/// A request about recording `id`, which this node does not have: 307 to the node that
+/// published it, or 503 if that node is not running (its files are on its disk). None when no
+/// other node has it either (or there is no cluster): the caller answers 404.
+pub(super) async fn recording_elsewhere(
+    ctx: &SessionContext,
+    id: &str,
+    path: &str,
+) -> Option<Response<Body>> {
+    let cluster = ctx.registry.cluster()?;
+    let found = match cluster.find_recording(id).await {
+        Ok(found) => found?,
+        Err(e) => {
+            tracing::warn!(
+                recording = id,
+                "looking for a recording in the cluster: {e:#}"
+            );
+            return None;
+        }
+    };
+    let node = found["node"].as_str().unwrap_or("?");
+    let url = found["node_url"].as_str()?;
+    if found["node_live"] != true {
+        return Some(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "node_unavailable",
+            format!("recording {id} is on node {node} ({url}), which is not running now; its files are on that node's disk"),
+        ));
+    }
+    let location = format!("{url}/api/v1/{path}");
+    Some(redirect(
+        &location,
+        format!("recording {id} is on node {node}: {location}"),
+    ))
+}
+
+/// `GET /api/v1/recordings`'s `cluster` part: every node's recordings, with their node.
+pub(super) async fn recordings(ctx: &SessionContext) -> Option<serde_json::Value> {
+    let cluster = ctx.registry.cluster()?;
+    Some(match cluster.recordings().await {
+        Ok(recordings) => json!({"recordings": recordings}),
+        Err(e) => json!({"error": format!("{e:#}")}),
+    })
 }
 
 /// `GET /api/v1/node`: this node in its cluster.
@@ -48,6 +96,7 @@ pub(super) fn node_status(ctx: &SessionContext) -> Response<Body> {
                 "id": cluster.id(),
                 "url": cluster.url(),
                 "draining": cluster.is_draining(),
+                "registry_reachable": cluster.registry_reachable(),
                 "published": cluster.last_record(),
             }),
         ),

@@ -145,17 +145,17 @@ pub async fn handle(ctx: Arc<SessionContext>, request: ApiRequest) -> Response<B
             })
             .await
         }
-        ["recordings"] if m == Method::GET => list_recordings(&ctx),
+        ["recordings"] if m == Method::GET => list_recordings(&ctx).await,
         ["recordings", id] if m == Method::GET => match ctx.registry.store().get(id) {
             Ok(info) => json_response(StatusCode::OK, json!(info)),
-            Err(e) => store_error(e),
+            Err(e) => recording_error(&ctx, id, &request.path, e).await,
         },
         ["recordings", id] if m == Method::DELETE => match ctx.registry.store().delete(id) {
             Ok(()) => no_content(),
-            Err(e) => store_error(e),
+            Err(e) => recording_error(&ctx, id, &request.path, e).await,
         },
         ["recordings", id, "file"] if m == Method::GET => {
-            download_recording(&ctx, id, request.range.as_deref()).await
+            download_recording(&ctx, id, &request.path, request.range.as_deref()).await
         }
         _ => error(
             StatusCode::NOT_FOUND,
@@ -183,7 +183,14 @@ pub async fn metrics(
     // Rooms are asked at once; one that does not answer in time is left out of this scrape and
     // counted, so a stuck room never costs Prometheus the whole scrape.
     let (rooms, unanswered) = ctx.registry.snapshots_within(METRICS_ROOM_DEADLINE).await;
-    match crate::metrics::render(&rooms, unanswered.len()) {
+    let node = ctx
+        .registry
+        .cluster()
+        .map(|cluster| crate::metrics::ClusterNode {
+            registry_reachable: cluster.registry_reachable(),
+            draining: cluster.is_draining(),
+        });
+    match crate::metrics::render(&rooms, unanswered.len(), node) {
         Ok((body, content_type)) => Response::builder()
             .status(StatusCode::OK)
             .header(header::CONTENT_TYPE, content_type)
@@ -371,9 +378,16 @@ fn room_error(handle: &RoomHandle, e: RoomError) -> Response<Body> {
     error(status, code, message)
 }
 
-fn list_recordings(ctx: &SessionContext) -> Response<Body> {
+/// This node's recordings and, on a cluster node, every node's (`cluster.recordings`).
+async fn list_recordings(ctx: &SessionContext) -> Response<Body> {
     match ctx.registry.store().list() {
-        Ok(list) => json_response(StatusCode::OK, json!({ "recordings": list })),
+        Ok(list) => {
+            let mut body = json!({ "recordings": list });
+            if let Some(cluster) = cluster::recordings(ctx).await {
+                body["cluster"] = cluster;
+            }
+            json_response(StatusCode::OK, body)
+        }
         Err(e) => {
             tracing::error!("listing recordings: {e:#}");
             error(
@@ -385,11 +399,16 @@ fn list_recordings(ctx: &SessionContext) -> Response<Body> {
     }
 }
 
-async fn download_recording(ctx: &SessionContext, id: &str, range: Option<&str>) -> Response<Body> {
+async fn download_recording(
+    ctx: &SessionContext,
+    id: &str,
+    path: &str,
+    range: Option<&str>,
+) -> Response<Body> {
     let store = ctx.registry.store();
     let info = match store.get(id) {
         Ok(info) => info,
-        Err(e) => return store_error(e),
+        Err(e) => return recording_error(ctx, id, path, e).await,
     };
     let content_type = match info.codec {
         crate::codec::VideoCodec::Vp8 => "video/webm",
@@ -406,6 +425,22 @@ async fn download_recording(ctx: &SessionContext, id: &str, range: Option<&str>)
             )
         }
     }
+}
+
+/// A recording request this node's store could not answer: one it does not have may be on
+/// another node of the cluster.
+async fn recording_error(
+    ctx: &SessionContext,
+    id: &str,
+    path: &str,
+    e: StoreError,
+) -> Response<Body> {
+    if matches!(e, StoreError::NotFound(_)) {
+        if let Some(elsewhere) = cluster::recording_elsewhere(ctx, id, path).await {
+            return elsewhere;
+        }
+    }
+    store_error(e)
 }
 
 fn store_error(e: StoreError) -> Response<Body> {

@@ -1,12 +1,13 @@
 //! A node's pulse: every `PUBLISH_EVERY` it publishes its record (load and state), renews the
-//! lease of every room it holds, marks which of them record, and closes a room whose lease
-//! another node took (its participants are sent there). While Redis is unreachable it keeps its
-//! rooms and says so once in the log.
+//! lease of every room it holds, marks which of them record, closes a room whose lease another
+//! node took (its participants are sent there), and publishes its recordings when they changed
+//! (recordings.rs). While Redis is unreachable it keeps its rooms and says so once in the log.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::placement::{NodeRecord, NodeState, RoomLoad};
+use super::recordings::Publisher;
 use super::{
     websocket_url, Cluster, NODE_RECORD_TTL, PUBLISH_EVERY, RECORDING_MARK_TTL, ROOM_LEASE,
 };
@@ -25,6 +26,7 @@ pub(crate) async fn run(cluster: Arc<Cluster>, registry: Arc<Registry>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut cpu_then = ProcessSample::of_self().ok();
     let mut redis_lost = false;
+    let mut recordings = Publisher::default();
     loop {
         tick.tick().await;
         let (snapshots, _) = registry.snapshots_within(ROOM_ANSWER_DEADLINE).await;
@@ -62,7 +64,12 @@ pub(crate) async fn run(cluster: Arc<Cluster>, registry: Arc<Registry>) {
             max_rooms: registry.config().max_rooms,
             rooms,
         };
-        match beat(&cluster, &registry, &record).await {
+        let beaten = beat(&cluster, &registry, &record).await;
+        cluster.set_registry_reachable(beaten.is_ok());
+        if beaten.is_ok() {
+            recordings.tick(&cluster, registry.store()).await;
+        }
+        match beaten {
             Ok(()) if redis_lost => {
                 redis_lost = false;
                 tracing::info!("Redis is reachable again: new rooms open again");

@@ -16,6 +16,7 @@
 
 mod heartbeat;
 pub mod placement;
+mod recordings;
 pub mod store;
 
 use std::collections::HashMap;
@@ -93,6 +94,8 @@ pub struct Cluster {
     id: String,
     url: String,
     draining: AtomicBool,
+    /// Whether this node's last record reached Redis (false until the first one did).
+    registry_reachable: AtomicBool,
     /// What this node published last (for `GET /api/v1/node`).
     last_record: Mutex<Option<NodeRecord>>,
     /// Releases still on their way to Redis, by room: a room that reopens here at once waits
@@ -109,6 +112,7 @@ impl Cluster {
             id: config.node_id.clone(),
             url: url.trim_end_matches('/').to_string(),
             draining: AtomicBool::new(false),
+            registry_reachable: AtomicBool::new(false),
             last_record: Mutex::new(None),
             releasing: Mutex::new(HashMap::new()),
         }))
@@ -124,6 +128,16 @@ impl Cluster {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Whether this node's last published record reached Redis: while it did not, new rooms
+    /// are refused (`cluster_unavailable`) and open rooms go on.
+    pub fn registry_reachable(&self) -> bool {
+        self.registry_reachable.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_registry_reachable(&self, reachable: bool) {
+        self.registry_reachable.store(reachable, Ordering::Relaxed);
     }
 
     /// Takes no new room from now on (published with the next record, within `PUBLISH_EVERY`).

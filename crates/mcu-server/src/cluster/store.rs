@@ -96,7 +96,14 @@ fn recording_key(room: &str) -> String {
     format!("mcu:room:{room}:recording")
 }
 
+fn node_recordings_key(node: &str) -> String {
+    format!("mcu:node:{node}:recordings")
+}
+
 const NODES_KEY: &str = "mcu:nodes";
+/// Every node that ever published its recordings. Their lists outlive the nodes (the files are
+/// still on their disks), so this set is not pruned with NODES_KEY.
+const RECORDING_NODES_KEY: &str = "mcu:recording-nodes";
 
 impl Store {
     pub fn new(url: &str) -> Result<Self> {
@@ -335,5 +342,49 @@ impl Store {
                 .await
         })
         .await
+    }
+    /// Replaces `node`'s published list of recordings with `list` (JSON).
+    pub async fn publish_recordings(&self, node: &str, list: &str) -> Result<()> {
+        self.call("publishing recordings", |mut c| async move {
+            redis::pipe()
+                .atomic()
+                .cmd("SET")
+                .arg(node_recordings_key(node))
+                .arg(list)
+                .ignore()
+                .cmd("SADD")
+                .arg(RECORDING_NODES_KEY)
+                .arg(node)
+                .ignore()
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await
+    }
+
+    /// Every node's published list of recordings, as (node id, JSON).
+    pub async fn recordings(&self) -> Result<Vec<(String, String)>> {
+        let ids: Vec<String> = self
+            .call("listing nodes with recordings", |mut c| async move {
+                redis::cmd("SMEMBERS")
+                    .arg(RECORDING_NODES_KEY)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| node_recordings_key(id)).collect();
+        let lists: Vec<Option<String>> = self
+            .call("reading recordings", |mut c| async move {
+                redis::cmd("MGET").arg(&keys).query_async(&mut c).await
+            })
+            .await?;
+        Ok(ids
+            .into_iter()
+            .zip(lists)
+            .filter_map(|(id, list)| Some((id, list?)))
+            .collect())
     }
 }
