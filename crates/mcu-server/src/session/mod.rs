@@ -1,5 +1,6 @@
-//! One task per WebSocket: it reads signalling messages, drives the participant's peer connection,
-//! and talks to the room actor. Media never passes through this task: incoming tracks are pumped
+//! A session: one participant's (or WHIP feed's, or WHEP player's) signalling, peer connection
+//! and membership of its room, driven by its door's task (`socket.rs` for the WebSocket,
+//! `offered.rs` for WHIP and WHEP). It drives the peer connection and talks to the room actor. Media never passes through this task: incoming tracks are pumped
 //! straight into their pipeline branch by tasks of their own, and the packets the room hands out
 //! (the composite everyone shares, this participant's audio mix) are written to this peer
 //! connection's tracks by tasks of their own too. Chat and files travel on the participant's data
@@ -12,6 +13,7 @@ pub mod offered;
 mod peer;
 mod reorder;
 mod sharing;
+mod socket;
 mod splice;
 mod tiering;
 mod transfer;
@@ -23,40 +25,31 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use bytes::Bytes;
-use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
-use warp::ws::WebSocket;
 use webrtc::peer_connection::RTCPeerConnection;
 
-use crate::admission::{ClientKey, ConnectionSlot};
+use crate::admission::ClientKey;
 use crate::auth::{Grants, Secret};
 use crate::ids::{ParticipantId, RoomId};
 use crate::log_limit::limited_info;
 use crate::protocol::layout::LayoutRequest;
 use crate::protocol::{
     parse_client_message, validate_display_name, ErrorCode, RecordAction, ServerMessage,
-    CLOSE_MESSAGE_TOO_BIG, MAX_MESSAGE_BYTES,
 };
 use crate::rate::RateLimit;
 use crate::room::registry::Registry;
-use crate::room::{Role, RoomError, RoomHandle, EVENT_QUEUE};
+use crate::room::{Role, RoomError, RoomHandle};
 use crate::rtc::RtcFactory;
 use crate::signalling::{Action, Signalling};
 use activity::Activity;
 use peer::{install_callbacks, PeerEvent};
 use sharing::{ChannelInput, Route, Sharing, Transport};
+pub use socket::{refuse, serve};
 
 /// How often the session checks for a vanished participant.
 const LIVENESS_CHECK: Duration = Duration::from_millis(500);
-/// A socket that has not joined within this long is closed (a refused join counts as not
-/// joined). The web client and the probe send `join` as soon as the socket opens (the name is
-/// asked for before it connects); a socket left idle only holds a task, a buffer and a file
-/// descriptor, which a stranger could otherwise pile up without limit.
-const JOIN_DEADLINE: Duration = Duration::from_secs(15);
-/// Close code for a socket that never joined: policy violation.
-const CLOSE_NO_JOIN: u16 = 1008;
 /// Close code for a participant a moderator removed (4000–4999 are the application's own):
 /// the web client does not reconnect after it.
 pub const CLOSE_REMOVED: u16 = 4001;
@@ -93,162 +86,6 @@ struct Membership {
 const ROOM_CHANGE_BURST: f64 = 4.0;
 const ROOM_CHANGE_PER_SECOND: f64 = 1.0;
 
-/// Serves one WebSocket until it closes; everything it logs carries the room and, once joined,
-/// the participant. `slot` counts it against its client's address until it ends.
-pub async fn serve(
-    socket: WebSocket,
-    room_name: String,
-    ctx: Arc<SessionContext>,
-    slot: ConnectionSlot,
-) {
-    let span = tracing::info_span!(
-        "session",
-        room = %room_name,
-        participant = tracing::field::Empty
-    );
-    run(socket, room_name, ctx, slot.key())
-        .instrument(span)
-        .await;
-    drop(slot);
-}
-
-/// A WebSocket its address may not open: one `rate_limited` error that says why, then a
-/// policy-violation close.
-pub async fn refuse(
-    socket: WebSocket,
-    room: &str,
-    client: std::net::IpAddr,
-    refusal: crate::admission::Refusal,
-) {
-    use futures_util::SinkExt;
-    limited_info!(%client, room, "connection refused: {refusal}");
-    let mut socket = socket;
-    let message = ServerMessage::error(ErrorCode::RateLimited, refusal.to_string());
-    if let Ok(text) = serde_json::to_string(&message) {
-        let _ = socket.send(warp::ws::Message::text(text)).await;
-    }
-    let _ = socket
-        .send(warp::ws::Message::close_with(CLOSE_NO_JOIN, "rate limited"))
-        .await;
-    let _ = socket.close().await;
-}
-
-async fn run(socket: WebSocket, room_name: String, ctx: Arc<SessionContext>, client: ClientKey) {
-    let (ws_out, mut ws_in) = socket.split();
-    let (outbox, outbox_rx) = mpsc::channel::<ServerMessage>(EVENT_QUEUE);
-    let (close_tx, close_rx) = mpsc::channel::<(u16, &'static str)>(1);
-    let (ws_binary, ws_binary_rx) = mpsc::channel::<Bytes>(sharing::WS_BINARY_QUEUE);
-    let route: Route = Arc::default();
-
-    let writer = tokio::spawn(
-        writer::write_socket(ws_out, outbox_rx, ws_binary_rx, close_rx, route.clone())
-            .in_current_span(),
-    );
-
-    let room = match RoomId::new(&room_name) {
-        Ok(room) => room,
-        Err(e) => {
-            let _ = outbox
-                .send(ServerMessage::error(
-                    ErrorCode::InvalidRoomName,
-                    format!("room name {e}"),
-                ))
-                .await;
-            let _ = close_tx.send((1008, "invalid room name")).await;
-            let _ = writer.await;
-            return;
-        }
-    };
-
-    let (removed_tx, mut removed_rx) = mpsc::channel::<String>(1);
-    let ctx_file_rate = ctx.registry.config().file_rate;
-    let (channel_tx, mut channel_rx) = mpsc::channel::<ChannelInput>(CHANNEL_INPUT_QUEUE);
-    let mut session = Session {
-        ctx,
-        room,
-        outbox,
-        signalling: Signalling::new(),
-        member: None,
-        activity: Activity::new(),
-        tasks: Vec::new(),
-        removed_tx,
-        route,
-        ws_binary,
-        channel_tx,
-        sharing: None,
-        upload_pacer: sharing::upload_pacer(ctx_file_rate),
-        client,
-        role: Role::Participant,
-    };
-    let (peer_tx, mut peer_rx) = mpsc::channel::<PeerEvent>(64);
-    let mut liveness = tokio::time::interval(LIVENESS_CHECK);
-    let opened = Instant::now();
-    let close = loop {
-        tokio::select! {
-            frame = ws_in.next() => {
-                let Some(Ok(frame)) = frame else { break (1000, "bye") };
-                if frame.is_close() {
-                    break (1000, "bye");
-                }
-                if frame.is_ping() || frame.is_pong() {
-                    continue;
-                }
-                if frame.as_bytes().len() > MAX_MESSAGE_BYTES {
-                    limited_info!(bytes = frame.as_bytes().len(), "oversized message, closing");
-                    break (CLOSE_MESSAGE_TOO_BIG, "message too big");
-                }
-                let Ok(text) = frame.to_str() else {
-                    // Binary frames are file bytes, in the fallback for a missing data channel.
-                    let reply = session.on_ws_binary(frame.as_bytes()).await;
-                    if let Some(reply) = reply {
-                        session.reply(reply).await;
-                    }
-                    continue;
-                };
-                match session.on_text(text, &peer_tx).await {
-                    Ok(true) => {}
-                    Ok(false) => break (1000, "left"),
-                    Err(e) => {
-                        tracing::warn!("session failed: {e:#}");
-                        session.reply(ServerMessage::error(ErrorCode::Internal, format!("{e:#}"))).await;
-                        break (1011, "internal error");
-                    }
-                }
-            }
-            Some(event) = peer_rx.recv() => {
-                if !session.on_peer_event(event).await {
-                    break (1000, "peer connection ended");
-                }
-            }
-            Some(input) = channel_rx.recv() => session.on_channel_input(input).await,
-            Some(reason) = removed_rx.recv() => {
-                // The room already told the client why (a `removed` message) and forgot them.
-                tracing::info!("participant removed: {reason}");
-                break (CLOSE_REMOVED, "removed");
-            }
-            _ = liveness.tick() => {
-                if let Some(sharing) = session.sharing.as_mut() {
-                    sharing.drop_given_up_uploads();
-                }
-                if session.member.is_none() && opened.elapsed() > JOIN_DEADLINE {
-                    limited_info!("no join within {JOIN_DEADLINE:?}, closing the socket");
-                    session.reply(ServerMessage::error(ErrorCode::OutOfOrder, format!("no join within {} s; connect again to join", JOIN_DEADLINE.as_secs()))).await;
-                    break (CLOSE_NO_JOIN, "no join");
-                }
-                let silence = session.member.as_ref().and(session.activity.silence(session.ctx.registry.config()));
-                if let Some(silence) = silence {
-                    limited_info!("{silence}, removing the participant");
-                    session.reply(ServerMessage::error(ErrorCode::Internal, "no media arrived for too long; you were removed")).await;
-                    break (1000, "media timeout");
-                }
-            }
-        }
-    };
-    session.close().await;
-    let _ = close_tx.send(close).await;
-    let _ = writer.await;
-}
-
 struct Session {
     ctx: Arc<SessionContext>,
     room: RoomId,
@@ -274,7 +111,45 @@ struct Session {
     role: Role,
 }
 
+/// Where a session's output goes, as its transport set it up: the WebSocket's writer, or
+/// channels nobody reads for a WHIP/WHEP session (whip.rs has no socket to write to).
+struct Outlets {
+    outbox: mpsc::Sender<ServerMessage>,
+    removed_tx: mpsc::Sender<String>,
+    route: Route,
+    ws_binary: mpsc::Sender<Bytes>,
+    channel_tx: mpsc::Sender<ChannelInput>,
+}
+
 impl Session {
+    /// A session of `client` about to join `room` as `role`.
+    fn new(
+        ctx: Arc<SessionContext>,
+        room: RoomId,
+        role: Role,
+        client: ClientKey,
+        outlets: Outlets,
+    ) -> Self {
+        let file_rate = ctx.registry.config().file_rate;
+        Session {
+            ctx,
+            room,
+            outbox: outlets.outbox,
+            signalling: Signalling::new(),
+            member: None,
+            activity: Activity::new(),
+            tasks: Vec::new(),
+            removed_tx: outlets.removed_tx,
+            route: outlets.route,
+            ws_binary: outlets.ws_binary,
+            channel_tx: outlets.channel_tx,
+            sharing: None,
+            upload_pacer: sharing::upload_pacer(file_rate),
+            client,
+            role,
+        }
+    }
+
     async fn reply(&self, message: ServerMessage) {
         let _ = self.outbox.send(message).await;
     }

@@ -14,7 +14,7 @@ use tracing::Instrument;
 
 use super::peer::PeerEvent;
 use super::sharing::ChannelInput;
-use super::{sharing, Activity, Session, SessionContext, LIVENESS_CHECK};
+use super::{Outlets, Session, SessionContext, LIVENESS_CHECK};
 use crate::admission::ConnectionSlot;
 use crate::auth::Secret;
 use crate::ids::RoomId;
@@ -22,7 +22,6 @@ use crate::log_limit::limited_info;
 use crate::protocol::{ErrorCode, IceCandidate, ServerMessage};
 use crate::room::{Role, EVENT_QUEUE};
 use crate::rtc;
-use crate::signalling::Signalling;
 
 /// How long applying the offer and creating the answer may take.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -177,24 +176,14 @@ pub async fn start(
     let (removed_tx, removed_rx) = mpsc::channel::<String>(1);
     let (ws_binary, _) = mpsc::channel(1);
     let (channel_tx, _) = mpsc::channel::<ChannelInput>(1);
-    let file_rate = ctx.registry.config().file_rate;
-    let mut session = Session {
-        ctx: ctx.clone(),
-        room: room.clone(),
+    let outlets = Outlets {
         outbox,
-        signalling: Signalling::new(),
-        member: None,
-        activity: Activity::new(),
-        tasks: Vec::new(),
         removed_tx,
         route: Arc::default(),
         ws_binary,
         channel_tx,
-        sharing: None,
-        upload_pacer: sharing::upload_pacer(file_rate),
-        client,
-        role: request.role,
     };
+    let mut session = Session::new(ctx.clone(), room.clone(), request.role, client, outlets);
     let (peer_tx, peer_rx) = mpsc::channel::<PeerEvent>(64);
     let answer = async {
         match session.enter(request.name, request.token, &peer_tx).await {
