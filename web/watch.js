@@ -71,11 +71,13 @@ async function watch() {
     if (token) headers.Authorization = `Bearer ${token}`;
     // Another node of a cluster answers 307 to the room's node; fetch follows it (and the
     // resource URL is then that node's: see reply.url below).
-    const reply = await fetch(`/whep/${encodeURIComponent(room)}`, {
-      method: "POST",
-      headers,
-      body: pc.localDescription.sdp,
-    });
+    const offer = { method: "POST", headers, body: pc.localDescription.sdp };
+    let reply = await fetch(`/whep/${encodeURIComponent(room)}`, offer);
+    // The Fetch standard drops Authorization on a redirect to another origin, so the room's
+    // node refuses the followed request (401): ask it again directly, token included.
+    if (reply.status === 401 && token && reply.redirected) {
+      reply = await fetch(reply.url, offer);
+    }
     if (reply.status !== 201) {
       let detail = `${reply.status}`;
       try {
