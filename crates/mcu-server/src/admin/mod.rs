@@ -380,7 +380,12 @@ fn room_error(handle: &RoomHandle, e: RoomError) -> Response<Body> {
 
 /// This node's recordings and, on a cluster node, every node's (`cluster.recordings`).
 async fn list_recordings(ctx: &SessionContext) -> Response<Body> {
-    match ctx.registry.store().list() {
+    // Every sidecar in the directory is read: off the async workers.
+    let store = ctx.registry.store().clone();
+    let listed = tokio::task::spawn_blocking(move || store.list())
+        .await
+        .unwrap_or_else(|e| Err(anyhow::anyhow!("the listing task failed: {e}")));
+    match listed {
         Ok(list) => {
             let mut body = json!({ "recordings": list });
             if let Some(cluster) = cluster::recordings(ctx).await {
